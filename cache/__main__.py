@@ -1,0 +1,6 @@
+"""`python -m cache` is the same as the `wound-cache` console script."""
+
+from cache.cli import cli
+
+if __name__ == "__main__":
+    cli(prog_name="wound-cache")

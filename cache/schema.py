@@ -1,0 +1,232 @@
+"""The one label schema of woundscore: six binary labels plus raw extras.
+
+Every stage imports the label names, their order and the encoding rules from here. The schema is
+also serialised (``schema_json``) into every artifact, so that a cache or a model folder says how
+its labels were made and two artifacts with different rules are never mixed.
+
+Encoding (SurgWound annotation vocabulary, see ../shared/data/surgwound/README.md):
+
+==============  =========================================  ==========================
+label           positive (1)                               negative (0)
+==============  =========================================  ==========================
+healing_status  Not Healed                                 Healed
+erythema        Existent                                   Non-existent
+edema           Existent                                   Non-existent
+infection_risk  Medium, High                               Low
+urgency         colour word Yellow or Red                  colour word Green
+exudate         Serous, Sanguineous, Purulent, Seropurulent Non-existent
+==============  =========================================  ==========================
+
+``Uncertain``, ``MISSING``, an empty cell or no record at all is MISSING (-1): masked out of loss
+and metrics, never guessed. Any other value raises :class:`LabelValueError` naming the file, the
+item (image or row), the field and the value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+MISSING = -1
+
+#: The six labels, in the order of every ``(n, 6)`` array in the project.
+LABEL_NAMES: tuple[str, ...] = (
+    "healing_status",
+    "erythema",
+    "edema",
+    "infection_risk",
+    "urgency",
+    "exudate",
+)
+N_LABELS = len(LABEL_NAMES)
+
+#: Raw annotations kept beside the binary labels (strings; "" when unsure or absent).
+EXTRA_NAMES: tuple[str, ...] = (
+    "location",
+    "closure_method",
+    "exudate_type",  # Non-existent / Serous / Sanguineous / Purulent / Seropurulent
+    "infection_risk_level",  # Low / Medium / High
+    "urgency_level",  # Green / Yellow / Red
+    "urgency_text",  # the full urgency string, e.g. "Clinic Visit (Yellow): Requires ..."
+)
+
+#: Values that mean "the annotator was unsure" (compared case-insensitively, after stripping).
+UNSURE_VALUES: frozenset[str] = frozenset({"", "uncertain", "missing", "unsure", "-1", "nan", "none"})
+
+#: Field names as written by each source, mapped to the canonical key. The HF release uses the
+#: new names (``Healing Status``, ``Exudate Type``); the annotation sheet the old ones
+#: (``Wound Status``, ``Exudate Characteristics``); a labels.csv uses the snake_case keys.
+FIELD_ALIASES: dict[str, tuple[str, ...]] = {
+    "healing_status": ("Healing Status", "Wound Status", "healing_status"),
+    "erythema": ("Erythema", "erythema"),
+    "edema": ("Edema", "edema"),
+    "infection_risk": ("Infection Risk Assessment", "infection_risk"),
+    "urgency": ("Urgency Level", "urgency_level", "urgency"),
+    "exudate": ("Exudate Type", "Exudate Characteristics", "exudate_type", "exudate"),
+    "location": ("Wound Location", "location"),
+    "closure_method": ("Closure Method", "closure_method"),
+}
+_ALIAS_TO_KEY = {alias.lower(): key for key, aliases in FIELD_ALIASES.items() for alias in aliases}
+
+# Binary vocabularies, lower-cased. Urgency is matched by its colour word instead (below).
+_BINARY_VOCAB: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "healing_status": (frozenset({"not healed"}), frozenset({"healed"})),
+    "erythema": (frozenset({"existent"}), frozenset({"non-existent"})),
+    "edema": (frozenset({"existent"}), frozenset({"non-existent"})),
+    "infection_risk": (frozenset({"medium", "high"}), frozenset({"low"})),
+    "exudate": (
+        frozenset({"serous", "sanguineous", "purulent", "seropurulent"}),
+        frozenset({"non-existent"}),
+    ),
+}
+_URGENCY_POSITIVE = ("yellow", "red")
+_URGENCY_NEGATIVE = ("green",)
+_COLOUR_RE = re.compile(r"\b(green|yellow|red)\b", re.IGNORECASE)
+
+
+class LabelError(ValueError):
+    """Base class of label problems in an annotation source."""
+
+
+class LabelValueError(LabelError):
+    """A value outside the schema's vocabulary. The message names file, item, field and value."""
+
+    def __init__(self, source: str, item: str, field: str, value: object) -> None:
+        self.source, self.item, self.field, self.value = source, item, field, value
+        super().__init__(f"{source}: {item}: field {field!r} has unknown value {value!r}")
+
+
+def canonical_field(name: str) -> str | None:
+    """Map a source's field or column name to its canonical key, or None if it is not annotated."""
+    return _ALIAS_TO_KEY.get(name.strip().lower())
+
+
+def is_unsure(value: object) -> bool:
+    """True for an annotation that means 'unsure' (masked, never guessed)."""
+    if value is None:
+        return True
+    if isinstance(value, float) and np.isnan(value):
+        return True
+    return str(value).strip().lower() in UNSURE_VALUES
+
+
+def urgency_colour(value: str) -> str | None:
+    """The colour word of an urgency string ('Green'/'Yellow'/'Red'), or None if there is none.
+
+    Matching the colour word rather than the whole sentence keeps the schema stable if the
+    release rewords the advice text; two different colour words in one value are ambiguous.
+    """
+    colours = {m.lower() for m in _COLOUR_RE.findall(value)}
+    if len(colours) != 1:
+        return None
+    return colours.pop().capitalize()
+
+
+def encode_value(key: str, value: object, *, source: str = "<input>", item: str = "?") -> int:
+    """Encode one raw annotation of label ``key`` to 1, 0 or MISSING (-1)."""
+    if key not in LABEL_NAMES:
+        raise KeyError(f"not a label: {key!r}")
+    if is_unsure(value):
+        return MISSING
+    text = str(value).strip()
+    low = text.lower()
+    if key == "urgency":
+        colour = urgency_colour(text)
+        if colour is None:
+            raise LabelValueError(source, item, key, value)
+        return 1 if colour.lower() in _URGENCY_POSITIVE else 0
+    pos, neg = _BINARY_VOCAB[key]
+    if low in pos:
+        return 1
+    if low in neg:
+        return 0
+    raise LabelValueError(source, item, key, value)
+
+
+def encode_annotations(
+    raw: Mapping[str, object], *, source: str = "<input>", item: str = "?"
+) -> tuple[np.ndarray, dict[str, str]]:
+    """Encode one image's raw annotations.
+
+    Args:
+        raw: canonical key (see ``FIELD_ALIASES``) -> raw value; absent keys are unsure.
+        source: file the annotations came from (for error messages).
+        item: image name or row (for error messages).
+
+    Returns:
+        labels: (6,) int8 in ``LABEL_NAMES`` order with 1 / 0 / -1.
+        extras: ``EXTRA_NAMES`` -> string ("" when unsure or absent).
+    """
+    labels = np.array(
+        [encode_value(k, raw.get(k), source=source, item=item) for k in LABEL_NAMES], dtype=np.int8
+    )
+    extras = {name: "" for name in EXTRA_NAMES}
+    for key in ("location", "closure_method"):
+        if not is_unsure(raw.get(key)):
+            extras[key] = str(raw[key]).strip()
+    if labels[LABEL_NAMES.index("exudate")] != MISSING:
+        extras["exudate_type"] = str(raw["exudate"]).strip()
+    if labels[LABEL_NAMES.index("infection_risk")] != MISSING:
+        extras["infection_risk_level"] = str(raw["infection_risk"]).strip().capitalize()
+    if labels[LABEL_NAMES.index("urgency")] != MISSING:
+        text = str(raw["urgency"]).strip()
+        extras["urgency_level"] = urgency_colour(text) or ""
+        extras["urgency_text"] = text
+    return labels, extras
+
+
+@dataclass(frozen=True)
+class LabelSchema:
+    """A serialisable description of the encoding rules; equal schemas encode labels the same way."""
+
+    version: int = SCHEMA_VERSION
+    labels: tuple[str, ...] = LABEL_NAMES
+    extras: tuple[str, ...] = EXTRA_NAMES
+    missing: int = MISSING
+
+    def to_dict(self) -> dict:
+        rules = {k: {"positive": sorted(p), "negative": sorted(n)} for k, (p, n) in _BINARY_VOCAB.items()}
+        rules["urgency"] = {
+            "positive": [f"colour word {c}" for c in _URGENCY_POSITIVE],
+            "negative": [f"colour word {c}" for c in _URGENCY_NEGATIVE],
+        }
+        return {
+            "version": self.version,
+            "labels": list(self.labels),
+            "extras": list(self.extras),
+            "missing": self.missing,
+            "unsure_values": sorted(UNSURE_VALUES),
+            "rules": {k: rules[k] for k in self.labels},
+        }
+
+    def to_json(self) -> str:
+        """Deterministic JSON (sorted keys): equal strings mean equal encoding rules."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LabelSchema":
+        d = json.loads(text)
+        return cls(
+            version=int(d["version"]),
+            labels=tuple(d["labels"]),
+            extras=tuple(d["extras"]),
+            missing=int(d["missing"]),
+        )
+
+
+#: The schema in force. Artifacts store ``SCHEMA.to_json()`` and compare it on load.
+SCHEMA = LabelSchema()
+
+
+def pos_weight(Y: np.ndarray) -> np.ndarray:
+    """neg/pos per label over observed (!= -1) entries of ``Y`` (n, 6). NaN where a label has no positive."""
+    Y = np.asarray(Y)
+    pos = (Y == 1).sum(axis=0).astype(np.float64)
+    neg = (Y == 0).sum(axis=0).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(pos > 0, neg / np.maximum(pos, 1), np.nan)

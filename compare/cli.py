@@ -1,0 +1,15 @@
+"""`wound-compare`: Benchmark the MLP against a probe, zero-shot and a fine-tune; write the report.
+
+Each command is a thin adapter over one library function; library errors become
+`click.ClickException` (exit 1), usage errors exit 2.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+@click.version_option(package_name="woundscore")
+def cli() -> None:
+    """Benchmark the MLP against a probe, zero-shot and a fine-tune; write the report."""
