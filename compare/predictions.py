@@ -1,0 +1,209 @@
+"""The predictions file: how a fine-tune (or any external method) hands its scores to the report.
+
+Format: UTF-8 CSV with the header ``image_id,healing_status,erythema,edema,infection_risk,urgency,
+exudate`` (the six labels in ``LABEL_NAMES`` order) and one row per image; probabilities in [0, 1].
+Columns may come in another order; every label column must be present and no column may be unknown.
+
+Optional sidecar: ``predictions.json`` next to ``predictions.csv`` (same stem, ``.json``) holding
+what the method cost, under the keys of ``META_KEYS``. The report reads it when present and prints
+"not reported" for anything missing. No pickle: plain CSV and JSON only.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cache.schema import LABEL_NAMES
+
+HEADER: tuple[str, ...] = ("image_id",) + LABEL_NAMES
+
+#: Sidecar keys the report understands (all optional).
+META_KEYS: dict[str, str] = {
+    "method": "short description, e.g. 'SigLIP fine-tune, last 4 blocks, mean pooling'",
+    "train_seconds": "wall time to train, seconds",
+    "peak_memory_mb": "peak memory while training, MiB (say which memory in 'memory_kind')",
+    "memory_kind": "e.g. 'GPU max_memory_allocated' or 'process RSS'",
+    "trainable_params": "number of trainable parameters",
+    "total_params": "number of parameters in the model",
+    "device": "e.g. 'cuda (Tesla T4)' or 'cpu'",
+    "inference_ms_per_image": "inference time per image, milliseconds",
+    "notes": "free text shown beside the method in the report",
+}
+
+
+class PredictionsError(ValueError):
+    """A predictions file (or its sidecar) is unusable. The message names the file, row and field."""
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The sidecar JSON of a predictions CSV: ``predictions.csv`` -> ``predictions.json``."""
+    return Path(path).with_suffix(".json")
+
+
+def read_predictions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Read a predictions CSV.
+
+    Returns:
+        ids: (n,) str image ids, in file order.
+        P: (n, 6) float64 probabilities in ``LABEL_NAMES`` order.
+
+    Raises:
+        PredictionsError: missing file, bad header, duplicate id, or a value that is not a
+            probability; the message names the file, the line and the column.
+    """
+    path = Path(path)
+    try:
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except OSError as e:
+        raise PredictionsError(f"{path}: cannot read predictions file: {e.strerror or e}") from e
+    with handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise PredictionsError(f"{path}: empty file; expected the header {','.join(HEADER)}")
+        header = [h.strip() for h in header]
+        unknown = [h for h in header if h not in HEADER]
+        missing = [h for h in HEADER if h not in header]
+        if unknown or missing or len(set(header)) != len(header):
+            parts = []
+            if missing:
+                parts.append(f"missing column(s) {', '.join(missing)}")
+            if unknown:
+                parts.append(f"unknown column(s) {', '.join(unknown)}")
+            if len(set(header)) != len(header):
+                parts.append("duplicate column(s)")
+            raise PredictionsError(
+                f"{path}: line 1: bad header ({'; '.join(parts)}); expected {','.join(HEADER)}"
+            )
+        col = [header.index(h) for h in HEADER]
+        ids: list[str] = []
+        rows: list[list[float]] = []
+        seen: dict[str, int] = {}
+        for line_no, row in enumerate(reader, start=2):
+            if not row or all(not c.strip() for c in row):
+                continue  # tolerate blank lines (e.g. a trailing newline)
+            if len(row) != len(header):
+                raise PredictionsError(
+                    f"{path}: line {line_no}: {len(row)} fields, header has {len(header)}"
+                )
+            image_id = row[col[0]].strip()
+            if not image_id:
+                raise PredictionsError(f"{path}: line {line_no}: empty image_id")
+            if image_id in seen:
+                raise PredictionsError(
+                    f"{path}: line {line_no}: image_id {image_id!r} already on line {seen[image_id]}"
+                )
+            seen[image_id] = line_no
+            values = []
+            for name, c in zip(LABEL_NAMES, col[1:]):
+                text = row[c].strip()
+                try:
+                    v = float(text)
+                except ValueError:
+                    v = math.nan
+                if not (0.0 <= v <= 1.0):  # also catches NaN
+                    raise PredictionsError(
+                        f"{path}: line {line_no}: image {image_id!r}: {name}={text!r} "
+                        "is not a probability in [0, 1]"
+                    )
+                values.append(v)
+            ids.append(image_id)
+            rows.append(values)
+    if not ids:
+        raise PredictionsError(f"{path}: no prediction rows after the header")
+    return np.asarray(ids, dtype=str), np.asarray(rows, dtype=np.float64).reshape(-1, len(LABEL_NAMES))
+
+
+def write_predictions(
+    path: str | os.PathLike,
+    ids: Sequence[str] | np.ndarray,
+    P: np.ndarray,
+    *,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write a predictions CSV atomically (temp file + rename), and the sidecar when ``meta`` is given.
+
+    Args:
+        ids: (n,) image ids, unique.
+        P: (n, 6) probabilities in ``LABEL_NAMES`` order, in [0, 1].
+        meta: optional cost information under the keys of ``META_KEYS`` (others are kept too).
+
+    Returns the CSV path.
+    """
+    path = Path(path)
+    ids = [str(i) for i in ids]
+    P = np.asarray(P, dtype=np.float64)
+    if P.ndim != 2 or P.shape != (len(ids), len(LABEL_NAMES)):
+        raise PredictionsError(
+            f"{path}: probabilities must have shape ({len(ids)}, {len(LABEL_NAMES)}), got {P.shape}"
+        )
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise PredictionsError(f"{path}: duplicate image ids {dup[:5]}")
+    bad = ~((P >= 0.0) & (P <= 1.0))
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise PredictionsError(
+            f"{path}: image {ids[r]!r}: {LABEL_NAMES[c]}={P[r, c]!r} is not a probability in [0, 1]"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, _csv_text(ids, P))
+    if meta is not None:
+        _atomic_write(sidecar_path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_predictions_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The sidecar JSON of a predictions CSV as a dict, or None when there is none."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        return None
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise PredictionsError(f"{side}: unreadable sidecar JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise PredictionsError(f"{side}: sidecar must be a JSON object, got {type(meta).__name__}")
+    return meta
+
+
+def _csv_text(ids: list[str], P: np.ndarray) -> str:
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(HEADER)
+    for i, row in zip(ids, P):
+        # repr-precision floats: a read-back gives the identical array
+        w.writerow([i] + [repr(float(v)) for v in row])
+    return buf.getvalue()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+__all__ = [
+    "HEADER",
+    "META_KEYS",
+    "PredictionsError",
+    "read_predictions",
+    "read_predictions_meta",
+    "sidecar_path",
+    "write_predictions",
+]
