@@ -694,10 +694,10 @@ def read_image_folder(path: str | os.PathLike) -> list[Sample]:
 # Statistics
 
 
-def split_stats(samples: list[Sample]) -> dict[str, dict]:
+def split_stats(samples: list[Sample], *, unsplit_name: str = "unlabelled") -> dict[str, dict]:
     """Per split: ``n_images`` and per label pos / neg / missing / pos_weight (neg/pos, None if no pos).
 
-    Splits appear in the order train, val, test, then "unlabelled" for split "".
+    Splits appear in the order train, val, test, then ``unsplit_name`` for samples with split "".
     """
     order = list(SPLITS) + sorted({s.split for s in samples} - set(SPLITS))
     out: dict[str, dict] = {}
@@ -716,16 +716,17 @@ def split_stats(samples: list[Sample]) -> dict[str, dict]:
                 "missing": int((Y[:, j] == MISSING).sum()),
                 "pos_weight": None if math.isnan(w) else round(w, 3),
             }
-        out[split or "unlabelled"] = {"n_images": len(rows), "labels": labels}
+        out[split or unsplit_name] = {"n_images": len(rows), "labels": labels}
     return out
 
 
 def source_stats(path: str | os.PathLike) -> dict[str, dict]:
     """Label counts of the source at ``path`` (see :func:`split_stats`). A ``.csv`` file is read as
-    the annotation sheet (labels only). Images are not decoded; labels are validated."""
+    the annotation sheet (labels only, reported as split "all"). Release images are not kept in
+    memory; labels are validated as for a run."""
     p = Path(path)
     if p.is_file() and p.suffix.lower() == ".csv":
-        return split_stats(read_annotation_sheet(p))
+        return split_stats(read_annotation_sheet(p), unsplit_name="all")
     source = open_source(p)
     if source.kind == "hf_release":
         return split_stats(read_release(p, load_images=False))
