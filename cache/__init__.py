@@ -2,6 +2,19 @@
 
 from cache.schema import LABEL_NAMES, MISSING, SCHEMA, LabelSchema
 from cache.types import CacheError, CacheLockedError, CacheMismatchError, EmbeddingSet
+from cache.store import (
+    CacheValueError,
+    CacheWriteError,
+    CacheWriter,
+    cache_info,
+    consolidate_cache,
+    merge_caches,
+    read_cache,
+    read_failures,
+    read_provenance,
+    read_runs,
+    verify_cache,
+)
 
 __all__ = [
     "LABEL_NAMES",
@@ -12,4 +25,15 @@ __all__ = [
     "CacheLockedError",
     "CacheMismatchError",
     "EmbeddingSet",
+    "CacheValueError",
+    "CacheWriteError",
+    "CacheWriter",
+    "cache_info",
+    "consolidate_cache",
+    "merge_caches",
+    "read_cache",
+    "read_failures",
+    "read_provenance",
+    "read_runs",
+    "verify_cache",
 ]
