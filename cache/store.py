@@ -1182,6 +1182,50 @@ def cache_info(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
+def format_info(info: Mapping[str, Any], *, max_failures: int = 20) -> str:
+    """Human-readable text of a ``cache_info`` dict (what ``wound-cache info`` prints)."""
+    prov = info["provenance"]
+    lines = [f"cache: {info['path']}"]
+    pending = info.get("pending_batches", 0)
+    rows = f"rows: {info['rows']} (embedding dim {info['embedding_dim']})"
+    if pending:
+        rows += f"; {pending} batch(es) of an unfinished run not yet consolidated"
+    lines.append(rows)
+    if prov.get("notice"):
+        lines.append(f"notice: {prov['notice']}")
+    lines.append(f"encoder: {prov['encoder_id']} @ {prov.get('encoder_revision') or '(revision unknown)'}")
+    lines.append(f"preprocessing: {json.dumps(prov['preprocessing'], sort_keys=True)}")
+    lines.append(f"compute: {prov.get('compute_dtype') or '?'} on {prov.get('device') or '?'}")
+    try:
+        schema = json.loads(prov["label_schema"])
+        lines.append(f"label schema: version {schema.get('version')}, labels {', '.join(schema.get('labels', []))}")
+    except (ValueError, KeyError, TypeError):
+        lines.append("label schema: (unreadable)")
+    lines.append(f"created: {prov.get('created')}  updated: {prov.get('updated')}")
+    versions = prov.get("versions") or {}
+    lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    for split, d in info["splits"].items():
+        lines.append("")
+        lines.append(f"split {split or '(unlabelled)'}: {d['rows']} rows")
+        lines.append(f"  {'label':<16}{'pos':>7}{'neg':>7}{'missing':>9}")
+        for name, c in d["labels"].items():
+            lines.append(f"  {name:<16}{c['pos']:>7}{c['neg']:>7}{c['missing']:>9}")
+    fails = info["failures"]
+    lines.append("")
+    lines.append(f"failures: {fails['count']}")
+    for item in fails["items"][:max_failures]:
+        lines.append(f"  {item['image_id']}: {item['reason']}")
+    if fails["count"] > max_failures:
+        lines.append(f"  ... {fails['count'] - max_failures} more (use --json)")
+    lines.append(f"runs: {len(info['runs'])}")
+    for r in info["runs"]:
+        lines.append(
+            f"  {r.get('started', '?')} {r.get('status', '?')}: {r.get('rows_added', 0)} rows, "
+            f"{r.get('compute_dtype') or '-'} on {r.get('device') or '-'} (pid {r.get('pid', '?')} on {r.get('host', '?')})"
+        )
+    return "\n".join(lines)
+
+
 def verify_cache(path: str | os.PathLike) -> list[str]:
     """Check a cache; returns a list of problems (empty when it is sound).
 
@@ -1386,6 +1430,7 @@ __all__ = [
     "CacheWriter",
     "cache_info",
     "consolidate_cache",
+    "format_info",
     "lock_path",
     "merge_caches",
     "parts_dir",
