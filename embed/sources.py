@@ -51,7 +51,6 @@ from cache.schema import (
     canonical_field,
     encode_annotations,
     encode_value,
-    is_unsure,
     pos_weight,
 )
 
