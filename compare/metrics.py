@@ -1,0 +1,519 @@
+"""Metrics with confidence intervals: pure functions over numpy arrays.
+
+Conventions
+-----------
+- ``y``: (n,) int labels 1 / 0 / -1 (missing); ``p``: (n,) probabilities. Missing entries (-1) are
+  masked out per label before anything is computed.
+- A label whose observed test rows hold one class only is *not estimable* for AUC, AP, sensitivity
+  or specificity: the value is ``None`` with a ``reason`` string, never 0 or NaN.
+- Bootstrap: ``n_boot`` resamples (default 2,000), seeded. Per-label intervals use a *stratified*
+  bootstrap (positives and negatives resampled separately, so every resample has both classes).
+  Macro AUC resamples whole images (the labels share images) and averages the labels estimable on
+  the full test split; resamples in which one of those labels lost a class are dropped and counted.
+  Intervals are 95% percentile intervals.
+- Paired differences between methods use the *same* resampled images for both methods.
+- Sensitivity and specificity intervals are Wilson score intervals (closed form).
+- Vectorised: a resample is a row of integer counts ``W`` (B, n) ("image i drawn W[b, i] times");
+  AUC, AP, Brier and ECE are computed for all B rows at once from counts (weighted Mann-Whitney via
+  cumulative sums over the sorted negatives), which equals scikit-learn with ``sample_weight=W[b]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+DEFAULT_N_BOOT = 2000
+DEFAULT_N_BINS = 10
+CI_LEVEL = 0.95
+_Z95 = 1.959963984540054  # two-sided 95% normal quantile (Wilson interval)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with its 95% interval and the n it rests on.
+
+    ``value`` is None when the quantity is not estimable; ``reason`` then says why.
+    ``ci`` names the interval method ("bootstrap" or "wilson").
+    """
+
+    value: float | None
+    low: float | None
+    high: float | None
+    n: int
+    ci: str
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def estimable(self) -> bool:
+        return self.value is not None
+
+
+def not_estimable(n: int, reason: str, ci: str = "bootstrap") -> Estimate:
+    """An Estimate that says why there is no number."""
+    return Estimate(None, None, None, int(n), ci, reason)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resampling
+# ---------------------------------------------------------------------------------------------
+
+
+def _row_bincount(draws: np.ndarray, k: int) -> np.ndarray:
+    """(B, m) indices in [0, k) -> (B, k) int64 counts, one bincount per row."""
+    B = draws.shape[0]
+    flat = draws + (np.arange(B, dtype=np.int64)[:, None] * k)
+    return np.bincount(flat.ravel(), minlength=B * k).reshape(B, k)
+
+
+def bootstrap_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Plain bootstrap over n items: (n_boot, n) int64 counts, each row summing to n."""
+    if n == 0:
+        return np.zeros((n_boot, 0), np.int64)
+    return _row_bincount(rng.integers(0, n, size=(n_boot, n)), n)
+
+
+def stratified_bootstrap_counts(y: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Stratified bootstrap: positives and negatives of ``y`` (0/1) resampled separately.
+
+    Returns (n_boot, n) int64 counts; every row draws exactly as many positives (and negatives)
+    as ``y`` has, so a label with both classes stays estimable in every resample.
+    """
+    y = np.asarray(y)
+    W = np.zeros((n_boot, len(y)), np.int64)
+    for group in (np.flatnonzero(y == 1), np.flatnonzero(y == 0)):
+        if len(group):
+            W[:, group] = _row_bincount(rng.integers(0, len(group), size=(n_boot, len(group))), len(group))
+    return W
+
+
+def percentile_interval(values: np.ndarray, level: float = CI_LEVEL) -> tuple[float | None, float | None]:
+    """Percentile interval of the finite entries of ``values`` (None, None when there are none)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return None, None
+    a = (1.0 - level) / 2.0
+    lo, hi = np.quantile(v, [a, 1.0 - a])
+    return float(lo), float(hi)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weighted (vectorised) metrics: W (B, n) counts -> (B,) values
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_counts(W: np.ndarray | None, n: int) -> np.ndarray:
+    """Integer resample counts as (B, n); float weights are kept as float."""
+    if W is None:
+        return np.ones((1, n), np.int64)
+    W = np.asarray(W)
+    if W.dtype.kind in "iub":
+        W = W.astype(np.int64, copy=False)
+    else:
+        W = W.astype(np.float64, copy=False)
+    return W[None, :] if W.ndim == 1 else W
+
+
+def _as_weights(W: np.ndarray | None, n: int) -> np.ndarray:
+    if W is None:
+        return np.ones((1, n), np.float64)
+    W = np.asarray(W, dtype=np.float64)
+    return W[None, :] if W.ndim == 1 else W
+
+
+def weighted_auc(y: np.ndarray, p: np.ndarray, W: np.ndarray | None = None) -> np.ndarray:
+    """ROC AUC of each weight row (Mann-Whitney U with ties counted 1/2).
+
+    Args:
+        y: (n,) 0/1 labels (no missing entries). p: (n,) scores. W: (B, n) weights (None: ones).
+    Returns:
+        (B,) AUC; NaN in rows where the positives' or the negatives' total weight is zero.
+    """
+    y = np.asarray(y)
+    p = np.asarray(p, dtype=np.float64)
+    W = _as_counts(W, len(y))
+    pos_idx, neg_idx = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    order = np.argsort(p[neg_idx], kind="stable")
+    sn_sorted = p[neg_idx][order]
+    cum = np.zeros((W.shape[0], len(neg_idx) + 1), dtype=W.dtype)
+    np.cumsum(W[:, neg_idx[order]], axis=1, out=cum[:, 1:])
+    sp = p[pos_idx]
+    lo = np.searchsorted(sn_sorted, sp, side="left")
+    hi = np.searchsorted(sn_sorted, sp, side="right")
+    # 2*U in integers (exact): weight of negatives below each positive, ties counted 1/2
+    less = cum[:, lo]
+    twice_u = np.einsum("bi,bi->b", W[:, pos_idx], less + cum[:, hi], dtype=np.float64)
+    total = W[:, pos_idx].sum(axis=1, dtype=np.float64) * cum[:, -1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, 0.5 * twice_u / np.where(total > 0, total, 1.0), np.nan)
+
+
+def weighted_average_precision(y: np.ndarray, p: np.ndarray, W: np.ndarray | None = None) -> np.ndarray:
+    """Average precision (step-wise, as scikit-learn) of each weight row: (B,); NaN without positives."""
+    y = np.asarray(y)
+    p = np.asarray(p, dtype=np.float64)
+    W = _as_counts(W, len(y))
+    if len(y) == 0:
+        return np.full(W.shape[0], np.nan)
+    order = np.argsort(-p, kind="stable")
+    ps, ys = p[order], y[order] == 1
+    ends = np.r_[np.flatnonzero(np.diff(ps) != 0), len(ps) - 1]  # last row of each distinct score
+    B = W.shape[0]
+    # weight ranked at or above each distinct score: all rows, and positive rows only
+    seen = np.zeros((B, len(ps) + 1), W.dtype)
+    np.cumsum(W[:, order], axis=1, out=seen[:, 1:])
+    seen = seen[:, ends + 1]
+    pos_cols = order[ys]
+    tp = np.zeros((B, len(pos_cols) + 1), W.dtype)
+    np.cumsum(W[:, pos_cols], axis=1, out=tp[:, 1:])
+    tp = tp[:, np.cumsum(ys)[ends]]
+    total_pos = tp[:, -1:].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(seen > 0, tp / np.where(seen > 0, seen, 1), 0.0)
+        d_recall = np.diff(tp, axis=1, prepend=0) / np.where(total_pos > 0, total_pos, 1.0)
+    ap = np.einsum("bk,bk->b", d_recall, precision)
+    return np.where(total_pos[:, 0] > 0, ap, np.nan)
+
+
+def weighted_brier(y: np.ndarray, p: np.ndarray, W: np.ndarray | None = None) -> np.ndarray:
+    """Brier score (mean squared error of the probability) of each weight row: (B,)."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    W = _as_weights(W, len(y))
+    tot = W.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tot > 0, (W @ (p - y) ** 2) / np.where(tot > 0, tot, 1.0), np.nan)
+
+
+def _bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
+    # equal-width bins on [0, 1]; p == 1 falls into the last bin
+    return np.minimum((np.asarray(p, dtype=np.float64) * n_bins).astype(np.int64), n_bins - 1)
+
+
+def weighted_ece(
+    y: np.ndarray, p: np.ndarray, W: np.ndarray | None = None, n_bins: int = DEFAULT_N_BINS
+) -> np.ndarray:
+    """Expected calibration error (equal-width bins on [0, 1]) of each weight row: (B,).
+
+    ECE = sum over bins of (bin weight / total weight) * |fraction positive - mean probability|.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    W = _as_weights(W, len(y))
+    M = np.zeros((len(y), n_bins))
+    M[np.arange(len(y)), _bin_index(p, n_bins)] = 1.0
+    gap = np.abs(W @ (M * (y - p)[:, None]))  # (B, bins): |sum y - sum p| per bin
+    tot = W.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tot > 0, gap.sum(axis=1) / np.where(tot > 0, tot, 1.0), np.nan)
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = DEFAULT_N_BINS) -> float:
+    """ECE of observed entries (y != -1); NaN when nothing is observed."""
+    y, p = _observed(y, p)
+    return float(weighted_ece(y, p, None, n_bins)[0]) if len(y) else math.nan
+
+
+def reliability_curve(
+    y: np.ndarray, p: np.ndarray, n_bins: int = DEFAULT_N_BINS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per non-empty bin: mean probability, fraction positive, count (observed entries only)."""
+    y, p = _observed(y, p)
+    b = _bin_index(p, n_bins)
+    count = np.bincount(b, minlength=n_bins)
+    keep = count > 0
+    mean_p = np.bincount(b, weights=p, minlength=n_bins)[keep] / count[keep]
+    frac = np.bincount(b, weights=y.astype(np.float64), minlength=n_bins)[keep] / count[keep]
+    return mean_p, frac, count[keep]
+
+
+# ---------------------------------------------------------------------------------------------
+# Point metrics with intervals, one label
+# ---------------------------------------------------------------------------------------------
+
+
+def _observed(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y)
+    p = np.asarray(p, dtype=np.float64)
+    if y.shape != p.shape:
+        raise ValueError(f"labels have shape {y.shape}, probabilities {p.shape}")
+    m = y != -1
+    return y[m].astype(np.int64), p[m]
+
+
+def one_class_reason(n: int, positives: int) -> str | None:
+    """Why AUC-type metrics are not estimable for a label, or None when they are."""
+    if n == 0:
+        return "not estimable: no observed labels in the test split"
+    if positives == 0:
+        return f"not estimable: test split has only negatives (0 positives of n={n})"
+    if positives == n:
+        return f"not estimable: test split has only positives (0 negatives of n={n})"
+    return None
+
+
+def wilson_interval(k: int, n: int, z: float = _Z95) -> tuple[float, float]:
+    """Wilson score interval for a proportion k/n (n > 0)."""
+    if n <= 0:
+        raise ValueError("wilson_interval needs n > 0")
+    phat = k / n
+    denom = 1.0 + z * z / n
+    centre = (phat + z * z / (2 * n)) / denom
+    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def proportion(k: int, n: int, *, what: str) -> Estimate:
+    """k/n with its Wilson interval; not estimable when n == 0."""
+    if n == 0:
+        return not_estimable(0, f"not estimable: no {what} in the test split", ci="wilson")
+    lo, hi = wilson_interval(int(k), int(n))
+    return Estimate(k / n, lo, hi, int(n), "wilson")
+
+
+def sensitivity_specificity(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Estimate]:
+    """Sensitivity and specificity of ``p >= threshold`` over observed entries, with Wilson CIs."""
+    y, p = _observed(y, p)
+    flag = p >= threshold
+    pos, neg = y == 1, y == 0
+    return {
+        "sensitivity": proportion(int(np.sum(flag & pos)), int(pos.sum()), what="positives"),
+        "specificity": proportion(int(np.sum(~flag & neg)), int(neg.sum()), what="negatives"),
+    }
+
+
+def _estimate(point: float, boot: np.ndarray, n: int) -> Estimate:
+    lo, hi = percentile_interval(boot)
+    return Estimate(float(point), lo, hi, int(n), "bootstrap")
+
+
+def label_metrics(
+    y: np.ndarray,
+    probs: Mapping[str, np.ndarray],
+    *,
+    thresholds: Mapping[str, Mapping[str, float]] | None = None,
+    n_boot: int = DEFAULT_N_BOOT,
+    rng: np.random.Generator | int = 0,
+    n_bins: int = DEFAULT_N_BINS,
+) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+    """All metrics of one label for several methods, on the same stratified resamples.
+
+    Args:
+        y: (n,) labels 1 / 0 / -1. probs: method -> (n,) probabilities.
+        thresholds: method -> {operating point name: threshold}; 0.5 is always added as "0.5".
+    Returns:
+        (per-method metric dicts, per-method (n_boot,) bootstrap AUCs; empty when not estimable).
+        A metric dict holds n, positives, negatives, auc, ap, brier, ece (Estimate dicts) and
+        operating_points: name -> {threshold, sensitivity, specificity}.
+    """
+    y = np.asarray(y)
+    rng = np.random.default_rng(rng)
+    mask = y != -1
+    yo = y[mask].astype(np.int64)
+    n, npos = int(len(yo)), int(np.sum(yo == 1))
+    reason = one_class_reason(n, npos)
+    W = stratified_bootstrap_counts(yo, n_boot, rng) if n else None
+    out: dict[str, dict] = {}
+    boot_auc: dict[str, np.ndarray] = {}
+    for name, p_all in probs.items():
+        p_all = np.asarray(p_all, dtype=np.float64)
+        if p_all.shape != y.shape:
+            raise ValueError(f"{name}: probabilities have shape {p_all.shape}, labels {y.shape}")
+        p = p_all[mask]
+        res: dict = {"n": n, "positives": npos, "negatives": n - npos}
+        if reason is None:
+            b_auc = weighted_auc(yo, p, W)
+            boot_auc[name] = b_auc
+            res["auc"] = _estimate(roc_auc_score(yo, p), b_auc, n).to_dict()
+            res["ap"] = _estimate(
+                average_precision_score(yo, p), weighted_average_precision(yo, p, W), n
+            ).to_dict()
+        else:
+            res["auc"] = not_estimable(n, reason).to_dict()
+            res["ap"] = not_estimable(n, reason).to_dict()
+        if n:
+            res["brier"] = _estimate(brier_score_loss(yo, p), weighted_brier(yo, p, W), n).to_dict()
+            res["ece"] = _estimate(
+                weighted_ece(yo, p, None, n_bins)[0], weighted_ece(yo, p, W, n_bins), n
+            ).to_dict()
+        else:
+            res["brier"] = not_estimable(0, "not estimable: no observed labels in the test split").to_dict()
+            res["ece"] = not_estimable(0, "not estimable: no observed labels in the test split").to_dict()
+        points = {"0.5": 0.5}
+        points.update({k: float(v) for k, v in ((thresholds or {}).get(name) or {}).items()})
+        res["operating_points"] = {
+            k: {"threshold": t, **{m: e.to_dict() for m, e in sensitivity_specificity(yo, p, t).items()}}
+            for k, t in points.items()
+        }
+        out[name] = res
+    return out, boot_auc
+
+
+def paired_delta(
+    point_a: float, point_b: float, boot_a: np.ndarray, boot_b: np.ndarray, n: int
+) -> dict:
+    """Difference A - B from paired bootstrap values (same resamples), as a JSON-ready dict.
+
+    Holds the Estimate fields plus ``p_a_better``: the share of resamples in which A beat B.
+    """
+    d = np.asarray(boot_a, dtype=np.float64) - np.asarray(boot_b, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    e = _estimate(point_a - point_b, d, n).to_dict()
+    e["p_a_better"] = float(np.mean(d > 0)) if d.size else None
+    e["n_resamples"] = int(d.size)
+    return e
+
+
+# ---------------------------------------------------------------------------------------------
+# All labels, all methods
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluate(
+    Y: np.ndarray,
+    probs: Mapping[str, np.ndarray],
+    *,
+    label_names: Sequence[str],
+    thresholds: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
+    comparisons: Sequence[tuple[str, str]] = (),
+    n_boot: int = DEFAULT_N_BOOT,
+    seed: int = 0,
+    n_bins: int = DEFAULT_N_BINS,
+) -> dict:
+    """Per-label and macro metrics of every method plus paired differences, JSON-ready.
+
+    Args:
+        Y: (n, L) test labels 1 / 0 / -1. probs: method -> (n, L) probabilities (same rows).
+        label_names: the L label names.
+        thresholds: method -> label -> {operating point name: threshold} (chosen on validation).
+        comparisons: (A, B) method pairs; each gets per-label and macro ΔAUC = A - B.
+        n_boot: bootstrap resamples; seed: makes every interval reproducible. Each label and the
+            macro bootstrap draw from their own seeded stream, so adding a method changes no
+            other method's interval.
+    Returns:
+        {"per_label": {label: {method: metrics}}, "macro_auc": {method: Estimate dict + labels},
+         "comparisons": [{"a", "b", "per_label": {label: delta}, "macro": delta}],
+         "bootstrap": settings}
+    """
+    Y = np.asarray(Y)
+    L = len(label_names)
+    if Y.ndim != 2 or Y.shape[1] != L:
+        raise ValueError(f"labels must be (n, {L}), got {Y.shape}")
+    for name, P in probs.items():
+        if np.shape(P) != Y.shape:
+            raise ValueError(f"{name}: probabilities have shape {np.shape(P)}, labels {Y.shape}")
+    for a, b in comparisons:
+        if a not in probs or b not in probs:
+            raise ValueError(f"comparison {a} vs {b}: unknown method")
+    thresholds = thresholds or {}
+    per_label: dict[str, dict] = {}
+    boot: dict[str, dict[str, np.ndarray]] = {}
+    for j, label in enumerate(label_names):
+        th = {m: (thresholds.get(m) or {}).get(label) or {} for m in probs}
+        per_label[label], boot[label] = label_metrics(
+            Y[:, j],
+            {m: np.asarray(P)[:, j] for m, P in probs.items()},
+            thresholds=th,
+            n_boot=n_boot,
+            rng=np.random.default_rng([seed, j]),
+            n_bins=n_bins,
+        )
+
+    # Macro AUC: resample images (labels share them), average the labels estimable on the full split.
+    n_img = Y.shape[0]
+    Wimg = bootstrap_counts(n_img, n_boot, np.random.default_rng([seed, 10_000]))
+    estimable = [
+        j
+        for j in range(L)
+        if one_class_reason(int(np.sum(Y[:, j] != -1)), int(np.sum(Y[:, j] == 1))) is None
+    ]
+    macro: dict[str, dict] = {}
+    macro_boot: dict[str, np.ndarray] = {}
+    for name, P in probs.items():
+        P = np.asarray(P, dtype=np.float64)
+        if not estimable:
+            e = not_estimable(n_img, "not estimable: no label has both classes in the test split").to_dict()
+            e.update(labels=[], n_resamples=0)
+            macro[name] = e
+            continue
+        rows = []
+        for j in estimable:
+            m = Y[:, j] != -1
+            rows.append(weighted_auc(Y[m, j], P[m, j], Wimg[:, m]))
+        per_resample = np.vstack(rows)
+        ok = np.all(np.isfinite(per_resample), axis=0)
+        values = np.where(ok, per_resample.mean(axis=0), np.nan)
+        macro_boot[name] = values
+        point = float(np.mean([per_label[label_names[j]][name]["auc"]["value"] for j in estimable]))
+        e = _estimate(point, values, n_img).to_dict()
+        e.update(labels=[label_names[j] for j in estimable], n_resamples=int(ok.sum()))
+        macro[name] = e
+
+    comps = []
+    for a, b in comparisons:
+        c: dict = {"a": a, "b": b, "per_label": {}}
+        for label in label_names:
+            ra, rb = per_label[label][a], per_label[label][b]
+            if ra["auc"]["value"] is None:
+                c["per_label"][label] = not_estimable(ra["n"], ra["auc"]["reason"]).to_dict()
+                continue
+            c["per_label"][label] = paired_delta(
+                ra["auc"]["value"], rb["auc"]["value"], boot[label][a], boot[label][b], ra["n"]
+            )
+        if a in macro_boot and b in macro_boot:
+            c["macro"] = paired_delta(
+                macro[a]["value"], macro[b]["value"], macro_boot[a], macro_boot[b], n_img
+            )
+            c["macro"]["labels"] = macro[a]["labels"]
+        else:
+            c["macro"] = not_estimable(n_img, macro[a].get("reason") or "not estimable").to_dict()
+        comps.append(c)
+
+    return {
+        "per_label": per_label,
+        "macro_auc": macro,
+        "comparisons": comps,
+        "bootstrap": {
+            "n_resamples": int(n_boot),
+            "seed": int(seed),
+            "level": CI_LEVEL,
+            "interval": "percentile",
+            "per_label": "stratified: positives and negatives resampled separately",
+            "macro": "images resampled; resamples where an averaged label lost a class are dropped",
+            "paired": "the same resampled images for both methods",
+            "sensitivity_specificity": "Wilson score interval",
+            "ece_bins": int(n_bins),
+        },
+    }
+
+
+__all__ = [
+    "DEFAULT_N_BINS",
+    "DEFAULT_N_BOOT",
+    "Estimate",
+    "bootstrap_counts",
+    "evaluate",
+    "expected_calibration_error",
+    "label_metrics",
+    "not_estimable",
+    "one_class_reason",
+    "paired_delta",
+    "percentile_interval",
+    "proportion",
+    "reliability_curve",
+    "sensitivity_specificity",
+    "stratified_bootstrap_counts",
+    "weighted_auc",
+    "weighted_average_precision",
+    "weighted_brier",
+    "weighted_ece",
+    "wilson_interval",
+]
