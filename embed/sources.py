@@ -290,7 +290,7 @@ def iter_json_array(
                         if eof:
                             raise SourceError(f"{p}: record {index}: invalid JSON: {e.msg}") from None
                         value, end = None, -1
-                    if end != -1 and (end < len(buf) or eof):
+                    if end != -1 and (eof or _complete(buf, pos, end)):
                         break
                     # Incomplete element (or one ending exactly at the buffer's end): read more.
                     if len(buf) - pos > max_record_chars:
@@ -309,6 +309,24 @@ def iter_json_array(
                 raise SourceError(f"{p}: unexpected data after the JSON array's closing ']'")
         except UnicodeDecodeError as e:
             raise SourceError(f"{p}: not UTF-8 text ({e.reason})") from None
+
+
+_NUMBER_CHARS = frozenset("0123456789.eE+-")
+
+
+def _complete(buf: str, start: int, end: int) -> bool:
+    """Whether the value parsed from ``buf[start:end]`` cannot continue past the buffer's end.
+
+    Objects, arrays and strings end with their closing character, so they are complete once they
+    parse. A number cut by the chunk boundary ("1." of "1.5") parses too, so it is complete only if
+    a character that cannot continue it follows inside the buffer.
+    """
+    if buf[start] not in _NUMBER_CHARS:
+        return True
+    j = end
+    while j < len(buf) and buf[j] in _NUMBER_CHARS:
+        j += 1
+    return j < len(buf)
 
 
 # ----------------------------------------------------------------------------------------------
