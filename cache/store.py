@@ -72,6 +72,7 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import fcntl
+import io
 import json
 import os
 import platform
@@ -570,6 +571,79 @@ def _clean_failures(failures: list[dict], rows: _Rows) -> list[dict]:
     return [{"image_id": i, "reason": r} for i, r in latest.items() if i not in done]
 
 
+class _GuardedFile(io.RawIOBase):
+    """The file object HDF5 writes the main file through.
+
+    HDF5 (2.0) does not recover from a failed write: the library keeps the half-written file
+    open and crashes at interpreter exit. So a failed write (ENOSPC, EFBIG, EIO) is recorded here
+    and the rest of the file is discarded in memory-free "ghost" mode; HDF5 sees success, and
+    ``_write_main`` raises CacheWriteError after HDF5 has closed the file cleanly.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.fh = open(path, "w+b", buffering=0)
+        self.error: OSError | None = None
+        self.pos = self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.size}[whence]
+        self.pos = base + offset
+        if self.error is None:
+            self.fh.seek(self.pos)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buf) -> int:
+        if self.error is None:
+            n = self.fh.readinto(buf) or 0
+        else:  # ghost mode: HDF5 rarely reads back; zeros keep it going to a clean close
+            n = len(buf)
+            buf[:n] = bytes(n)
+        self.pos += n
+        return n
+
+    def write(self, data) -> int:
+        n = len(memoryview(data).cast("B"))
+        if self.error is None:
+            try:
+                self.fh.write(data)
+            except OSError as exc:
+                self.error = exc
+        self.pos += n
+        self.size = max(self.size, self.pos)
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if self.error is None:
+            try:
+                self.fh.truncate(size)
+            except OSError as exc:
+                self.error = exc
+        self.size = size
+        return size
+
+    def flush(self) -> None:
+        pass  # unbuffered; durability comes from the fsync in _write_main
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self.fh.close()
+
+
 def _write_main(
     path: Path, rows: _Rows, attrs: Mapping[str, Any], failures: list[dict], runs: list[dict]
 ) -> None:
@@ -580,8 +654,10 @@ def _write_main(
     n = rows.n
     row_chunk = max(1, min(max(n, 1), _CHUNK_BYTES // (4 * max(dim, 1))))
     str_chunk = (max(1, min(max(n, 1), 1 << 16)),)
+    guard = None
     try:
-        with h5py.File(tmp, "w") as f:
+        guard = _GuardedFile(tmp)
+        with h5py.File(guard, "w") as f:
             for key, value in attrs.items():
                 f.attrs[key] = value
             f.create_dataset(
@@ -603,17 +679,20 @@ def _write_main(
             fg.create_dataset("image_id", data=_strs([x["image_id"] for x in failures]), dtype=_STR)
             fg.create_dataset("reason", data=_strs([x["reason"] for x in failures]), dtype=_STR)
             f.create_dataset("runs", data=_strs([json.dumps(r, sort_keys=True) for r in runs]), dtype=_STR)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if guard.error is not None:
+            raise guard.error
+        os.fsync(guard.fh.fileno())
+        guard.close()
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except (OSError, RuntimeError) as exc:  # h5py reports ENOSPC / EFBIG as OSError or RuntimeError
+    except (OSError, RuntimeError) as exc:
+        if guard is not None:
+            guard.close()
         tmp.unlink(missing_ok=True)
-        raise CacheWriteError(path, _reason(exc)) from exc
+        raise CacheWriteError(path, _reason(exc)) from None
     except BaseException:
+        if guard is not None:
+            guard.close()
         tmp.unlink(missing_ok=True)
         raise
 
