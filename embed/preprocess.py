@@ -1,0 +1,370 @@
+"""The one preprocessing function: image bytes -> RGB -> pixels the encoder sees.
+
+Embed, fine-tune and predict all call :func:`decode_image` and :func:`preprocess` (timm style: a
+:class:`PreprocessSpec` is resolved once from the checkpoint's own processor config, then pure
+typed functions apply it). Google's MedSigLIP fine-tune notebook defines the pipeline:
+
+    RGB -> zero-pad to a square, image centred (torchvision ``CenterCrop(max side)``)
+        -> ``Resize((S, S), bilinear)`` -> ``ToTensor`` -> ``Normalize(mean, std)``
+
+with S, mean and std taken from the checkpoint (MedSigLIP: 448, 0.5, 0.5 -> pixels in [-1, 1]).
+Google's own evaluation uses the processor's plain (aspect-distorting) resize; using the padded
+pipeline everywhere means training and inference never see differently shaped wounds.
+
+Decisions (each tested in tests/test_preprocess.py):
+
+- EXIF orientation is applied (``ImageOps.exif_transpose``): phones store photos sideways and set
+  the Orientation tag; a viewer shows the rotated image, so the clinician saw that one.
+- Alpha (RGBA, LA, palette with transparency) is composited on black, the same colour as the pad,
+  so transparent areas look like "no image" rather than white.
+- CMYK is converted with Pillow's conversion (Adobe-inverted JPEGs are handled by the decoder).
+- 16-bit grayscale (``I;16*``, ``I``) is scaled by 255/65535 (Pillow's ``convert("L")`` would clip
+  everything above 255 to white); float (``F``) is taken as [0, 1]. 16-bit RGB PNGs are decoded by
+  Pillow to 8 bits per channel (high byte).
+- Decompression bombs: an image claiming more than ``MAX_PIXELS`` pixels is refused from its
+  header, before any pixel is decoded.
+- ``fast_decode`` (off by default) lets libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 scale (DCT
+  scaling, "draft mode") while keeping at least S pixels on the long side; the pixel difference
+  from the exact path is measured in tests/test_preprocess.py and recorded in the spec (it is
+  part of the cache's preprocessing identity, so fast and exact rows never mix).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+from PIL import Image, ImageOps
+
+if TYPE_CHECKING:  # torch is imported lazily: `--help` and the readers must not pay for it
+    import torch
+
+# Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS): room for 108 MP phone photos, while a
+# small file claiming 40000 x 40000 (1.6 G pixels, ~5 GB decoded) is refused from its header.
+MAX_PIXELS = 178_956_970
+
+PREPROCESS_VERSION = 1  # bump when the pixels produced for the same spec change
+
+
+class ImageDecodeError(Exception):
+    """Bytes that cannot become an image: names the origin (file, record) and the reason."""
+
+    def __init__(self, origin: str, reason: str) -> None:
+        self.origin, self.reason = origin, reason
+        super().__init__(f"{origin}: {reason}")
+
+
+class PreprocessConfigError(Exception):
+    """The checkpoint has no usable image-processor config (size, mean, std)."""
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How pixels are made; stored in every cache row's provenance (identity key).
+
+    Attributes:
+        size: (height, width) fed to the encoder, e.g. (448, 448).
+        mean, std: per-channel Normalize() constants (after scaling to [0, 1]).
+        resample: resize filter; bilinear as in Google's fine-tune notebook.
+        pad: "center-zero": pad to a square with zeros, image centred (CenterCrop(max side)).
+        exif: "transpose": EXIF orientation applied.
+        alpha: "composite-black": transparent pixels become black, like the pad.
+        decode: "exact" or "draft" (JPEG DCT-scaled decode, see fast_decode).
+        version: PREPROCESS_VERSION.
+    """
+
+    size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resample: str = "bilinear"
+    pad: str = "center-zero"
+    exif: str = "transpose"
+    alpha: str = "composite-black"
+    decode: str = "exact"
+    version: int = PREPROCESS_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["size"], d["mean"], d["std"] = list(self.size), list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PreprocessSpec":
+        d = dict(d)
+        d["size"] = tuple(int(v) for v in d["size"])
+        d["mean"] = tuple(float(v) for v in d["mean"])
+        d["std"] = tuple(float(v) for v in d["std"])
+        return cls(**d)
+
+    def with_decode(self, fast: bool) -> "PreprocessSpec":
+        return PreprocessSpec(**{**self.__dict__, "decode": "draft" if fast else "exact"})
+
+    @property
+    def digest(self) -> str:
+        """Short stable hash of the spec (for file names and quick comparisons)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def spec_from_processor_config(cfg: Mapping[str, Any], *, origin: str = "<config>") -> PreprocessSpec:
+    """A spec from an image-processor config dict (``preprocessor_config.json`` contents).
+
+    Accepts ``size`` as {"height", "width"}, {"shortest_edge"} or an int, and 1- or 3-element
+    ``image_mean`` / ``image_std``. The resize filter stays bilinear (the notebook's), whatever
+    the processor uses for its own plain resize.
+    """
+    size = cfg.get("size")
+    if isinstance(size, Mapping):
+        if "height" in size and "width" in size:
+            hw = (int(size["height"]), int(size["width"]))
+        elif "shortest_edge" in size:
+            hw = (int(size["shortest_edge"]),) * 2
+        else:
+            raise PreprocessConfigError(f"{origin}: size {dict(size)!r} has no height/width or shortest_edge")
+    elif isinstance(size, (int, float)):
+        hw = (int(size), int(size))
+    else:
+        raise PreprocessConfigError(f"{origin}: no 'size' in the image processor config")
+
+    def triple(key: str) -> tuple[float, float, float]:
+        v = cfg.get(key)
+        if v is None:
+            raise PreprocessConfigError(f"{origin}: no '{key}' in the image processor config")
+        v = [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
+        if len(v) == 1:
+            v = v * 3
+        if len(v) != 3:
+            raise PreprocessConfigError(f"{origin}: '{key}' must have 1 or 3 values, got {v!r}")
+        return (v[0], v[1], v[2])
+
+    mean, std = triple("image_mean"), triple("image_std")
+    if any(s <= 0 for s in std):
+        raise PreprocessConfigError(f"{origin}: image_std must be positive, got {std!r}")
+    if min(hw) < 1:
+        raise PreprocessConfigError(f"{origin}: size must be positive, got {hw!r}")
+    return PreprocessSpec(size=hw, mean=mean, std=std)
+
+
+def _processor_config_in(folder: Path) -> tuple[dict[str, Any], str] | None:
+    """The image-processor dict saved in a model folder (v4 file, or nested in the v5 one)."""
+    legacy = folder / "preprocessor_config.json"
+    if legacy.is_file():
+        return json.loads(legacy.read_text(encoding="utf-8")), str(legacy)
+    combined = folder / "processor_config.json"
+    if combined.is_file():
+        d = json.loads(combined.read_text(encoding="utf-8"))
+        if isinstance(d.get("image_processor"), Mapping):
+            return dict(d["image_processor"]), str(combined)
+    return None
+
+
+def resolve_spec(model: str | Path, revision: str | None = None) -> PreprocessSpec:
+    """The spec of a checkpoint: a local folder, or a hub id (downloads only the small config).
+
+    Raises PreprocessConfigError when the checkpoint has no image processor config.
+    """
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        # Deferred import: embed.encoder owns the hub access and its error messages.
+        from embed.encoder import resolve_checkpoint
+
+        folder = resolve_checkpoint(str(model), revision, config_only=True).path
+    found = _processor_config_in(folder)
+    if found is None:
+        raise PreprocessConfigError(
+            f"{folder}: no preprocessor_config.json or processor_config.json with an image "
+            "processor (size, image_mean, image_std)"
+        )
+    cfg, origin = found
+    return spec_from_processor_config(cfg, origin=origin)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _open(data: bytes, origin: str, max_pixels: int) -> Image.Image:
+    if len(data) == 0:
+        raise ImageDecodeError(origin, "empty file (0 bytes)")
+    with warnings.catch_warnings():
+        # We check the size ourselves below; Pillow's warning would only go to stderr.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError as e:
+            raise ImageDecodeError(origin, f"decompression bomb refused: {e}") from None
+        except Image.UnidentifiedImageError:
+            head = data[:16]
+            kind = "text/HTML, not an image" if head.lstrip()[:1] in (b"<", b"{", b"[") or head.isascii() else "unknown format"
+            raise ImageDecodeError(origin, f"not an image ({kind}; first bytes {head[:8]!r})") from None
+        except Exception as e:  # Pillow plugins raise many types on corrupt headers
+            raise ImageDecodeError(origin, f"cannot read image header: {type(e).__name__}: {e}") from None
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise ImageDecodeError(origin, f"image has no pixels ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageDecodeError(
+            origin, f"decompression bomb refused: header claims {w}x{h} = {w * h:,} pixels (limit {max_pixels:,})"
+        )
+    return im
+
+
+def _sixteen_bit_to_l(im: Image.Image) -> Image.Image:
+    """I;16* / I / F -> L by scaling, not clipping (Pillow's convert("L") clips at 255)."""
+    a = np.asarray(im)
+    if im.mode == "F":
+        a8 = np.clip(np.nan_to_num(a.astype(np.float64)), 0.0, 1.0) * 255.0
+    else:  # I;16, I;16B, I;16L, I (32-bit int holding 16-bit data, e.g. 16-bit TIFF/PNG)
+        a8 = np.clip(a.astype(np.float64), 0, 65535) * (255.0 / 65535.0)
+    return Image.fromarray(np.rint(a8).astype(np.uint8), mode="L")
+
+
+def _composite_on_black(im: Image.Image) -> Image.Image:
+    rgba = im.convert("RGBA")
+    black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+    return Image.alpha_composite(black, rgba).convert("RGB")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB, each family of modes handled deliberately (see module doc)."""
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        return _composite_on_black(im)
+    if mode.startswith("I") or mode == "F":
+        return _sixteen_bit_to_l(im).convert("RGB")
+    if mode == "1":
+        return im.convert("L").convert("RGB")
+    # L, P (opaque), CMYK, YCbCr, LAB, HSV, RGBX: Pillow's conversions are exact enough here.
+    return im.convert("RGB")
+
+
+def normalize_image(im: Image.Image) -> Image.Image:
+    """EXIF orientation applied, then RGB. Idempotent (the orientation tag is removed)."""
+    im = ImageOps.exif_transpose(im) or im
+    return to_rgb(im)
+
+
+def decode_image(
+    data: bytes,
+    *,
+    origin: str = "<bytes>",
+    fast_decode: bool = False,
+    target_size: tuple[int, int] | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> Image.Image:
+    """Image bytes -> fully decoded RGB image, EXIF-oriented.
+
+    Args:
+        data: encoded image bytes (any format Pillow reads; the file suffix is ignored).
+        origin: file / record named in errors.
+        fast_decode: JPEG only: decode at a reduced DCT scale that still keeps at least
+            ``target_size`` pixels on the long side (needs ``target_size``).
+        target_size: (height, width) the image will be resized to.
+    Raises:
+        ImageDecodeError: empty, not an image, truncated, corrupt, decompression bomb.
+    """
+    im = _open(data, origin, max_pixels)
+    try:
+        if fast_decode and target_size is not None and im.format == "JPEG":
+            w, h = im.size
+            s = max(target_size)
+            m = max(w, h)
+            if m > s:
+                # Request the smallest scale whose long side is still >= S after padding.
+                im.draft(None, (math.ceil(s * w / m), math.ceil(s * h / m)))
+        im.load()  # force the full decode now: truncation and corruption surface here
+        return normalize_image(im)
+    except ImageDecodeError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageDecodeError(origin, f"decompression bomb refused: {e}") from None
+    except Exception as e:  # OSError (truncated), SyntaxError, ValueError, struct.error, ...
+        msg = str(e) or type(e).__name__
+        if "truncated" in msg.lower():
+            msg = f"truncated image ({msg})"
+        raise ImageDecodeError(origin, f"cannot decode image: {msg}") from None
+
+
+def load_image(x: "bytes | str | Path | Image.Image", *, spec: PreprocessSpec | None = None) -> Image.Image:
+    """bytes, a path or a PIL image -> RGB, EXIF-oriented (the decode half of the pipeline)."""
+    fast = spec is not None and spec.decode == "draft"
+    size = spec.size if spec is not None else None
+    if isinstance(x, Image.Image):
+        return normalize_image(x)
+    if isinstance(x, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(x), fast_decode=fast, target_size=size)
+    p = Path(x)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ImageDecodeError(str(p), f"cannot read file: {e.strerror or e}") from None
+    return decode_image(data, origin=str(p), fast_decode=fast, target_size=size)
+
+
+# ----------------------------------------------------------------------------- pixels
+
+
+def pad_to_square(im: Image.Image) -> Image.Image:
+    """Zero-pad to max(w, h) square, image centred exactly as torchvision's CenterCrop pads
+    (left = (S - w) // 2, top = (S - h) // 2)."""
+    w, h = im.size
+    s = max(w, h)
+    if w == h:
+        return im
+    canvas = Image.new("RGB", (s, s), (0, 0, 0))
+    canvas.paste(im, ((s - w) // 2, (s - h) // 2))
+    return canvas
+
+
+def preprocess(image: Image.Image, spec: PreprocessSpec) -> "torch.Tensor":
+    """An image -> (3, H, W) float32 tensor normalised with the spec (MedSigLIP: [-1, 1]).
+
+    Same numbers as torchvision ``Compose([CenterCrop(max(w, h)), Resize((H, W), bilinear),
+    ToTensor(), Normalize(mean, std)])`` on the RGB, EXIF-oriented image (tested bit for bit).
+    """
+    import torch
+
+    im = normalize_image(image)
+    im = pad_to_square(im)
+    h, w = spec.size
+    if im.size != (w, h):
+        im = im.resize((w, h), _RESAMPLE[spec.resample])
+    # ToTensor: uint8 HWC -> float CHW / 255 (same op order as torchvision, same bits).
+    t = torch.from_numpy(np.array(im, dtype=np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+    t = t.to(dtype=torch.float32).div(255)
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1)
+    return t.sub_(mean).div_(std)
+
+
+def preprocess_bytes(data: bytes, spec: PreprocessSpec, *, origin: str = "<bytes>") -> "torch.Tensor":
+    """decode_image + preprocess in one call (what DataLoader workers run)."""
+    im = decode_image(data, origin=origin, fast_decode=spec.decode == "draft", target_size=spec.size)
+    return preprocess(im, spec)
+
+
+__all__ = [
+    "MAX_PIXELS",
+    "ImageDecodeError",
+    "PreprocessConfigError",
+    "PreprocessSpec",
+    "decode_image",
+    "load_image",
+    "normalize_image",
+    "pad_to_square",
+    "preprocess",
+    "preprocess_bytes",
+    "resolve_spec",
+    "spec_from_processor_config",
+    "to_rgb",
+]

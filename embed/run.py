@@ -1,0 +1,354 @@
+"""`wound-embed run`: embed every image of a source once and append the rows to the cache.
+
+Pipeline: DataLoader workers read the bytes, hash them (sha256, the resume key), skip images the
+cache already holds, and decode + preprocess the rest, while the main process runs the encoder on
+the previous batch. Each batch is appended to the cache as one durable unit (``CacheWriter``), so
+a ``kill -9`` at any moment loses at most the batch in flight, and a rerun skips what was written.
+
+Batches are fixed chunks of the source listing (chunk k = samples [k*B, (k+1)*B)), independent of
+what is already cached. A rerun after a kill therefore recomputes exactly the chunks that were
+not written, with the same composition, so its vectors are bit-identical to an uninterrupted run
+(a matmul's last bits can depend on the batch it runs in).
+
+Sharding: under an existing launcher (``torchrun``, ``accelerate launch``: RANK / WORLD_SIZE set)
+rank r embeds chunks k with k % WORLD_SIZE == r into its own part cache ``<stem>.rank<r>-of-<w><suffix>``
+(e.g. ``emb.rank0-of-2.h5``); ``wound-cache merge`` joins the parts. Rows carry their position in
+the source (``order``), so the merged cache equals a single-process run row for row.
+
+Test hook: the environment variable ``WOUNDSCORE_TEST_BATCH_DELAY_S`` (seconds, float) sleeps after
+each written batch, so crash tests can kill a run in the middle. Never set it otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shlex
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cache.schema import EXTRA_NAMES, LABEL_NAMES
+
+log = logging.getLogger("embed")
+
+#: Exit codes of `wound-embed run` (documented in its --help).
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+TEST_DELAY_ENV = "WOUNDSCORE_TEST_BATCH_DELAY_S"
+
+
+class EmbedRunError(Exception):
+    """A run cannot start or go on (bad source, encoder, cache); nothing already written is lost."""
+
+
+@dataclass
+class EmbedSummary:
+    """What a run did. ``failed``: [(image_id, reason)]; ``out``: the cache written (the rank's
+    part file when sharded)."""
+
+    source: str
+    out: str
+    total: int = 0
+    embedded: int = 0
+    skipped: int = 0
+    duplicates: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    wall_s: float = 0.0
+    interrupted: bool = False
+    stopped_strict: bool = False
+    rank: int = 0
+    world: int = 1
+    compute_dtype: str = ""
+    fp32_redone: int = 0
+    resume_command: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_SOME_FAILED if self.failed else EXIT_OK
+
+    def format(self, *, max_failures: int = 20) -> str:
+        where = f" (rank {self.rank} of {self.world})" if self.world > 1 else ""
+        rate = self.embedded / self.wall_s if self.wall_s > 0 else 0.0
+        lines = [
+            f"{self.out}{where}: {self.embedded} embedded, {self.skipped} skipped as already cached, "
+            f"{len(self.failed)} failed, of {self.total} images in {self.wall_s:.1f} s "
+            f"({rate:.2f} images/s, {self.compute_dtype})"
+        ]
+        if self.duplicates:
+            lines.append(f"  {self.duplicates} images had the same bytes as another image and were stored once")
+        if self.fp32_redone:
+            lines.append(f"  {self.fp32_redone} batches gave non-finite output and were redone in float32")
+        for image_id, reason in self.failed[:max_failures]:
+            lines.append(f"  failed: {image_id}: {reason}")
+        if len(self.failed) > max_failures:
+            lines.append(f"  ... and {len(self.failed) - max_failures} more (see `wound-cache info {self.out}`)")
+        if self.stopped_strict:
+            lines.append("stopped at the first failure (--strict); images before it are kept")
+        if self.interrupted:
+            lines.append(
+                "interrupted: every batch written so far is kept. Resume with the same command "
+                f"(already embedded images are skipped):\n  {self.resume_command}"
+            )
+        return "\n".join(lines)
+
+
+def shard_from_env(env: dict[str, str] | None = None) -> tuple[int, int]:
+    """(rank, world) from RANK / WORLD_SIZE (torchrun, accelerate launch); (0, 1) otherwise."""
+    env = os.environ if env is None else env
+    try:
+        world = int(env.get("WORLD_SIZE", "1"))
+        rank = int(env.get("RANK", "0"))
+    except ValueError:
+        raise EmbedRunError(f"RANK={env.get('RANK')!r} / WORLD_SIZE={env.get('WORLD_SIZE')!r} are not integers") from None
+    if world < 1 or not 0 <= rank < world:
+        raise EmbedRunError(f"RANK={rank} is not in [0, WORLD_SIZE={world})")
+    return rank, world
+
+
+def part_path(out: str | Path, rank: int, world: int) -> Path:
+    """The cache a rank writes: ``emb.h5`` -> ``emb.rank0-of-2.h5`` (the cache itself when world == 1)."""
+    out = Path(out)
+    if world == 1:
+        return out
+    return out.with_name(f"{out.stem}.rank{rank}-of-{world}{out.suffix or '.h5'}")
+
+
+def chunk_indices(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """Fixed chunks of the source listing this rank embeds: [[k*B, ..., k*B+B-1] for k % world == rank]."""
+    return [list(range(s, min(n, s + batch_size))) for k, s in enumerate(range(0, n, batch_size)) if k % world == rank]
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+class _ChunkDataset:
+    """Map-style dataset whose item k is a whole chunk, read, hashed and preprocessed in a worker."""
+
+    def __init__(self, samples: Sequence[Any], chunks: list[list[int]], spec: Any, known: set[str]) -> None:
+        self.samples, self.chunks, self.spec, self.known = samples, chunks, spec, known
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        import torch
+
+        from embed.preprocess import ImageDecodeError, preprocess_bytes
+        from embed.sources import ImageReadError
+
+        ok, shas, pixels, skipped, failed = [], [], [], [], []
+        for i in self.chunks[k]:
+            s = self.samples[i]
+            try:
+                data = s.read_bytes()
+                sha = hashlib.sha256(data).hexdigest()
+                if sha in self.known:
+                    skipped.append(i)
+                    continue
+                pixels.append(preprocess_bytes(data, self.spec, origin=s.origin))
+            except (ImageReadError, ImageDecodeError) as e:
+                failed.append((i, str(e)))
+                continue
+            except Exception as e:  # one image must never stop the run: record it, go on
+                failed.append((i, f"{s.origin}: {type(e).__name__}: {e}"))
+                continue
+            ok.append(i)
+            shas.append(sha)
+        return {"k": k, "ok": ok, "sha": shas, "pixels": torch.stack(pixels) if pixels else None,
+                "skipped": skipped, "failed": failed}
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _worker_init(_: int) -> None:
+    # Ctrl-C reaches the whole process group; only the main process decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def default_workers() -> int:
+    """Decode workers: leave the cores to the model on small machines, up to 4 elsewhere."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+# ----------------------------------------------------------------------------- main side
+
+
+class _StopOnSigint:
+    """First Ctrl-C: finish the current batch, then stop. Second Ctrl-C: stop at once (the cache
+    keeps every batch already written either way)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.requested = False
+        self.quiet = quiet
+        self._old: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        sys.stderr.write("\nCtrl-C: stopping after the current batch (press again to stop at once)\n")
+        sys.stderr.flush()
+
+    def __enter__(self) -> "_StopOnSigint":
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not the main thread: leave signals alone
+            self._old = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _resume_command() -> str:
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(("__main__.py", "cli.py")):
+        argv[0] = "wound-embed"
+    else:
+        argv[0] = Path(argv[0]).name if argv else "wound-embed"
+    argv = [a for a in argv if a != "--overwrite"]  # resuming must not rebuild
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def run_embedding(
+    source: str | Path,
+    out: str | Path,
+    *,
+    model: str | Path = "google/medsiglip-448",
+    revision: str | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    workers: int | None = None,
+    strict: bool = False,
+    overwrite: bool = False,
+    quiet: bool = False,
+    fast_decode: bool = False,
+    encoder: Any = None,
+    shard: tuple[int, int] | None = None,
+) -> EmbedSummary:
+    """Embed every image of ``source`` into the cache ``out`` (resumable, sharded, crash-safe).
+
+    Args:
+        source: a SurgWound release folder, a labels.csv folder, an image folder or one image.
+        out: the cache (.h5); under torchrun each rank writes ``part_path(out, rank, world)``.
+        model, revision, device, dtype, fast_decode: see :func:`embed.encoder.load_encoder`.
+        batch_size: images per forward pass and per durable write (default per device).
+        workers: DataLoader decode workers (0: decode in the main process).
+        strict: stop after the batch holding the first failed image.
+        overwrite: rebuild the cache instead of resuming.
+        encoder: an already loaded ImageEncoder (then model/revision/device/dtype are ignored).
+        shard: (rank, world); default from RANK / WORLD_SIZE.
+    Returns:
+        EmbedSummary (``exit_code``: 0 all embedded, 3 some failed, 130 interrupted).
+    Raises:
+        SourceError / LabelError (before anything is embedded), EncoderLoadError, CacheError.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from cache.store import CacheWriter
+    from embed.encoder import default_batch_size, load_encoder
+    from embed.sources import open_source
+
+    t0 = time.perf_counter()
+    rank, world = shard if shard is not None else shard_from_env()
+    # Labels first: a label problem is an error before any model is loaded or anything written.
+    samples = open_source(source).samples()
+    enc = encoder or load_encoder(model, revision, device=device, dtype=dtype, fast_decode=fast_decode)
+    bs = int(batch_size or default_batch_size(enc.device))
+    if bs < 1:
+        raise EmbedRunError(f"batch size must be >= 1, got {bs}")
+    nw = default_workers() if workers is None else int(workers)
+    target = part_path(out, rank, world)
+    chunks = chunk_indices(len(samples), bs, rank, world)
+    mine = sum(len(c) for c in chunks)
+    summary = EmbedSummary(source=str(source), out=str(target), total=mine, rank=rank, world=world,
+                           compute_dtype=str(enc.dtype).replace("torch.", ""), resume_command=_resume_command())
+    delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
+    redone_before = enc.fp32_redone
+    extra_names = list(dict.fromkeys(list(EXTRA_NAMES) + [k for s in samples for k in s.extras]))
+
+    with CacheWriter(target, enc.provenance(), overwrite=overwrite) as writer:
+        known = writer.known_hashes()
+        dataset = _ChunkDataset(samples, chunks, enc.spec, known)
+        loader = DataLoader(
+            dataset, batch_size=None, shuffle=False, num_workers=nw, collate_fn=_identity,
+            worker_init_fn=_worker_init if nw else None, prefetch_factor=2 if nw else None,
+            persistent_workers=False,
+        )
+        bar = tqdm(total=mine, unit="img", desc=f"embedding{f' rank {rank}' if world > 1 else ''}",
+                   disable=quiet, dynamic_ncols=True, smoothing=0.1)
+        with _StopOnSigint(quiet) as stop, bar:
+            for item in loader:
+                for i, reason in item["failed"]:
+                    writer.record_failure(samples[i].image_id, reason)
+                    summary.failed.append((samples[i].image_id, reason))
+                summary.skipped += len(item["skipped"])
+                ok = list(item["ok"])
+                feats = np.zeros((0, enc.dim), np.float32)
+                shas = list(item["sha"])
+                if item["pixels"] is not None:
+                    feats, finite = enc.embed_pixels_checked(item["pixels"])
+                    for j in np.flatnonzero(~finite):  # never write NaN/inf; name the image
+                        s = samples[ok[j]]
+                        reason = f"{s.origin}: non-finite embedding even in float32"
+                        writer.record_failure(s.image_id, reason)
+                        summary.failed.append((s.image_id, reason))
+                    keep = np.flatnonzero(finite)
+                    ok, shas, feats = [ok[j] for j in keep], [shas[j] for j in keep], feats[keep]
+                if ok or item["failed"]:
+                    batch = [samples[i] for i in ok]
+                    written = writer.append(
+                        [s.image_id for s in batch], shas, [s.split for s in batch],
+                        np.stack([s.labels for s in batch]).astype(np.int8) if batch
+                        else np.zeros((0, len(LABEL_NAMES)), np.int8),
+                        {name: [s.extras.get(name, "") for s in batch] for name in extra_names},
+                        feats, order=np.asarray(ok, dtype=np.int64),
+                    )
+                    summary.embedded += written
+                    summary.duplicates += len(ok) - written
+                bar.update(len(chunks[item["k"]]))
+                if delay:
+                    time.sleep(delay)
+                if strict and summary.failed:
+                    summary.stopped_strict = True
+                    break
+                if stop.requested:
+                    summary.interrupted = True
+                    break
+            del loader  # shuts the workers down before the cache is consolidated
+    summary.fp32_redone = enc.fp32_redone - redone_before
+    summary.wall_s = time.perf_counter() - t0
+    if world > 1 and not summary.interrupted:
+        log.info("rank %d of %d done; when every rank is done: wound-cache merge %s --out %s",
+                 rank, world, " ".join(str(part_path(out, r, world)) for r in range(world)), out)
+    del torch
+    return summary
+
+
+__all__ = [
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_SOME_FAILED",
+    "EmbedRunError",
+    "EmbedSummary",
+    "TEST_DELAY_ENV",
+    "chunk_indices",
+    "default_workers",
+    "part_path",
+    "run_embedding",
+    "shard_from_env",
+]
