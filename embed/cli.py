@@ -49,3 +49,76 @@ def stats_command(source: str, as_json: bool) -> None:
         click.echo(json.dumps(stats, indent=2))
     else:
         click.echo(format_stats(stats))
+
+
+@cli.command("run")
+@click.argument("source", type=click.Path(exists=True, path_type=str))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="The cache (.h5) to create or append to.")
+@click.option("--model", default="google/medsiglip-448", show_default=True,
+              help="Hub id (gated: accept the terms, then `hf auth login`) or a local checkpoint folder.")
+@click.option("--revision", default=None, help="Hub branch, tag or commit (the commit loaded is recorded).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Images per forward pass and per durable write [default: 32 on GPU, 4 on CPU].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True,
+              help="auto: bfloat16 on GPUs and CPUs with native bf16, float16 on older GPUs (T4), else float32.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decode/preprocess worker processes [default: cores-1, at most 4; 0 = in process].")
+@click.option("--strict", is_flag=True, help="Stop at the first image that cannot be embedded.")
+@click.option("--overwrite", is_flag=True, help="Rebuild the cache instead of resuming it.")
+@click.option("--fast-decode", is_flag=True,
+              help="Decode large JPEGs at reduced DCT scale (faster; small measured pixel difference, "
+                   "recorded in the cache's preprocessing so fast and exact rows never mix).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary (errors still shown).")
+def run_command(source: str, out: str, model: str, revision: str | None, batch_size: int | None, device: str,
+                dtype: str, workers: int | None, strict: bool, overwrite: bool, fast_decode: bool,
+                quiet: bool) -> None:
+    """Embed every image of SOURCE once with MedSigLIP-448 into the cache OUT.
+
+    SOURCE is a SurgWound release folder, a folder with labels.csv and images/, a folder of
+    images, or one image. Label problems stop the run before anything is embedded. A rerun skips
+    images already in the cache (by sha256); images that cannot be read or decoded are recorded
+    in the cache's failure list and the run goes on. Ctrl-C stops after the current batch.
+
+    \b
+    Example:
+        wound-embed run SurgWound/ --out emb.h5
+        wound-embed run SurgWound/ --out emb.h5 --model ./medsiglip-448   # offline, local folder
+        torchrun --nproc_per_node 4 -m embed run SurgWound/ --out emb.h5
+        wound-cache merge emb.rank*-of-4.h5 --out emb.h5
+
+    \b
+    Under torchrun / accelerate launch (RANK, WORLD_SIZE set) each rank writes its share to
+    OUT with ".rank<r>-of-<w>" before the suffix; join them with `wound-cache merge`.
+
+    \b
+    Exit codes: 0 every image embedded (or already cached); 3 some images failed (listed, and
+    kept in the cache's failure list), with --strict: stopped at the first; 1 error (source,
+    labels, model, cache: nothing written is lost); 2 usage error; 130 interrupted (Ctrl-C):
+    rerun the same command to resume.
+    """
+    import logging
+
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
+                        stream=click.get_text_stream("stderr"))
+    from cache.schema import LabelError
+    from cache.types import CacheError
+    from embed.encoder import EncoderLoadError
+    from embed.preprocess import PreprocessConfigError
+    from embed.run import EmbedRunError, run_embedding
+    from embed.sources import SourceError
+
+    try:
+        summary = run_embedding(source, out, model=model, revision=revision, batch_size=batch_size, device=device,
+                                dtype=dtype, workers=workers, strict=strict, overwrite=overwrite, quiet=quiet,
+                                fast_decode=fast_decode)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: every batch already written is kept; rerun the same command to resume", err=True)
+        raise SystemExit(130) from None
+    except (SourceError, LabelError, EncoderLoadError, PreprocessConfigError, CacheError, EmbedRunError) as e:
+        raise click.ClickException(str(e)) from None
+    if not quiet or summary.exit_code:
+        click.echo(summary.format(), err=bool(summary.exit_code))
+    raise SystemExit(summary.exit_code)
