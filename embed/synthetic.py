@@ -485,15 +485,28 @@ def make_large_release(
     seed: int = 0,
     image_size: tuple[int, int] = (768, 768),
 ) -> Path:
-    """A release of about ``target_mb`` MB (like the real 452 MB one) for memory tests.
+    """A release of about ``target_mb`` MB (the real one is 452 MB) for memory tests and benchmarks.
 
-    Noisy JPEGs make each image large; like the real release each image's base64 is repeated in
-    about nine records, so the files are ~9x the unique image bytes.
+    Each wound is drawn at 128 px, enlarged to ``image_size`` and covered in pixel noise so that
+    its JPEG is large (~0.5 MB at 768 px); as in the real release each image's base64 is repeated in
+    about nine records, so the files hold ~12x the unique image bytes.
     """
-    probe = make_release_images(6, seed=seed, image_size=image_size, noise=40.0, quality=92)
-    per_image = np.mean([len(i.image) for i in probe]) * 4 / 3 * 8.5  # base64, ~8.5 records each
+    images = make_release_images(6, seed=seed)
+    rng = np.random.default_rng([seed, 2])
+    probe = _noisy_jpeg(images[0].image, image_size, rng)
+    per_image = len(probe) * 4 / 3 * 8.2  # base64 in ~7.6 question records + 1 report, less JPEG spread
     n = max(6, math.ceil(target_mb * 1e6 / per_image))
-    return make_release(out_dir, n, seed=seed, image_size=image_size, noise=40.0, quality=92)
+    images = make_release_images(n, seed=seed)
+    for img in images:
+        img.image = _noisy_jpeg(img.image, image_size, rng)
+    return write_release(out_dir, images, seed=seed)
+
+
+def _noisy_jpeg(jpeg: bytes, size: tuple[int, int], rng: np.random.Generator) -> bytes:
+    small = Image.open(io.BytesIO(jpeg)).convert("RGB")
+    big = np.asarray(small.resize(size, Image.BICUBIC), dtype=np.uint8)
+    noise = rng.integers(0, 48, big.shape, dtype=np.uint8)
+    return _jpeg(np.clip(big.astype(np.int16) + noise - 24, 0, 255).astype(np.uint8), quality=92)
 
 
 def make_labels_csv_folder(
