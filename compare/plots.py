@@ -1,0 +1,168 @@
+"""The report's figures: ROC curves, reliability diagrams, and a forest plot of paired ΔAUC.
+
+matplotlib with the Agg backend and the object API (``Figure``), so no GUI and no pyplot global
+state. Every figure says n in its titles; text from data is passed through :func:`_safe` so that a
+``$`` in a method or label name is drawn literally rather than as mathtext.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from compare.metrics import reliability_curve
+
+_DPI = 100
+
+
+def _figure(nrows: int, ncols: int, size: tuple[float, float]):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    # no layout engine: "constrained" doubles the drawing time; margins are set per figure
+    fig = Figure(figsize=size, dpi=_DPI)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    return fig, axes
+
+
+def _safe(text: object) -> str:
+    """Data text drawn literally: escape mathtext's ``$``."""
+    return str(text).replace("$", r"\$")
+
+
+def _grid(n: int) -> tuple[int, int]:
+    ncols = min(3, max(1, n))
+    return (n + ncols - 1) // ncols, ncols
+
+
+def _fmt(e: Mapping) -> str:
+    if e.get("value") is None:
+        return "not estimable"
+    return f"{e['value']:.2f} ({e['low']:.2f}-{e['high']:.2f})"
+
+
+def plot_roc(
+    Y: np.ndarray,
+    probs: Mapping[str, np.ndarray],
+    label_names: Sequence[str],
+    per_label: Mapping[str, Mapping[str, Mapping]],
+    path: str | os.PathLike,
+) -> Path:
+    """One panel per label: every method's ROC curve on the observed test rows; legend has AUC and CI."""
+    from sklearn.metrics import roc_curve
+
+    rows, cols = _grid(len(label_names))
+    fig, axes = _figure(rows, cols, (4.2 * cols, 3.9 * rows))
+    for ax, (j, label) in zip(axes, enumerate(label_names)):
+        y = np.asarray(Y)[:, j]
+        m = y != -1
+        first = per_label[label][next(iter(probs))] if probs else {"n": int(m.sum()), "positives": 0}
+        ax.set_title(_safe(f"{label} (n={first['n']}, positives={first['positives']})"), fontsize=10)
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+        estimable = len(np.unique(y[m])) == 2
+        for name, P in probs.items():
+            auc = per_label[label][name]["auc"]
+            if estimable:
+                fpr, tpr, _ = roc_curve(y[m], np.asarray(P)[m, j])
+                ax.plot(fpr, tpr, lw=1.4, label=_safe(f"{name}: AUC {_fmt(auc)}"))
+        if not estimable:
+            ax.text(0.5, 0.5, "not estimable:\none class in test", ha="center", va="center", fontsize=9)
+        else:
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xlabel("1 - specificity (false positive rate)", fontsize=8)
+        ax.set_ylabel("sensitivity (true positive rate)", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.01)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(label_names):]:
+        ax.set_visible(False)
+    fig.suptitle("ROC curves on the test split (95% bootstrap CI in the legend)", fontsize=11)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.09, top=0.88, wspace=0.28, hspace=0.42)
+    return _save(fig, path)
+
+
+def plot_reliability(
+    Y: np.ndarray,
+    probs: Mapping[str, np.ndarray],
+    label_names: Sequence[str],
+    per_label: Mapping[str, Mapping[str, Mapping]],
+    path: str | os.PathLike,
+    *,
+    n_bins: int = 10,
+) -> Path:
+    """One panel per label: fraction positive vs mean predicted probability per bin, every method."""
+    rows, cols = _grid(len(label_names))
+    fig, axes = _figure(rows, cols, (4.2 * cols, 3.9 * rows))
+    for ax, (j, label) in zip(axes, enumerate(label_names)):
+        y = np.asarray(Y)[:, j]
+        n = int((y != -1).sum())
+        ax.set_title(_safe(f"{label} (n={n}, positives={int((y == 1).sum())})"), fontsize=10)
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--", label="perfect calibration")
+        if n:
+            for name, P in probs.items():
+                mean_p, frac, count = reliability_curve(y, np.asarray(P)[:, j], n_bins)
+                ece = per_label[label][name]["ece"]
+                ax.plot(mean_p, frac, marker="o", ms=3, lw=1.2, label=_safe(f"{name}: ECE {_fmt(ece)}"))
+        ax.legend(fontsize=7, loc="upper left")
+        ax.set_xlabel("mean predicted probability (bin)", fontsize=8)
+        ax.set_ylabel("fraction positive (bin)", fontsize=8)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(-0.02, 1.02)
+        ax.tick_params(labelsize=7)
+    for ax in axes[len(label_names):]:
+        ax.set_visible(False)
+    fig.suptitle(f"Reliability diagrams on the test split ({n_bins} equal-width bins)", fontsize=11)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.09, top=0.88, wspace=0.28, hspace=0.42)
+    return _save(fig, path)
+
+
+def plot_forest(
+    comparisons: Sequence[Mapping], label_names: Sequence[str], path: str | os.PathLike
+) -> Path:
+    """ΔAUC (A - B) with 95% paired-bootstrap CI per label and macro, one row per comparison x label."""
+    rows: list[tuple[str, Mapping]] = []
+    for c in comparisons:
+        for label in label_names:
+            rows.append((f"{c['a']} - {c['b']}: {label}", c["per_label"][label]))
+        rows.append((f"{c['a']} - {c['b']}: macro", c["macro"]))
+    height = max(2.5, 0.28 * len(rows) + 1.2)
+    longest = max((len(name) for name, _ in rows), default=10) + 8
+    width = 5.0 + 0.065 * longest  # room for the row labels on the left
+    fig, axes = _figure(1, 1, (width, height))
+    fig.subplots_adjust(left=0.065 * longest / width, right=0.97, top=1 - 0.45 / height, bottom=0.75 / height)
+    ax = axes[0]
+    ypos = np.arange(len(rows))[::-1]
+    for yv, (name, d) in zip(ypos, rows):
+        if d.get("value") is None:
+            ax.text(0, yv, "not estimable", ha="center", va="center", fontsize=7, color="0.4")
+            continue
+        macro = name.endswith(": macro")
+        ax.errorbar(
+            d["value"], yv,
+            xerr=[[d["value"] - d["low"]], [d["high"] - d["value"]]],
+            fmt="D" if macro else "o", ms=5 if macro else 4, capsize=2,
+            color="black" if macro else "tab:blue",
+        )
+    ax.axvline(0.0, color="0.5", lw=0.8, ls="--")
+    ax.set_yticks(ypos)
+    ax.set_yticklabels([_safe(f"{name} (n={d.get('n')})") for name, d in rows], fontsize=7)
+    ax.set_xlabel("ΔAUC (A - B), 95% paired bootstrap CI; > 0 favours A", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_title("Paired differences in ROC AUC on the same test images", fontsize=10)
+    if not rows:
+        ax.text(0.5, 0.5, "no comparison (one method only)", ha="center", va="center", transform=ax.transAxes)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    fig.savefig(path, format="png")
+    return path
+
+
+__all__ = ["plot_forest", "plot_reliability", "plot_roc"]
