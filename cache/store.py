@@ -1103,7 +1103,7 @@ class CacheWriter:
         bad = np.argwhere(~np.isin(Y, (-1, 0, 1)))
         if len(bad):
             i, j = bad[0]
-            raise CacheValueError(f"{where}: {ids_a[i]}: label {LABEL_NAMES[j]} has value {Y[i, j]!r}; expected 1, 0 or -1")
+            raise CacheValueError(f"{where}: {ids_a[i]}: label {LABEL_NAMES[j]} has value {Y[i, j].item()!r}; expected 1, 0 or -1")
         X = np.asarray(embeddings)
         if X.shape != (b, self.dim):
             raise CacheValueError(f"{where}: embeddings must be ({b}, {self.dim}), got {X.shape}")

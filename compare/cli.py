@@ -42,13 +42,17 @@ def _parse_predictions(ctx: click.Context, param: click.Parameter, values: tuple
               help="Predictions CSV of another method, matched by image_id (repeatable).")
 @click.option("--zero-shot/--no-zero-shot", default=True, show_default=True,
               help="Score zero-shot MedSigLIP (needs --source and --model, else skipped with the reason).")
+@click.option("--train", "train", multiple=True, type=click.Choice(["probe", "mlp", "none"]),
+              default=("probe", "mlp"), show_default=True,
+              help="Methods to train here on the cache (repeatable); 'none' scores only the given predictions.")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=100), default=2000, show_default=True,
               help="Bootstrap resamples for every interval.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of training and bootstrap.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 def run_cmd(
     cache: str, out_dir: str, source: str | None, model: str | None, finetune_dir: str | None,
-    predictions: dict[str, str], zero_shot: bool, n_boot: int, seed: int, quiet: bool,
+    predictions: dict[str, str], zero_shot: bool, train: tuple[str, ...], n_boot: int, seed: int,
+    quiet: bool,
 ) -> None:
     """Compare the MLP with the probe, zero-shot and a fine-tune on the same test images.
 

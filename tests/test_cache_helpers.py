@@ -1,0 +1,35 @@
+"""Shared rows for the cache tests and their child processes (no tests here; kept free of pytest
+so that a child process that kills itself starts fast)."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+DIM = 8
+PROV = {
+    "encoder_id": "tiny-siglip",
+    "encoder_revision": "abc123",
+    "embedding_dim": DIM,
+    "preprocessing": {"size": [64, 64], "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "resample": "bilinear"},
+    "compute_dtype": "float32",
+    "device": "cpu",
+}
+SPLIT_OF = ("train", "train", "val", "test")
+
+
+def make_rows(start: int, stop: int, dim: int = DIM) -> dict:
+    """Deterministic rows for images start..stop-1 (a child process rebuilds the same ones)."""
+    idx = range(start, stop)
+    ids = [f"img {i:03d}.jpg" for i in idx]
+    X = np.stack([np.random.default_rng(i).standard_normal(dim).astype(np.float32) for i in idx]) if len(idx) else np.zeros((0, dim), np.float32)
+    labels = np.array([[(i + j) % 3 - 1 for j in range(6)] for i in idx], dtype=np.int8).reshape(-1, 6)
+    return {
+        "ids": ids,
+        "sha256": [hashlib.sha256(f"bytes of {i}".encode()).hexdigest() for i in idx],
+        "split": [SPLIT_OF[i % 4] for i in idx],
+        "labels": labels,
+        "extras": {"location": [f"site {i % 5}" for i in idx], "closure_method": ["suture"] * len(idx)},
+        "embeddings": X,
+    }
