@@ -100,9 +100,9 @@ def run_command(source: str, out: str, model: str, revision: str | None, batch_s
     rerun the same command to resume.
     """
     import logging
+    import sys
 
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
-                        stream=click.get_text_stream("stderr"))
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     from cache.schema import LabelError
     from cache.types import CacheError
     from embed.encoder import EncoderLoadError

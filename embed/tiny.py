@@ -61,12 +61,25 @@ def build_tiny_siglip(
     tokenize real prompts; its max_position_embeddings is 64 like SigLIP's.
     Returns the folder.
     """
+    from transformers.utils import logging as hf_logging
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # config-validation chatter about SigLIP's CLIP-era token ids
+    try:
+        return _build(out, seed=seed, image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
+                      layers=layers, heads=heads, with_text=with_text)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _build(out: Path, *, seed: int, image_size: int, patch_size: int, hidden_size: int, layers: int, heads: int,
+           with_text: bool) -> Path:
     import torch
     from transformers import (SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor,
                               SiglipTokenizer, SiglipVisionConfig, SiglipVisionModel)
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     vision = dict(hidden_size=hidden_size, intermediate_size=hidden_size * 4, num_hidden_layers=layers,
                   num_attention_heads=heads, image_size=image_size, patch_size=patch_size)
     torch.manual_seed(seed)
