@@ -170,7 +170,9 @@ def encode_annotations(
         if not is_unsure(raw.get(key)):
             extras[key] = str(raw[key]).strip()
     if labels[LABEL_NAMES.index("exudate")] != MISSING:
-        extras["exudate_type"] = str(raw["exudate"]).strip()
+        # One spelling per subtype ("serous" in a labels.csv and "Serous" in the release are the
+        # same category); every exudate value is one word, so capitalize() is the canonical form.
+        extras["exudate_type"] = str(raw["exudate"]).strip().capitalize()
     if labels[LABEL_NAMES.index("infection_risk")] != MISSING:
         extras["infection_risk_level"] = str(raw["infection_risk"]).strip().capitalize()
     if labels[LABEL_NAMES.index("urgency")] != MISSING:
