@@ -48,7 +48,7 @@ NEGATIVE = {
 }
 UNSURE = ["Uncertain", "MISSING", "", "unsure", "-1", "nan", "None"]
 WHITESPACE = st.text(alphabet=" \t\n\r\u00a0\u2003\u3000", max_size=3)
-FAST = settings(max_examples=150, deadline=None)
+FAST = settings(max_examples=60, deadline=None)
 
 
 @st.composite

@@ -14,7 +14,7 @@ from cache.schema import encode_annotations
 from embed.sources import iter_json_array, open_source
 from embed.synthetic import EXUDATES, LOCATIONS, URGENCY_TEXT, ReleaseImage, write_release
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 VALID = {
     "healing_status": ["Healed", "Not Healed"],

@@ -85,7 +85,7 @@ def test_class_balance_is_surgwound_like_with_positives_in_every_split():
 
 
 def test_labels_leave_visible_traces():
-    images = make_release_images(100, seed=0)
+    images = make_release_images(60, seed=0, image_size=(96, 96))
     X = np.stack([np.asarray(Image.open(io.BytesIO(i.image)).convert("RGB"), dtype=np.float32) for i in images])
     R, G, B = X[..., 0], X[..., 1], X[..., 2]
     Y = np.stack([encode_annotations(i.answers)[0] for i in images])
