@@ -91,3 +91,130 @@ def run_cmd(
     click.echo(result.metrics["answer"]["text"])
     click.echo(f"report: {result.files['report.html']}")
     click.echo(f"        {result.files['report.md']}")
+
+
+# --- finetune / zero-shot (FINETUNE) ----------------------------------------------------------
+
+
+class _LossStopped(click.ClickException):
+    """Exit code 3: the fine-tune stopped because the loss stayed NaN/inf."""
+
+    exit_code = 3
+
+
+@cli.command("finetune")
+@click.argument("source", type=click.Path(exists=True, path_type=str))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Folder for predictions.csv (+ .json cost sidecar), model/ and trainer/ (TensorBoard logs).")
+@click.option("--model", default="google/medsiglip-448", show_default=True,
+              help="Hub id (gated: accept the terms, then `hf auth login`) or a local checkpoint folder.")
+@click.option("--revision", default=None, help="Hub branch, tag or commit.")
+@click.option("--unfreeze-last", type=click.IntRange(min=0), default=4, show_default=True,
+              help="Train the last N encoder blocks (+ post-layernorm, head with --pooling attention, classifier).")
+@click.option("--pooling", type=click.Choice(["mean", "attention"]), default="mean", show_default=True,
+              help="mean: SiglipForImageClassification as is (mean of patch tokens, the seed's model); "
+                   "attention: the pretrained attention-pool head that the cached embeddings come from.")
+@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--grad-accum", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Gradient accumulation steps (effective batch = batch size x this).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-5, show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Stop after N optimizer steps (smoke tests); evaluates and saves then.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True, help="auto: bfloat16 on GPUs that have it, float16 on T4-class GPUs, float32 on CPU.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decode worker processes [default: 0 on CPU, up to 8 on GPU].")
+@click.option("--no-prefix-cache", is_flag=True,
+              help="Run the frozen blocks every step instead of once per image (same result, slower).")
+@click.option("--push-to-hub", "push_to_hub", metavar="REPO", default=None,
+              help="Upload model/ with its model card to this (private) hub repo; needs `hf auth login`.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or training logs (errors still shown).")
+def finetune_command(source: str, out: str, model: str, revision: str | None, unfreeze_last: int, pooling: str,
+                     epochs: int, batch_size: int, grad_accum: int, lr: float, max_steps: int | None, device: str,
+                     dtype: str, workers: int | None, no_prefix_cache: bool, push_to_hub: str | None, seed: int,
+                     quiet: bool) -> None:
+    """Fine-tune the last blocks of MedSigLIP on SOURCE; write test-split predictions to OUT.
+
+    SOURCE needs train, val and test images (a SurgWound release folder or a labels.csv folder
+    with a split column). The seed's plan: 5 epochs, batch 4 x accumulation 16, lr 5e-5, weight
+    decay 0.01, 10 warmup steps, cosine; eval and save each epoch, best by validation macro AUC;
+    masked pos_weight BCE (classify.loss). The frozen blocks run once per image (prefix cache)
+    unless --no-prefix-cache. OUT/predictions.csv feeds `wound-compare run --finetune-dir OUT`.
+
+    \b
+    Example:
+        wound-compare finetune SurgWound/ --out ft/ --unfreeze-last 4
+        wound-compare finetune SurgWound/ --out ft-smoke/ --model tiny/ --max-steps 2 --device cpu
+
+    \b
+    Exit codes: 0 done; 1 the source, model or settings cannot be used (the message says why);
+    2 usage error; 3 stopped because the loss stayed NaN/inf (try --dtype float32 or a lower --lr).
+    """
+    # Imported here so that `wound-compare --help` stays fast.
+    from cache.schema import LabelError
+    from compare.finetune import FineTuneError, NonFiniteLossError, finetune
+    from compare.predictions import PredictionsError
+    from embed.preprocess import PreprocessConfigError
+    from embed.sources import SourceError
+
+    try:
+        res = finetune(source, out, model=model, revision=revision, unfreeze_last=unfreeze_last, pooling=pooling,
+                       epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, max_steps=max_steps,
+                       device=device, dtype=dtype, workers=workers, prefix_cache=not no_prefix_cache,
+                       push_to_hub=push_to_hub, seed=seed, quiet=quiet)
+    except NonFiniteLossError as e:
+        raise _LossStopped(str(e)) from None
+    except (FineTuneError, SourceError, LabelError, PreprocessConfigError, PredictionsError) as e:
+        raise click.ClickException(str(e)) from None
+    macro = res.test_metrics["macro_auc"]
+    click.echo(
+        f"{res.predictions_path}: {len(res.ids)} test images, macro AUC "
+        f"{'not estimable' if macro is None else f'{macro:.3f}'} (point estimate); "
+        f"trained {res.meta['trainable_params']:,} of {res.meta['total_params']:,} parameters "
+        f"in {res.meta['train_seconds']:.1f} s on {res.meta['device']}"
+    )
+
+
+@cli.command("zero-shot")
+@click.argument("source", type=click.Path(exists=True, path_type=str))
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="Predictions CSV to write (a .json cost sidecar goes next to it).")
+@click.option("--model", default="google/medsiglip-448", show_default=True,
+              help="Full SigLIP checkpoint (vision + text tower): hub id or local folder.")
+@click.option("--revision", default=None, help="Hub branch, tag or commit.")
+@click.option("--split", default="test", show_default=True, help="Which split of SOURCE to score.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def zero_shot_command(source: str, out: str, model: str, revision: str | None, split: str, batch_size: int,
+                      device: str, quiet: bool) -> None:
+    """Score a split of SOURCE zero-shot with MedSigLIP's text tower; write predictions to OUT.
+
+    Each label is scored by a positive and a negative prompt (PROMPTS in compare/zeroshot.py):
+    p = sigmoid(exp(logit_scale) * (cos(image, positive) - cos(image, negative))). No training.
+    Unreadable images are skipped and listed in the sidecar.
+
+    \b
+    Example:
+        wound-compare zero-shot SurgWound/ --out zeroshot.csv
+        wound-compare run cache.h5 --out report/ --predictions zero-shot=zeroshot.csv
+
+    \b
+    Exit codes: 0 done; 1 the source or model cannot be used (the message says why); 2 usage error.
+    """
+    from cache.schema import LabelError
+    from compare.predictions import PredictionsError
+    from compare.zeroshot import ZeroShotError, run_zero_shot
+    from embed.preprocess import PreprocessConfigError
+    from embed.sources import SourceError
+
+    try:
+        res = run_zero_shot(source, out, model=model, revision=revision, split=split, device=device,
+                            batch_size=batch_size, quiet=quiet)
+    except (ZeroShotError, SourceError, LabelError, PreprocessConfigError, PredictionsError) as e:
+        raise click.ClickException(str(e)) from None
+    skipped = f", {len(res.skipped)} skipped (see the .json sidecar)" if res.skipped else ""
+    click.echo(f"{out}: {len(res.ids)} images scored zero-shot{skipped}")

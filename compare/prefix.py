@@ -1,0 +1,347 @@
+"""Selective unfreezing of a SigLIP image classifier, and the frozen-prefix cache.
+
+The fine-tune freezes everything, then unfreezes the last ``N`` of the vision encoder's blocks,
+``post_layernorm``, the pooling head (``pooling="attention"`` only) and the classifier. With no
+augmentation and no dropout in the frozen part, the frozen part (patch embedding + the first
+``L - N`` blocks) gives the same output for an image every epoch. :func:`compute_prefix` runs it
+once per image; :class:`SelectiveUnfreezeClassifier` then trains on those hidden states
+(``prefix_states``) instead of pixels: same logits, same loss, same gradients, but each step runs
+only the last ``N`` blocks. ``tests/test_finetune.py`` checks the equality on a tiny model (fp32).
+
+Cost model (MedSigLIP: 27 blocks; backward of a block ~ 2x its forward): a plain step costs
+~27 + 2N block-forwards, a prefix step ~3N, so N=4 bounds the per-step speed-up at
+(27 + 8) / 12 ~ 2.9x, minus the one-time prefix pass (27 - N block-forwards per image).
+
+Memory of the cache: one image's prefix is tokens x hidden floats, 1024 x 1152 = 1.18 M values:
+4.7 MB in float32 (what the frozen blocks' residual stream holds, also under bf16/fp16 autocast),
+so the 686 SurgWound images take ~3.2 GB of host RAM (2.4 MB / 1.6 GB if stored as bfloat16,
+``store_dtype=torch.bfloat16``, at the cost of exact equality with the plain path).
+
+Pooling: ``SiglipForImageClassification`` mean-pools the last hidden states of the patch tokens
+and ignores the attention-pooling head that produced the pretrained (and cached) embedding.
+``pooling="mean"`` keeps the seed's model as it is (comparable with the public fine-tune result);
+``pooling="attention"`` classifies ``pooler_output`` (the MAP head, as the MLP's embeddings do)
+and trains that head too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal
+
+import torch
+from torch import nn
+
+POOLINGS = ("mean", "attention")
+Pooling = Literal["mean", "attention"]
+
+
+class UnfreezeError(ValueError):
+    """An unfreeze setting the model cannot satisfy (too many blocks, unknown pooling, dropout)."""
+
+
+def _output_cls():
+    from transformers.modeling_outputs import ImageClassifierOutput
+
+    return ImageClassifierOutput
+
+
+class SelectiveUnfreezeClassifier(nn.Module):
+    """A ``SiglipForImageClassification`` with only its top unfrozen, trainable from pixels or prefixes.
+
+    Args:
+        base: a ``SiglipForImageClassification`` (``AutoModelForImageClassification`` of a SigLIP
+            checkpoint); only it is registered as a submodule, so its ``state_dict`` keys are the
+            base model's keys prefixed with ``base.``.
+        unfreeze_last: N, the number of last encoder blocks to train (0..L).
+        pooling: "mean" (the base model's own forward) or "attention" (the vision head's
+            ``pooler_output``).
+
+    ``forward(pixel_values=(b, 3, H, W))`` or ``forward(prefix_states=(b, T, D))`` returns an
+    ``ImageClassifierOutput`` with ``logits`` (b, num_labels); ``labels`` are accepted (the
+    Trainer passes them to its ``compute_loss_func``) and ignored here.
+    """
+
+    def __init__(self, base: nn.Module, *, unfreeze_last: int = 4, pooling: Pooling = "mean") -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise UnfreezeError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        n_layers = len(base.vision_model.encoder.layers)
+        if not 0 <= unfreeze_last <= n_layers:
+            raise UnfreezeError(
+                f"unfreeze_last={unfreeze_last} is outside 0..{n_layers} (the model has {n_layers} encoder blocks)"
+            )
+        if pooling == "attention" and not getattr(base.vision_model, "use_head", False):
+            raise UnfreezeError("pooling='attention' needs the vision model's attention-pooling head (vision_use_head)")
+        self.base = base
+        self.unfreeze_last = unfreeze_last
+        self.pooling = pooling
+        self.split = n_layers - unfreeze_last  # index of the first trainable block
+        self.config = base.config  # the Trainer reads model.config for a few defaults
+        self.freeze()
+
+    # Properties, not submodules: registering them twice would duplicate state_dict keys, which
+    # safetensors refuses (shared tensors).
+    @property
+    def vision(self) -> nn.Module:
+        return self.base.vision_model
+
+    @property
+    def classifier(self) -> nn.Module:
+        return self.base.classifier
+
+    @property
+    def _keys_to_ignore_on_save(self) -> list[str]:
+        # The Trainer reloads the best checkpoint (trainable weights only, see compare.finetune)
+        # non-strictly and warns about missing keys unless they are listed here.
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        return [k for k in self.state_dict() if k not in trainable]
+
+    def tie_weights(self) -> None:
+        """Nothing is tied (the Trainer calls this after loading a checkpoint)."""
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """The modules whose parameters train: last N blocks, post_layernorm, head (attention), classifier."""
+        mods: list[nn.Module] = list(self.vision.encoder.layers[self.split :])
+        mods.append(self.vision.post_layernorm)
+        if self.pooling == "attention":
+            mods.append(self.vision.head)
+        mods.append(self.classifier)
+        return mods
+
+    def freeze(self) -> None:
+        """Freeze everything, then unfreeze :meth:`trainable_modules`."""
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        for m in self.trainable_modules():
+            for p in m.parameters():
+                p.requires_grad_(True)
+
+    def parameter_counts(self) -> tuple[int, int]:
+        """(trainable, total) parameter counts of the whole checkpoint's classifier model."""
+        total = sum(p.numel() for p in self.base.parameters())
+        trainable = sum(p.numel() for p in self.base.parameters() if p.requires_grad)
+        return trainable, total
+
+    def frozen_has_dropout(self) -> bool:
+        """True when a frozen block would be random in train mode (then the prefix cache is wrong)."""
+        cfg = self.vision.config
+        return float(getattr(cfg, "attention_dropout", 0.0) or 0.0) > 0.0
+
+    @torch.no_grad()
+    def prefix(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Frozen part: (b, 3, H, W) pixels -> (b, T, D) hidden states after the first L - N blocks."""
+        h = self.vision.embeddings(pixel_values)
+        for layer in self.vision.encoder.layers[: self.split]:
+            h = layer(h, None)
+        return h
+
+    def _tail(self, h: torch.Tensor) -> torch.Tensor:
+        for layer in self.vision.encoder.layers[self.split :]:
+            h = layer(h, None)
+        h = self.vision.post_layernorm(h)
+        pooled = h.mean(dim=1) if self.pooling == "mean" else self.vision.head(h)
+        return self.classifier(pooled)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        prefix_states: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> Any:
+        if (pixel_values is None) == (prefix_states is None):
+            raise ValueError("pass exactly one of pixel_values or prefix_states")
+        if prefix_states is not None:
+            if prefix_states.dtype != self.vision.post_layernorm.weight.dtype and not torch.is_autocast_enabled(
+                prefix_states.device.type
+            ):
+                prefix_states = prefix_states.to(self.vision.post_layernorm.weight.dtype)
+            logits = self._tail(prefix_states)
+        elif self.pooling == "mean":
+            # The plain path is the seed's model itself, so the prefix path is checked against it.
+            logits = self.base(pixel_values=pixel_values).logits
+        else:
+            logits = self.classifier(self.vision(pixel_values=pixel_values).pooler_output)
+        return _output_cls()(logits=logits)
+
+
+def compute_prefix(
+    model: SelectiveUnfreezeClassifier,
+    batches: Iterable[torch.Tensor],
+    *,
+    n: int,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    store_dtype: torch.dtype | None = None,
+    store_device: torch.device | str = "cpu",
+    progress: Any = None,
+) -> torch.Tensor:
+    """Run the frozen part once over ``n`` images given as pixel batches.
+
+    Args:
+        batches: iterable of (b, 3, H, W) float pixel tensors, in dataset order, ``n`` rows in all.
+        autocast_dtype: torch.bfloat16 / torch.float16 to run under autocast as the Trainer will
+            (so the cached states equal what the plain path computes), None for no autocast.
+        store_dtype: dtype of the cache; None keeps what the blocks output (float32 residual stream).
+
+    Returns:
+        (n, T, D) tensor on ``store_device``.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()  # no dropout either way; eval makes the intent explicit
+    out: torch.Tensor | None = None
+    i = 0
+    try:
+        for pixels in batches:
+            pixels = pixels.to(device, non_blocking=True)
+            with torch.inference_mode(), torch.autocast(
+                device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
+            ):
+                h = model.prefix(pixels)
+            if out is None:
+                out = torch.empty((n, *h.shape[1:]), dtype=store_dtype or h.dtype, device=store_device)
+            b = h.shape[0]
+            out[i : i + b] = h.to(out.dtype)
+            i += b
+            if progress is not None:
+                progress.update(b)
+    finally:
+        model.train(was_training)
+    if out is None or i != n:
+        raise ValueError(f"compute_prefix: expected {n} images, got {i}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Step-time helper for bench/ (real architecture, random weights)
+
+
+def medsiglip_vision_config(**overrides: Any):
+    """SiglipVisionConfig of MedSigLIP-448 (So400m/14 at 448): 1152 hidden, 27 blocks, 1024 tokens."""
+    from transformers import SiglipVisionConfig
+
+    kw = dict(
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_hidden_layers=27,
+        num_attention_heads=16,
+        patch_size=14,
+        image_size=448,
+        hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=1e-6,
+    )
+    kw.update(overrides)
+    return SiglipVisionConfig(**kw)
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """Measured seconds of one training step (forward + backward + AdamW) of ``batch`` images.
+
+    ``prefix_s_per_image`` is the one-time cost of the frozen part per image (0 for the plain path).
+    """
+
+    use_prefix: bool
+    unfreeze_last: int
+    batch: int
+    device: str
+    dtype: str
+    step_s: float
+    prefix_s_per_image: float
+    steps_timed: int
+
+    def epoch_s(self, n_images: int, epochs: int = 1) -> float:
+        """Seconds per epoch over ``n_images`` averaged over ``epochs`` (the prefix pass paid once)."""
+        steps = -(-n_images // self.batch)
+        return steps * self.step_s + self.prefix_s_per_image * n_images / max(epochs, 1)
+
+
+def step_time(
+    model_config: Any = None,
+    *,
+    unfreeze_last: int = 4,
+    batch: int = 4,
+    use_prefix: bool = True,
+    pooling: Pooling = "mean",
+    device: str = "cpu",
+    dtype: str = "float32",
+    steps: int = 2,
+    warmup: int = 1,
+    seed: int = 0,
+) -> StepTiming:
+    """Time fine-tune steps on a randomly initialised SigLIP vision classifier.
+
+    Args:
+        model_config: a ``SiglipVisionConfig`` (default :func:`medsiglip_vision_config`) or a
+            ``SiglipConfig``; weights are random (cost does not depend on their values).
+        use_prefix: train on precomputed prefix states (the cache) instead of pixels.
+        dtype: "float32", or "bfloat16"/"float16" for autocast mixed precision as the Trainer does.
+        steps, warmup: timed steps after ``warmup`` untimed ones.
+
+    Returns:
+        :class:`StepTiming` (seconds per step; the prefix pass per image for ``use_prefix``).
+    """
+    from transformers import SiglipConfig, SiglipForImageClassification, SiglipVisionConfig
+
+    if model_config is None:
+        model_config = medsiglip_vision_config()
+    if isinstance(model_config, SiglipVisionConfig):
+        vc = model_config
+    else:
+        vc = model_config.vision_config
+    config = SiglipConfig(vision_config=vc.to_dict(), num_labels=6, problem_type="multi_label_classification")
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    base = SiglipForImageClassification(config).to(dev)
+    model = SelectiveUnfreezeClassifier(base, unfreeze_last=unfreeze_last, pooling=pooling).train()
+    amp = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-6)
+    pixels = torch.randn(batch, 3, vc.image_size, vc.image_size, device=dev)
+    labels = torch.randint(0, 2, (batch, 6), device=dev).float()
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    prefix_s = 0.0
+    inputs: dict[str, torch.Tensor]
+    if use_prefix:
+        sync()
+        t0 = time.perf_counter()
+        states = compute_prefix(model, [pixels], n=batch, device=dev, autocast_dtype=amp, store_device=dev)
+        sync()
+        prefix_s = (time.perf_counter() - t0) / batch
+        inputs = {"prefix_states": states}
+    else:
+        inputs = {"pixel_values": pixels}
+
+    def one_step() -> None:
+        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(**inputs).logits
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        one_step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        one_step()
+    sync()
+    step_s = (time.perf_counter() - t0) / max(steps, 1)
+    return StepTiming(
+        use_prefix=use_prefix,
+        unfreeze_last=unfreeze_last,
+        batch=batch,
+        device=str(dev),
+        dtype=dtype,
+        step_s=step_s,
+        prefix_s_per_image=prefix_s,
+        steps_timed=steps,
+    )

@@ -1,0 +1,364 @@
+"""Zero-shot MedSigLIP: each label scored by a positive and a negative text prompt, no training.
+
+The SigLIP text tower embeds the two prompts of each label (:data:`PROMPTS`); the image tower
+embeds the image through the same ``embed.preprocess`` function as every other method. SigLIP
+was trained with a sigmoid per (image, text) pair: ``logit = exp(logit_scale) * cos + logit_bias``.
+
+Scoring choice: ``p(label) = softmax([logit_pos, logit_neg])[0]``, which equals
+``sigmoid(exp(logit_scale) * (cos_pos - cos_neg))`` (the bias cancels). Each pair's own sigmoid
+(``sigmoid(logit_pos)``) would be the alternative, but it answers "does this caption match at
+all", which for any wound photo is low for most captions; the pairwise contrast asks "which of
+the two descriptions fits better", which is the clinical question and gives usable rankings (AUC
+depends only on the ranking; calibration of zero-shot scores is poor either way and the report
+shows it).
+
+Text: the checkpoint's own SentencePiece tokenizer, ``padding="max_length"``, ``max_length=64``
+(how SigLIP was trained; other padding changes the text embedding).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cache.schema import LABEL_NAMES
+
+#: Per label (in ``LABEL_NAMES`` order): (positive prompt, negative prompt). Clinically worded
+#: after the SurgWound annotation questions; the negative prompt mirrors the positive one so that
+#: the pair differs in the finding only.
+PROMPTS: dict[str, tuple[str, str]] = {
+    "healing_status": (
+        "a photo of a surgical incision that has not healed, with open or separated wound edges",
+        "a photo of a surgical incision that has healed, with closed wound edges",
+    ),
+    "erythema": (
+        "a photo of a surgical wound with redness around the incision",
+        "a photo of a surgical wound without redness around the incision",
+    ),
+    "edema": (
+        "a photo of a surgical wound with swelling of the surrounding skin",
+        "a photo of a surgical wound without swelling of the surrounding skin",
+    ),
+    "infection_risk": (
+        "a photo of a surgical wound with signs of infection",
+        "a photo of a surgical wound without signs of infection",
+    ),
+    "urgency": (
+        "a photo of a surgical wound that needs prompt medical attention",
+        "a photo of a surgical wound that needs only routine home care",
+    ),
+    "exudate": (
+        "a photo of a surgical wound with fluid, blood or pus draining from the incision",
+        "a photo of a dry surgical wound without any drainage",
+    ),
+}
+
+#: SigLIP's text length at training time.
+MAX_TEXT_LENGTH = 64
+
+
+class ZeroShotError(Exception):
+    """The checkpoint cannot score zero-shot (no text tower, no tokenizer, not loadable)."""
+
+
+def tokenize_prompts(tokenizer: Any, texts: Sequence[str], *, max_length: int = MAX_TEXT_LENGTH) -> Any:
+    """Token ids (len(texts), max_length) the way SigLIP was trained: padded to ``max_length``."""
+    return tokenizer(
+        list(texts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+    )
+
+
+def _pooled(out: Any) -> Any:
+    # transformers >= 5 returns an output object from get_*_features; 4.x a tensor.
+    return out.pooler_output if hasattr(out, "pooler_output") else out
+
+
+@dataclass
+class ZeroShotModel:
+    """A loaded SigLIP (vision + text) with the prompt embeddings precomputed.
+
+    Attributes:
+        model: ``SiglipModel`` in eval mode.  spec: the ``embed.preprocess.PreprocessSpec``.
+        text_pos, text_neg: (6, d) L2-normalised prompt embeddings.  scale: exp(logit_scale).
+    """
+
+    model: Any
+    spec: Any
+    device: str
+    text_pos: Any
+    text_neg: Any
+    scale: float
+    model_id: str = ""
+    revision: str = ""
+    notice: str | None = None
+    autocast_dtype: Any = None
+    prompts: dict[str, tuple[str, str]] = field(default_factory=lambda: dict(PROMPTS))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        tokenizer: str | os.PathLike | None = None,
+        device: str = "auto",
+        prompts: dict[str, tuple[str, str]] | None = None,
+    ) -> "ZeroShotModel":
+        """Load a full SigLIP checkpoint (both towers) and its tokenizer from a folder or hub id."""
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from embed.encoder import EncoderLoadError, resolve_checkpoint
+        from embed.preprocess import resolve_spec
+        from embed.tiny import ASSETS
+
+        dev = _device(device)
+        try:
+            ckpt = resolve_checkpoint(str(model), revision)
+        except EncoderLoadError as e:
+            raise ZeroShotError(str(e)) from e
+        try:
+            net = AutoModel.from_pretrained(str(ckpt.path), attn_implementation="sdpa")
+        except (OSError, ValueError, KeyError) as e:
+            raise ZeroShotError(f"cannot load {ckpt.path}: {str(e).splitlines()[0]}") from e
+        if not hasattr(net, "get_text_features"):
+            raise ZeroShotError(
+                f"{model}: checkpoint has no text tower ({type(net).__name__}); zero-shot needs the full SigLIP model"
+            )
+        # The checkpoint's own tokenizer when its folder has one; else the vendored copy of
+        # MedSigLIP's SentencePiece tokenizer (embed/assets, Apache-2.0): embed downloads weights
+        # and configs only.
+        if tokenizer is None:
+            has_own = any((ckpt.path / f).is_file() for f in ("spiece.model", "tokenizer.json"))
+            tokenizer = ckpt.path if has_own else ASSETS
+        try:
+            tok = AutoTokenizer.from_pretrained(str(tokenizer))
+        except (OSError, ValueError, ImportError) as e:
+            raise ZeroShotError(f"cannot load the tokenizer in {tokenizer}: {str(e).splitlines()[0]}") from e
+        vocab = net.config.text_config.vocab_size
+        if len(tok) > vocab:
+            raise ZeroShotError(f"{tokenizer}: tokenizer has {len(tok)} tokens, text tower only {vocab}")
+        net.eval().to(dev)
+        table = dict(prompts or PROMPTS)
+        if tuple(table) != LABEL_NAMES:
+            raise ZeroShotError(f"prompts must be keyed by {', '.join(LABEL_NAMES)} in that order")
+        max_len = getattr(net.config.text_config, "max_position_embeddings", MAX_TEXT_LENGTH)
+        texts = [table[k][0] for k in LABEL_NAMES] + [table[k][1] for k in LABEL_NAMES]
+        enc = tokenize_prompts(tok, texts, max_length=min(MAX_TEXT_LENGTH, max_len))
+        with torch.inference_mode():
+            t = _pooled(net.get_text_features(input_ids=enc["input_ids"].to(dev))).float()
+            t = t / t.norm(dim=-1, keepdim=True)
+            scale = float(net.logit_scale.exp().item())
+        n = len(LABEL_NAMES)
+        return cls(
+            model=net,
+            spec=resolve_spec(ckpt.path),
+            device=dev,
+            text_pos=t[:n],
+            text_neg=t[n:],
+            scale=scale,
+            model_id=ckpt.model_id,
+            revision=ckpt.revision,
+            notice=_notice(ckpt.path),
+            autocast_dtype=torch.bfloat16 if dev == "cuda" and torch.cuda.is_bf16_supported() else None,
+            prompts=table,
+        )
+
+    def probabilities_from_pixels(self, pixel_values: Any) -> np.ndarray:
+        """(b, 3, H, W) preprocessed pixels -> (b, 6) p(label) = sigmoid(scale * (cos_pos - cos_neg))."""
+        import torch
+
+        with torch.inference_mode(), torch.autocast(
+            torch.device(self.device).type,
+            dtype=self.autocast_dtype or torch.float32,
+            enabled=self.autocast_dtype is not None,
+        ):
+            img = _pooled(self.model.get_image_features(pixel_values=pixel_values.to(self.device))).float()
+        img = img / img.norm(dim=-1, keepdim=True)
+        diff = img @ self.text_pos.T - img @ self.text_neg.T  # (b, 6) cos_pos - cos_neg
+        return torch.sigmoid(self.scale * diff).cpu().numpy().astype(np.float64)
+
+
+def _notice(folder: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("woundscore_notice") or None
+    except (OSError, ValueError):
+        return None
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise ZeroShotError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ZeroShotError("--device cuda was asked for, but torch sees no CUDA GPU")
+    return "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def _as_model(model: Any, device: str, revision: str | None) -> ZeroShotModel:
+    if isinstance(model, ZeroShotModel):
+        return model
+    return ZeroShotModel.from_pretrained(model, revision=revision, device=device)
+
+
+def zero_shot_probabilities(
+    model: "str | os.PathLike | ZeroShotModel",
+    images: Sequence[Any],
+    *,
+    device: str = "auto",
+    batch_size: int = 8,
+    revision: str | None = None,
+) -> np.ndarray:
+    """Zero-shot p(label) for images.
+
+    Args:
+        model: hub id / folder of a full SigLIP checkpoint, or a loaded :class:`ZeroShotModel`.
+        images: bytes, paths or PIL images (decoded and preprocessed by ``embed.preprocess``).
+
+    Returns:
+        (n, 6) float64 probabilities in ``LABEL_NAMES`` order.
+
+    Raises:
+        ZeroShotError; embed.preprocess.ImageDecodeError for an unreadable image.
+    """
+    import torch
+
+    from embed.preprocess import load_image, preprocess
+
+    zs = _as_model(model, device, revision)
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        pixels = torch.stack([preprocess(load_image(x, spec=zs.spec), zs.spec) for x in chunk])
+        out.append(zs.probabilities_from_pixels(pixels))
+    if not out:
+        return np.zeros((0, len(LABEL_NAMES)), dtype=np.float64)
+    return np.concatenate(out)
+
+
+@dataclass
+class ZeroShotResult:
+    """Scores of one split of a source: ids (n,), P (n, 6), skipped [{"image_id", "reason"}], cost."""
+
+    ids: np.ndarray
+    P: np.ndarray
+    skipped: list[dict[str, str]]
+    meta: dict[str, Any]
+
+
+def zero_shot_source(
+    source: str | os.PathLike,
+    model: "str | os.PathLike | ZeroShotModel",
+    *,
+    split: str | None = "test",
+    ids: Sequence[str] | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+    revision: str | None = None,
+    quiet: bool = True,
+) -> ZeroShotResult:
+    """Zero-shot scores for the images of a source (one split, or the given image ids, e.g. a cache's).
+
+    Unreadable images are skipped and listed in ``skipped`` (never scored as 0).
+
+    Raises:
+        ZeroShotError (unknown ids, empty selection), embed.sources.SourceError.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    from embed.preprocess import preprocess_bytes
+    from embed.sources import open_source
+
+    src = open_source(source)
+    samples = src.samples()
+    if ids is not None:
+        by_id = {s.image_id: s for s in samples}
+        missing = [i for i in ids if str(i) not in by_id]
+        if missing:
+            raise ZeroShotError(
+                f"{src.path}: {len(missing)} image id(s) not in the source, e.g. {missing[0]!r}"
+            )
+        chosen = [by_id[str(i)] for i in ids]
+    else:
+        chosen = [s for s in samples if split is None or s.split == split]
+    if not chosen:
+        raise ZeroShotError(f"{src.path}: no images in split {split!r}")
+    t_load = time.perf_counter()
+    zs = _as_model(model, device, revision)
+    load_s = time.perf_counter() - t_load
+    kept_ids: list[str] = []
+    probs: list[np.ndarray] = []
+    skipped: list[dict[str, str]] = []
+    score_s = 0.0
+    bar = tqdm(total=len(chosen), desc="zero-shot", unit="img", disable=quiet)
+    for start in range(0, len(chosen), batch_size):
+        pixels, names = [], []
+        for s in chosen[start : start + batch_size]:
+            try:
+                pixels.append(preprocess_bytes(s.read_bytes(), zs.spec, origin=s.origin))
+                names.append(s.image_id)
+            except Exception as e:  # noqa: BLE001 - ImageReadError / ImageDecodeError
+                skipped.append({"image_id": s.image_id, "reason": str(e) or type(e).__name__})
+        if pixels:
+            t0 = time.perf_counter()
+            probs.append(zs.probabilities_from_pixels(torch.stack(pixels)))
+            score_s += time.perf_counter() - t0
+            kept_ids.extend(names)
+        bar.update(len(chosen[start : start + batch_size]))
+    bar.close()
+    P = np.concatenate(probs) if probs else np.zeros((0, len(LABEL_NAMES)))
+    meta = {
+        "method": "zero-shot MedSigLIP (positive vs negative prompt per label)",
+        "train_seconds": 0.0,
+        "trainable_params": 0,
+        "total_params": int(sum(p.numel() for p in zs.model.parameters())),
+        "device": zs.device,
+        "inference_ms_per_image": round(1000.0 * score_s / max(len(kept_ids), 1), 3),
+        "model_load_seconds": round(load_s, 3),
+        "model": zs.model_id,
+        "revision": zs.revision,
+        "prompts": {k: list(v) for k, v in zs.prompts.items()},
+        "scoring": "sigmoid(exp(logit_scale) * (cos_pos - cos_neg)) = softmax over [pos, neg] logits",
+        "skipped_images": skipped,
+        "notes": "no training; prompts in compare/zeroshot.py PROMPTS",
+    }
+    notice = getattr(src, "notice", None) or zs.notice
+    if notice:
+        meta["notice"] = notice
+    return ZeroShotResult(ids=np.asarray(kept_ids, dtype=str), P=P, skipped=skipped, meta=meta)
+
+
+def run_zero_shot(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    model: str | os.PathLike = "google/medsiglip-448",
+    split: str = "test",
+    device: str = "auto",
+    batch_size: int = 8,
+    revision: str | None = None,
+    quiet: bool = False,
+) -> ZeroShotResult:
+    """Score a split of ``source`` and write ``out`` (predictions CSV) + its ``.json`` sidecar."""
+    from compare.predictions import write_predictions
+
+    res = zero_shot_source(
+        source, model, split=split, device=device, batch_size=batch_size, revision=revision, quiet=quiet
+    )
+    if len(res.ids) == 0:
+        raise ZeroShotError(f"{source}: every image of split {split!r} failed to load; nothing written")
+    write_predictions(Path(out), res.ids, res.P, meta=res.meta)
+    if not quiet:
+        for s in res.skipped:
+            print(f"skipped {s['image_id']}: {s['reason']}", file=sys.stderr)
+    return res
