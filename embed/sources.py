@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -39,7 +40,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -77,6 +78,26 @@ class SourceError(Exception):
 
 class SourceLabelError(SourceError, LabelError):
     """A label problem found while reading a source (catchable as SourceError or LabelError)."""
+
+
+class SourceLabelValueError(SourceLabelError, LabelValueError):
+    """An annotation outside the vocabulary (cache.schema's LabelValueError, also a SourceError)."""
+
+
+def _label_errors_are_source_errors(read: Callable[..., list["Sample"]]) -> Callable[..., list["Sample"]]:
+    """Re-raise cache.schema's LabelValueError as SourceLabelValueError (same message), so that a
+    caller catching SourceError or LabelError or LabelValueError catches every reader problem."""
+
+    @functools.wraps(read)
+    def wrapper(*args: Any, **kwargs: Any) -> list[Sample]:
+        try:
+            return read(*args, **kwargs)
+        except LabelValueError as e:
+            if isinstance(e, SourceError):
+                raise
+            raise SourceLabelValueError(e.source, e.item, e.field, e.value) from None
+
+    return wrapper
 
 
 class ImageReadError(SourceError):
@@ -372,6 +393,7 @@ def _decode_b64(text: str) -> tuple[bytes | None, str | None]:
     return data, None
 
 
+@_label_errors_are_source_errors
 def read_release(path: str | os.PathLike, *, load_images: bool = True) -> list[Sample]:
     """Read a SurgWound release folder into samples, one per ``image_name``.
 
@@ -634,6 +656,7 @@ def _normalise_id(image: str) -> str:
     return norm
 
 
+@_label_errors_are_source_errors
 def read_labels_folder(path: str | os.PathLike) -> list[Sample]:
     """Read a folder with ``labels.csv`` and ``images/`` (see the module docstring).
 
@@ -670,6 +693,7 @@ def _escapes(image: str) -> bool:
     return norm == ".." or norm.startswith("../")
 
 
+@_label_errors_are_source_errors
 def read_annotation_sheet(path: str | os.PathLike) -> list[Sample]:
     """Read the surgeons' annotation sheet (``records_processed.csv``: one row per image, old field
     names, ``Uncertain``, no split, no images). Samples have split "" and no image data."""
@@ -701,6 +725,7 @@ def _unlabelled(image_id: str, path: Path, root: Path | None) -> Sample:
     return Sample(image_id, "", labels, extras, str(path), path=path, root=root)
 
 
+@_label_errors_are_source_errors
 def read_image_folder(path: str | os.PathLike) -> list[Sample]:
     """Every image under ``path`` (recursive, sorted), unlabelled; id = relative posix path."""
     root = Path(path)

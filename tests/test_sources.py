@@ -483,3 +483,11 @@ def test_unknown_layouts_say_what_was_expected(tmp_path):
         f"{tmp_path / 'train_question.json'}: not an image file (expected {expected}); "
         "for the SurgWound release pass the folder that holds the six JSON files"
     )
+
+
+def test_label_value_errors_are_also_source_errors(tmp_path):
+    root = csv_folder(tmp_path, [HEADER, ROW_A.replace("Healed", "Healing")])
+    with pytest.raises(SourceError) as e:
+        open_source(root).samples()
+    assert isinstance(e.value, LabelValueError) and isinstance(e.value, LabelError)
+    assert (e.value.field, e.value.value) == ("healing_status", "Healing")
