@@ -100,7 +100,7 @@ def _hub_error_message(model: str, err: Exception, *, offline: bool, cache_dir: 
         return (
             f"cannot load {model}: {why} and it is not in the local cache ({cache_dir}). "
             f"Download it once with network access (accept the terms at {page}, run "
-            f"`hf auth login` or set HF_TOKEN, then `hf download {model}`), or load it from a folder. "
+            f"`hf auth login` or set HF_TOKEN, then `hf download {model}`). "
             + OFFLINE_HINT
         )
     if isinstance(err, RevisionNotFoundError):
@@ -108,6 +108,12 @@ def _hub_error_message(model: str, err: Exception, *, offline: bool, cache_dir: 
     status = getattr(getattr(err, "response", None), "status_code", None)
     gated = isinstance(err, GatedRepoError) or status in (401, 403)
     if gated or isinstance(err, RepositoryNotFoundError):
+        if has_token and not gated:
+            return (
+                f"cannot load {model}: repository not found on the Hugging Face Hub (HTTP {status or 404}), "
+                f"or your token's account cannot see it. Check the id, and for a gated model accept "
+                f"the terms at {page}. " + OFFLINE_HINT
+            )
         if not has_token:
             return (
                 f"cannot load {model}: no Hugging Face token found, and the model is gated "
