@@ -21,7 +21,7 @@ from embed.sources import (
     open_source,
     read_release,
 )
-from embed.synthetic import ReleaseImage, make_release_images, write_release
+from embed.synthetic import make_release_images, write_release
 
 B1 = base64.b64encode(b"\xff\xd8image-one").decode()
 B2 = base64.b64encode(b"\xff\xd8image-two").decode()
