@@ -40,7 +40,8 @@ import numpy as np
 
 from cache.schema import LABEL_NAMES, MISSING, SCHEMA
 from cache.schema import pos_weight as schema_pos_weight
-from compare.prefix import POOLINGS, StepTiming, medsiglip_vision_config, step_time  # noqa: F401
+from compare.prefix import POOLINGS, quiet_transformers
+from compare.prefix import StepTiming, medsiglip_vision_config, step_time  # noqa: F401  (bench/ imports them here)
 
 DEFAULT_MODEL = "google/medsiglip-448"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -327,29 +328,19 @@ def load_classifier(model: str | os.PathLike, *, revision: str | None = None) ->
         ckpt = resolve_checkpoint(str(model), revision)
     except EncoderLoadError as e:
         raise FineTuneError(str(e)) from e
-    from transformers.utils import logging as hf_logging
-
-    # The load report lists the text tower as "unexpected" and the classifier as "missing": both
-    # are the point of this model, so only errors are shown while loading.
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     try:
-        net = AutoModelForImageClassification.from_pretrained(
-            str(ckpt.path),
-            num_labels=len(LABEL_NAMES),
-            problem_type="multi_label_classification",
-            id2label=dict(enumerate(LABEL_NAMES)),
-            label2id={name: i for i, name in enumerate(LABEL_NAMES)},
-            attn_implementation="sdpa",
-            trust_remote_code=False,
-        )
+        with quiet_transformers():
+            net = AutoModelForImageClassification.from_pretrained(
+                str(ckpt.path),
+                num_labels=len(LABEL_NAMES),
+                problem_type="multi_label_classification",
+                id2label=dict(enumerate(LABEL_NAMES)),
+                label2id={name: i for i, name in enumerate(LABEL_NAMES)},
+                attn_implementation="sdpa",
+                trust_remote_code=False,
+            )
     except (OSError, ValueError, KeyError) as e:
         raise FineTuneError(f"cannot load {ckpt.path} as an image classifier: {str(e).splitlines()[0]}") from e
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
     return net, ckpt
 
 
@@ -819,15 +810,8 @@ def finetune(
     if save_model or push_to_hub:
         model_dir = out / "model"
         base.config.woundscore_pooling = pooling  # the card and config say how logits were pooled
-        from transformers.utils import logging as hf_logging
-
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # a one-file "Writing model shards" bar says nothing
-        try:
+        with quiet_transformers():
             base.save_pretrained(model_dir)
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
         card = build_model_card(base_model=str(model), metrics=test_metrics, settings=settings, notice=notice)
         (model_dir / "README.md").write_text(card, encoding="utf-8")
         (model_dir / "metrics.json").write_text(json.dumps(test_metrics, indent=2) + "\n", encoding="utf-8")

@@ -26,9 +26,10 @@ and trains that head too.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Iterator, Literal
 
 import torch
 from torch import nn
@@ -39,6 +40,26 @@ Pooling = Literal["mean", "attention"]
 
 class UnfreezeError(ValueError):
     """An unfreeze setting the model cannot satisfy (too many blocks, unknown pooling, dropout)."""
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Errors only and no progress bars from transformers while loading or saving a checkpoint.
+
+    Loading a full SigLIP checkpoint as a classifier reports the text tower as "unexpected" and
+    the new classifier as "missing" (both are the point), and the per-tensor bars are noise.
+    """
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _output_cls():

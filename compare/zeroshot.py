@@ -123,8 +123,11 @@ class ZeroShotModel:
             ckpt = resolve_checkpoint(str(model), revision)
         except EncoderLoadError as e:
             raise ZeroShotError(str(e)) from e
+        from compare.prefix import quiet_transformers
+
         try:
-            net = AutoModel.from_pretrained(str(ckpt.path), attn_implementation="sdpa")
+            with quiet_transformers():
+                net = AutoModel.from_pretrained(str(ckpt.path), attn_implementation="sdpa")
         except (OSError, ValueError, KeyError) as e:
             raise ZeroShotError(f"cannot load {ckpt.path}: {str(e).splitlines()[0]}") from e
         if not hasattr(net, "get_text_features"):
