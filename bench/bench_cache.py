@@ -100,6 +100,13 @@ def main() -> None:
         t_h5, _ = timed(h5_read)
         table.append(("full read: plain h5py embeddings", f"{t_h5:.2f} s", f"{gb / t_h5:.2f} GB/s"))
 
+        raw = scratch / "raw.npy"  # baseline: the same bytes as one flat .npy file
+        np.save(raw, np.zeros((n, DIM), np.float32))
+        np.load(raw)
+        t_raw, _ = timed(lambda: np.load(raw, allow_pickle=False))
+        raw.unlink()
+        table.append(("  baseline: np.load of a flat .npy", f"{t_raw:.2f} s", f"{gb / t_raw:.2f} GB/s (this machine's ceiling)"))
+
         # -- random 1000 rows
         idx = np.sort(rng.choice(n, size=min(1000, n), replace=False))
         def rand_read():

@@ -217,7 +217,11 @@ def _encode_strs(values: np.ndarray) -> tuple[np.ndarray, Any]:
     Fixed-length strings read ~50x faster than variable-length ones with h5py, and
     ``Dataset.asstr()`` decodes both the same way for plain-h5py readers.
     """
-    raw = np.char.encode(np.asarray(values, dtype=str), "utf-8") if len(values) else np.zeros(0, "S1")
+    values = np.asarray(values, dtype=str)
+    try:
+        raw = values.astype("S")  # vectorised; ASCII only (ids, hashes, splits nearly always are)
+    except UnicodeEncodeError:
+        raw = np.char.encode(values, "utf-8")
     dtype = h5py.string_dtype("utf-8", max(1, raw.dtype.itemsize))
     return raw.astype(dtype), dtype  # the array must carry h5py's utf-8 tag, or HDF5 2 cannot convert
 
@@ -467,7 +471,11 @@ def _read_strs(ds: h5py.Dataset) -> np.ndarray:
         return _strs([])
     info = h5py.check_string_dtype(ds.dtype)
     if info is not None and info.length is not None:  # fixed length: fast path
-        return np.char.decode(ds[()], info.encoding or "utf-8")
+        raw = ds[()]
+        try:
+            return raw.astype(str)  # vectorised ASCII fast path
+        except UnicodeDecodeError:
+            return np.char.decode(raw, "utf-8")
     return _strs(ds.asstr()[()].tolist())
 
 
@@ -586,6 +594,8 @@ def _merge_run_records(runs: list[dict], parts: list[_Part]) -> list[dict]:
 
 def _clean_failures(failures: list[dict], rows: _Rows) -> list[dict]:
     """Last reason per image; drop images that have since been embedded (a rerun succeeded)."""
+    if not failures:
+        return []
     done = set(rows.image_id.tolist())
     latest: dict[str, str] = {}
     for item in failures:
@@ -1120,25 +1130,28 @@ class CacheWriter:
 
     def _validate(self, ids, sha256, split, labels, extras, embeddings, order) -> _Rows:
         where = str(self.path)
-        ids_a, sha_a, split_a = _strs(list(ids)), _strs(list(sha256)), _strs(list(split))
-        b = len(ids_a)
-        for name, arr in (("sha256", sha_a), ("split", split_a)):
+        # Python lists first, numpy once: this runs per batch and must stay well under a ms.
+        ids_l = [str(v) for v in ids]
+        sha_l = [str(v).lower() for v in sha256]
+        split_l = [str(v) for v in split]
+        b = len(ids_l)
+        for name, arr in (("sha256", sha_l), ("split", split_l)):
             if len(arr) != b:
                 raise CacheValueError(f"{where}: append got {b} ids but {len(arr)} {name} values")
-        for i in range(b):
-            if not ids_a[i]:
+        for i, (img, sha, sp) in enumerate(zip(ids_l, sha_l, split_l)):
+            if not img:
                 raise CacheValueError(f"{where}: row {i}: empty image id")
-            sha_a[i] = sha_a[i].lower()
-            if not _SHA_RE.match(sha_a[i]):
-                raise CacheValueError(f"{where}: {ids_a[i]}: sha256 {str(sha_a[i])!r} is not a 64-digit hex digest")
-            if split_a[i] not in SPLITS:
-                raise CacheValueError(f"{where}: {ids_a[i]}: split {str(split_a[i])!r} is not one of train/val/test/''")
+            if not _SHA_RE.match(sha):
+                raise CacheValueError(f"{where}: {img}: sha256 {sha!r} is not a 64-digit hex digest")
+            if sp not in SPLITS:
+                raise CacheValueError(f"{where}: {img}: split {sp!r} is not one of train/val/test/''")
+        ids_a, sha_a, split_a = _strs(ids_l), _strs(sha_l), _strs(split_l)
         Y = np.asarray(labels)
         if Y.shape != (b, len(LABEL_NAMES)):
             raise CacheValueError(f"{where}: labels must be ({b}, {len(LABEL_NAMES)}), got {Y.shape}")
-        bad = np.argwhere(~np.isin(Y, (-1, 0, 1)))
-        if len(bad):
-            i, j = bad[0]
+        ok = (Y == -1) | (Y == 0) | (Y == 1)
+        if not ok.all():
+            i, j = np.argwhere(~ok)[0]
             raise CacheValueError(f"{where}: {ids_a[i]}: label {LABEL_NAMES[j]} has value {Y[i, j].item()!r}; expected 1, 0 or -1")
         X = np.asarray(embeddings)
         if X.shape != (b, self.dim):
