@@ -1,15 +1,181 @@
 """`wound-classify`: Stage two: train and apply classifiers on cached embeddings.
 
 Each command is a thin adapter over one library function; library errors become
-`click.ClickException` (exit 1), usage errors exit 2.
+`click.ClickException` (exit 1), usage errors exit 2. Keras and torch are imported inside the
+commands so that `--help` stays fast.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import click
+
+EXIT_SOME_IMAGES_FAILED = 3
 
 
 @click.group()
 @click.version_option(package_name="woundscore")
 def cli() -> None:
     """Stage two: train and apply classifiers on cached embeddings."""
+
+
+def _library_errors() -> tuple[type[BaseException], ...]:
+    from cache.schema import LabelError
+    from cache.types import CacheError
+    from classify.artifacts import ArtifactError
+    from classify.models import ClassifierInputError
+    from classify.thresholds import ThresholdError
+    from classify.train import TrainDataError
+
+    return (CacheError, ArtifactError, TrainDataError, ClassifierInputError, ThresholdError, LabelError)
+
+
+def _epoch_printer(max_epochs: int):
+    def show(rec: dict) -> None:
+        auc = rec.get("val_macro_auc")
+        parts = [f"epoch {rec['epoch']:>3}/{max_epochs}", f"loss {rec['loss']:.4f}"]
+        if "val_loss" in rec:
+            parts.append(f"val_loss {rec['val_loss']:.4f}")
+            parts.append(f"val macro AUC {'n/a' if auc is None else f'{auc:.3f}'}")
+            parts.append(f"best epoch {rec['best_epoch']}")
+        parts.append(f"{rec['seconds'] * 1000:.0f} ms")
+        click.echo("  ".join(parts), err=True)
+
+    return show
+
+
+@cli.command("train")
+@click.argument("cache", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Model folder to write (model.keras or probe.json, thresholds.json, schema.json, provenance.json).")
+@click.option("--model", type=click.Choice(["mlp", "logreg"]), default="mlp", show_default=True,
+              help="mlp: the Keras MLP; logreg: one logistic regression per label.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds weights, dropout and shuffling.")
+@click.option("--max-epochs", type=click.IntRange(min=1), default=300, show_default=True, help="MLP only.")
+@click.option("--patience", type=click.IntRange(min=1), default=25, show_default=True,
+              help="MLP only: epochs without a better validation macro AUC before stopping.")
+@click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=0.90, show_default=True,
+              help="Minimum validation sensitivity of the urgency and infection_risk thresholds.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No per-epoch progress.")
+def train_command(cache: str, out: str, model: str, seed: int, max_epochs: int, patience: int,
+                  target_sensitivity: float, overwrite: bool, quiet: bool) -> None:
+    """Train a classifier on CACHE's train split; choose epoch and thresholds on its val split.
+
+    Prints per-epoch progress (stderr; MLP) unless --quiet, then the validation table: per label
+    n, positives, ROC AUC, the applied threshold and its sensitivity/specificity, and macro AUC.
+
+    \b
+    Example:
+        wound-classify train embeddings.h5 --out models/mlp
+        wound-classify train embeddings.h5 --out models/probe --model logreg --quiet
+
+    \b
+    Exit codes: 0 trained and saved; 1 the cache cannot train a model (no train or val rows,
+    unreadable) or the model folder exists (use --overwrite); 2 usage error.
+    """
+    from classify.metrics import format_table
+    from classify.train import train_from_cache
+
+    on_epoch = None if quiet or model != "mlp" else _epoch_printer(max_epochs)
+    try:
+        res = train_from_cache(cache, out, model=model, seed=seed, max_epochs=max_epochs if model == "mlp" else None,
+                               patience=patience if model == "mlp" else None,
+                               target_sensitivity=target_sensitivity, overwrite=overwrite, on_epoch=on_epoch)
+    except _library_errors() as e:
+        raise click.ClickException(str(e)) from None
+    tr = res.provenance.get("training", {})
+    title = f"validation ({res.provenance['split_sizes']['val']} rows), model {model} -> {res.model_dir}"
+    if model == "mlp":
+        title += f"  [best epoch {tr['best_epoch']} of {tr['epochs_run']}, {tr['fit_seconds']:.1f} s]"
+    click.echo(format_table(res.validation, title=title))
+    notes = [f"{n}: {v['note']}" for n, v in res.thresholds["labels"].items() if v["note"]]
+    for n in notes:
+        click.echo(f"note: {n}")
+    if res.provenance.get("notice"):
+        click.echo(f"NOTICE: {res.provenance['notice']}")
+
+
+@cli.command("evaluate")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("cache", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def evaluate_command(model_dir: str, cache: str, split: str, as_json: bool) -> None:
+    """Score one split of CACHE with the model in MODEL_DIR and print its metrics.
+
+    Per label: n, positives, ROC AUC, the stored threshold and sensitivity/specificity at it;
+    then macro AUC over labels with both classes ("n/a" / null when not estimable).
+    The cache must come from the same encoder, revision and preprocessing as the model's.
+
+    \b
+    Example:
+        wound-classify evaluate models/mlp embeddings.h5
+        wound-classify evaluate models/mlp embeddings.h5 --split val --json
+
+    \b
+    Exit codes: 0 done; 1 unreadable model or cache, empty split, or embeddings from
+    another encoder/preprocessing (both sides are shown); 2 usage error.
+    """
+    from classify.evaluation import evaluate_model_on_cache
+    from classify.metrics import format_table
+
+    try:
+        result = evaluate_model_on_cache(model_dir, cache, split)
+    except _library_errors() as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(format_table(result, title=f"{split} split of {cache} ({result['n_rows']} rows), model {model_dir}"))
+    if result.get("notice"):
+        click.echo(f"NOTICE: {result['notice']}")
+
+
+@cli.command("predict")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--encoder", default=None,
+              help="Hub id or local checkpoint folder of the image encoder [default: the one recorded "
+                   "in MODEL_DIR's provenance]. It must match the training cache's encoder.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def predict_command(model_dir: str, images: tuple[str, ...], encoder: str | None, device: str) -> None:
+    """Score IMAGE... and print one JSON object per image (JSON Lines) on stdout.
+
+    Each line: {"image", "scores": {label: probability}, "flags": {label: bool},
+    "thresholds": {label: {"value", "rule"}}, "model": {type, path, created, encoder_id,
+    encoder_revision, validation_macro_auc, notice}}; labels healing_status, erythema, edema,
+    infection_risk, urgency, exudate. An image that cannot be read gives {"image", "error"} and
+    the others are still scored. Images go through the embed stage's one preprocessing.
+    Research use only, not a diagnosis.
+
+    \b
+    Example:
+        wound-classify predict models/mlp photo1.jpg photo2.png
+        wound-classify predict models/mlp wound.jpg --encoder ./medsiglip-448
+
+    \b
+    Exit codes: 0 every image scored; 1 unreadable model folder, encoder cannot be loaded,
+    or an encoder/preprocessing other than the model's (both sides are shown);
+    2 usage error; 3 some images could not be read (their lines carry "error").
+    """
+    from classify.scorer import WoundScorer
+
+    errors = _library_errors()
+    try:
+        from embed.encoder import EncoderLoadError
+
+        errors = errors + (EncoderLoadError,)
+        scorer = WoundScorer.load(model_dir, encoder, device=device)
+        _ = scorer.encoder  # load and check the encoder before any image
+        results = scorer.score_many(list(images))
+    except errors as e:
+        raise click.ClickException(str(e)) from None
+    failed = 0
+    for r in results:
+        click.echo(json.dumps(r))
+        failed += "error" in r
+    if failed:
+        click.echo(f"Error: {failed} of {len(results)} images could not be scored (see their \"error\")", err=True)
+        sys.exit(EXIT_SOME_IMAGES_FAILED)

@@ -1,0 +1,297 @@
+"""The model folder: everything needed to score embeddings later, and nothing executable.
+
+Layout of ``MODEL_DIR``::
+
+    model.keras        the MLP (Keras 3 native format; loaded with safe_mode=True, no
+                       custom_objects: the loss is registered as "woundscore>MaskedBCE")
+      or probe.json    the logistic probe's numbers (coef, intercept, scaler mean/scale) as JSON
+    thresholds.json    per-label thresholds (0.5, Youden, sensitivity rule) and which one applies
+    schema.json        cache.schema.SCHEMA.to_json(): how the labels were encoded
+    provenance.json    the training cache's encoder id/revision/dim/preprocessing, split sizes,
+                       pos_weights, hyperparameters, validation metrics, versions, seed, notice
+
+No pickle anywhere. A model only scores embeddings made the way its training embeddings were
+made: :func:`check_compatible` compares encoder id, revision, embedding size and preprocessing
+(and the label schema, where the other side has one) and raises :class:`EncoderMismatchError`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from cache.schema import LABEL_NAMES, SCHEMA
+
+FORMAT = "woundscore.model"
+FORMAT_VERSION = 1
+KERAS_FILE = "model.keras"
+PROBE_FILE = "probe.json"
+THRESHOLDS_FILE = "thresholds.json"
+SCHEMA_FILE = "schema.json"
+PROVENANCE_FILE = "provenance.json"
+
+#: Provenance keys that must be equal for embeddings to be scored by a model.
+ENCODER_KEYS: tuple[str, ...] = ("encoder_id", "encoder_revision", "embedding_dim", "preprocessing")
+
+
+class ArtifactError(Exception):
+    """A model folder that is missing, incomplete, unreadable, or would overwrite another."""
+
+
+class EncoderMismatchError(ArtifactError):
+    """Embeddings from another encoder, revision, embedding size or preprocessing than the model's.
+
+    ``differences`` maps each differing key to ``(model has, embeddings have)``.
+    """
+
+    def __init__(self, model_dir: str, differences: dict[str, tuple[Any, Any]], *, offered: str = "the embeddings") -> None:
+        self.model_dir, self.differences, self.offered = model_dir, differences, offered
+        lines = [f"{model_dir}: refusing to score embeddings made differently from the model's training data:"]
+        for key, (have, new) in differences.items():
+            lines.append(f"  {key}: model has {have!r}, {offered} have {new!r}")
+        super().__init__("\n".join(lines))
+
+
+def _canon(value: Any) -> Any:
+    """JSON round trip (tuples -> lists, sorted keys) so equal settings compare equal."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def encoder_identity(provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity part of a cache's / encoder's / model's provenance, normalised."""
+    return {
+        "encoder_id": provenance.get("encoder_id") or None,
+        "encoder_revision": provenance.get("encoder_revision") or None,
+        "embedding_dim": int(provenance.get("embedding_dim") or 0),
+        "preprocessing": _canon(provenance.get("preprocessing") or {}),
+    }
+
+
+def identity_differences(model: Mapping[str, Any], offered: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Differences over ENCODER_KEYS (dict values per sub-key, shown as ``preprocessing.size``)."""
+    a_all, b_all = encoder_identity(model), encoder_identity(offered)
+    diff: dict[str, tuple[Any, Any]] = {}
+    for key in ENCODER_KEYS:
+        a, b = a_all[key], b_all[key]
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            for sub in sorted(set(a) | set(b)):
+                if a.get(sub) != b.get(sub):
+                    diff[f"{key}.{sub}"] = (a.get(sub), b.get(sub))
+        else:
+            diff[key] = (a, b)
+    return diff
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a model depends on (read from metadata: imports nothing)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("woundscore", "keras", "torch", "numpy", "scikit-learn", "h5py"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{path.parent}: not a woundscore model folder ({path.name} is missing)") from None
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: unreadable ({exc})") from None
+
+
+def save_model_dir(
+    out_dir: str | os.PathLike,
+    estimator: Any,
+    thresholds: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a model folder atomically: built beside ``out_dir``, then renamed into place.
+
+    ``estimator`` is a fitted MLPClassifier (saved as model.keras) or LogisticProbe (probe.json).
+    An existing non-empty ``out_dir`` is refused unless ``overwrite``; it is only replaced once the
+    new folder is complete, so a failure leaves the old model as it was.
+    """
+    from classify.models import LogisticProbe, MLPClassifier
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ArtifactError(f"{out}: folder exists and is not empty (use --overwrite to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        if isinstance(estimator, MLPClassifier):
+            estimator.model_.save(tmp / KERAS_FILE)
+            kind = "mlp"
+        elif isinstance(estimator, LogisticProbe):
+            _write_json(tmp / PROBE_FILE, estimator.to_dict())
+            kind = "logreg"
+        else:
+            raise ArtifactError(f"cannot save a {type(estimator).__name__}")
+        prov = dict(provenance)
+        prov.update({"format": FORMAT, "format_version": FORMAT_VERSION, "model_type": kind,
+                     "labels": list(LABEL_NAMES)})
+        _write_json(tmp / THRESHOLDS_FILE, dict(thresholds))
+        (tmp / SCHEMA_FILE).write_text(SCHEMA.to_json() + "\n", encoding="utf-8")
+        _write_json(tmp / PROVENANCE_FILE, _canon(prov))
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+@dataclass
+class LoadedModel:
+    """A model folder in memory: the estimator, its thresholds and provenance."""
+
+    path: Path
+    kind: str  # "mlp" or "logreg"
+    estimator: Any
+    thresholds: dict[str, Any]
+    provenance: dict[str, Any]
+    schema_json: str = field(repr=False, default="")
+
+    @property
+    def encoder(self) -> dict[str, Any]:
+        """Identity of the embeddings the model was trained on (ENCODER_KEYS)."""
+        return encoder_identity(self.provenance.get("encoder", {}))
+
+    @property
+    def notice(self) -> str | None:
+        return self.provenance.get("notice") or None
+
+    def check_compatible(self, provenance: Mapping[str, Any] | None, *, offered: str = "the embeddings") -> None:
+        """Raise EncoderMismatchError unless ``provenance`` (a cache's or an encoder's) matches.
+
+        When it carries a ``label_schema`` (a cache does), that must match the model's too.
+        """
+        if provenance is None:
+            return
+        diff = identity_differences(self.provenance.get("encoder", {}), provenance)
+        theirs = provenance.get("label_schema")
+        if theirs and _canon(theirs) != _canon(self.schema_json):
+            diff["label_schema"] = ("schema.json of the model", "another label schema")
+        if diff:
+            raise EncoderMismatchError(str(self.path), diff, offered=offered)
+
+    def predict_proba(self, X: np.ndarray, provenance: Mapping[str, Any] | None = None) -> np.ndarray:
+        """(n, d) embeddings -> (n, 6) probabilities, after the compatibility check.
+
+        Without ``provenance`` only the embedding size can be checked; pass the cache's or
+        encoder's provenance whenever it is known.
+        """
+        self.check_compatible(provenance)
+        X = np.asarray(X)
+        dim = self.encoder["embedding_dim"]
+        if X.ndim != 2 or (dim and X.shape[1] != dim):
+            got = X.shape[1] if X.ndim == 2 else f"shape {X.shape}"
+            raise EncoderMismatchError(str(self.path), {"embedding_dim": (dim, got)})
+        return self.estimator.predict_proba(X)
+
+    def applied_thresholds(self) -> np.ndarray:
+        """(6,) the threshold each label's flag uses."""
+        from classify.thresholds import applied_thresholds
+
+        return applied_thresholds(self.thresholds)
+
+
+def load_model_dir(path: str | os.PathLike) -> LoadedModel:
+    """Read a model folder written by :func:`save_model_dir` (Keras safe_mode, no pickle)."""
+    p = Path(path)
+    if not p.is_dir():
+        raise ArtifactError(f"{p}: no such model folder")
+    prov = _read_json(p / PROVENANCE_FILE)
+    if not isinstance(prov, dict) or prov.get("format") != FORMAT:
+        raise ArtifactError(f"{p / PROVENANCE_FILE}: not a woundscore model provenance file")
+    if int(prov.get("format_version", 0)) != FORMAT_VERSION:
+        raise ArtifactError(f"{p / PROVENANCE_FILE}: format_version {prov.get('format_version')!r} "
+                            f"is not supported (this woundscore reads {FORMAT_VERSION})")
+    try:
+        schema_json = (p / SCHEMA_FILE).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ArtifactError(f"{p / SCHEMA_FILE}: unreadable ({exc})") from None
+    if _canon(schema_json) != _canon(SCHEMA.to_json()):
+        raise ArtifactError(f"{p / SCHEMA_FILE}: the model's labels were encoded with other rules than "
+                            "this woundscore's cache/schema.py; retrain it")
+    thresholds = _read_json(p / THRESHOLDS_FILE)
+    missing = [n for n in LABEL_NAMES if n not in thresholds.get("labels", {})]
+    if missing:
+        raise ArtifactError(f"{p / THRESHOLDS_FILE}: no threshold for {', '.join(missing)}")
+    kind = prov.get("model_type")
+    if kind == "mlp":
+        from classify._keras import import_keras
+        from classify import loss as _loss  # noqa: F401  (registers woundscore>MaskedBCE)
+        from classify.models import MLPClassifier
+
+        keras = import_keras()
+        f = p / KERAS_FILE
+        if not f.is_file():
+            raise ArtifactError(f"{p}: not a woundscore model folder ({KERAS_FILE} is missing)")
+        try:
+            model = keras.models.load_model(f, safe_mode=True)
+        except Exception as exc:  # keras raises ValueError/TypeError/OSError/zipfile errors
+            raise ArtifactError(f"{f}: cannot load ({type(exc).__name__}: {exc})") from None
+        estimator: Any = MLPClassifier.from_keras(model, **prov.get("hyperparameters", {}))
+    elif kind == "logreg":
+        from classify.models import ClassifierInputError, LogisticProbe
+
+        try:
+            estimator = LogisticProbe.from_dict(_read_json(p / PROBE_FILE), origin=str(p / PROBE_FILE))
+        except (ClassifierInputError, KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(f"{p / PROBE_FILE}: {exc}") from None
+    else:
+        raise ArtifactError(f"{p / PROVENANCE_FILE}: unknown model_type {kind!r}")
+    return LoadedModel(path=p, kind=kind, estimator=estimator, thresholds=thresholds, provenance=prov,
+                       schema_json=schema_json)
+
+
+__all__ = [
+    "ENCODER_KEYS",
+    "ArtifactError",
+    "EncoderMismatchError",
+    "LoadedModel",
+    "encoder_identity",
+    "identity_differences",
+    "load_model_dir",
+    "package_versions",
+    "save_model_dir",
+]

@@ -1,0 +1,39 @@
+"""Evaluate a saved model on one split of a cache (what `wound-classify evaluate` prints)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def evaluate_model_on_cache(model_dir: str, cache: str, split: str = "test") -> dict[str, Any]:
+    """Library function behind `evaluate`: the model's metrics on one split of a cache.
+
+    Returns :func:`classify.metrics.evaluate`'s dict (at the model's applied thresholds) plus
+    "split", "cache", "model", "model_type", "rules" (label -> rule) and "notice".
+    """
+    from cache.schema import LABEL_NAMES
+    from cache.store import read_cache
+    from classify.artifacts import load_model_dir
+    from classify.metrics import evaluate
+    from classify.train import TrainDataError
+
+    lm = load_model_dir(model_dir)
+    es = read_cache(cache)
+    lm.check_compatible(es.provenance, offered=f"cache {cache}")
+    part = es.subset(split)
+    if len(part) == 0:
+        counts = {s: int((es.split == s).sum()) for s in ("train", "val", "test")}
+        raise TrainDataError(f"{cache}: split {split!r} has no rows (train={counts['train']}, "
+                             f"val={counts['val']}, test={counts['test']})")
+    P = lm.predict_proba(part.X, es.provenance)
+    t = dict(zip(LABEL_NAMES, lm.applied_thresholds().tolist()))
+    result = evaluate(part.Y, P, t)
+    result.update({
+        "split": split, "cache": cache, "model": model_dir, "model_type": lm.kind,
+        "rules": {n: lm.thresholds["labels"][n]["applied"] for n in LABEL_NAMES},
+        "notice": lm.notice or es.provenance.get("notice") or None,
+    })
+    return result
+
+
+__all__ = ["evaluate_model_on_cache"]

@@ -1,0 +1,155 @@
+"""Train a classifier on a cache's train split, choose thresholds on its val split, save it."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from cache.schema import LABEL_NAMES, SCHEMA
+from cache.types import EmbeddingSet
+from classify.artifacts import _canon, encoder_identity, now_iso, package_versions, save_model_dir
+from classify.metrics import evaluate
+from classify.thresholds import DEFAULT_TARGET_SENSITIVITY, applied_thresholds, choose_thresholds
+
+MODEL_KINDS = ("mlp", "logreg")
+
+
+class TrainDataError(ValueError):
+    """The cache cannot train a model (no train or val rows, no labels observed ...)."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_from_cache` did. ``validation`` is :func:`classify.metrics.evaluate`'s
+    result on the val split at the applied thresholds."""
+
+    model_dir: Path
+    model_type: str
+    validation: dict[str, Any]
+    thresholds: dict[str, Any]
+    provenance: dict[str, Any]
+    estimator: Any = field(repr=False, default=None)
+    seconds: float = 0.0
+
+
+def make_estimator(model: str, *, seed: int = 0, max_epochs: int | None = None, patience: int | None = None,
+                   on_epoch: Callable[[dict], None] | None = None, **params: Any) -> Any:
+    """An unfitted MLPClassifier ("mlp") or LogisticProbe ("logreg")."""
+    from classify.models import LogisticProbe, MLPClassifier
+
+    if model == "mlp":
+        if max_epochs is not None:
+            params["max_epochs"] = max_epochs
+        if patience is not None:
+            params["patience"] = patience
+        return MLPClassifier(seed=seed, on_epoch=on_epoch, **params)
+    if model == "logreg":
+        return LogisticProbe(seed=seed, **params)
+    raise TrainDataError(f"unknown model {model!r}; choose one of {', '.join(MODEL_KINDS)}")
+
+
+def train_on_set(
+    es: EmbeddingSet,
+    out_dir: str | os.PathLike,
+    *,
+    model: str = "mlp",
+    seed: int = 0,
+    target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY,
+    max_epochs: int | None = None,
+    patience: int | None = None,
+    overwrite: bool = False,
+    on_epoch: Callable[[dict], None] | None = None,
+    source: str = "<EmbeddingSet>",
+    **params: Any,
+) -> TrainResult:
+    """Fit on ``es``'s "train" rows, early-stop and choose thresholds on its "val" rows, save.
+
+    Args:
+        es: embeddings with labels and splits (``cache.store.read_cache``'s result).
+        out_dir: the model folder to write (see classify.artifacts).
+        model: "mlp" or "logreg". seed: seeds weights, dropout and shuffling.
+        target_sensitivity: of the safety rule for urgency and infection_risk.
+        max_epochs, patience: MLP early stopping (defaults of MLPClassifier when None).
+        source: where ``es`` came from, for messages and provenance.
+    """
+    t0 = time.perf_counter()
+    if model not in MODEL_KINDS:
+        raise TrainDataError(f"unknown model {model!r}; choose one of {', '.join(MODEL_KINDS)}")
+    prov_schema = es.provenance.get("label_schema")
+    if es.schema != SCHEMA or (prov_schema and _canon(prov_schema) != _canon(SCHEMA.to_json())):
+        raise TrainDataError(f"{source}: labels {list(es.label_names)} were encoded with another label schema "
+                             "than this woundscore's; re-embed with the current version")
+    train, val = es.subset("train"), es.subset("val")
+    sizes = {s: int((es.split == s).sum()) for s in ("train", "val", "test")}
+    if len(train) == 0 or len(val) == 0:
+        raise TrainDataError(
+            f"{source}: needs rows in both the train and val splits (has train={sizes['train']}, "
+            f"val={sizes['val']}, test={sizes['test']}); val chooses the epoch and the thresholds")
+    observed = (train.Y != -1).sum(axis=0)
+    if not observed.any():
+        raise TrainDataError(f"{source}: no label is observed in the train split (all -1)")
+
+    est = make_estimator(model, seed=seed, max_epochs=max_epochs, patience=patience, on_epoch=on_epoch, **params)
+    est.fit(train.X, train.Y, val.X, val.Y)
+    P_val = est.predict_proba(val.X)
+    thresholds = choose_thresholds(val.Y, P_val, target_sensitivity)
+    t_applied = dict(zip(LABEL_NAMES, applied_thresholds(thresholds).tolist()))
+    validation = evaluate(val.Y, P_val, t_applied)
+
+    prov_in = dict(es.provenance)
+    provenance: dict[str, Any] = {
+        "created": now_iso(),
+        "encoder": {**encoder_identity(prov_in), "compute_dtype": prov_in.get("compute_dtype")},
+        "training_cache": {
+            "path": source,
+            "rows": len(es),
+            "created": prov_in.get("created"),
+            "updated": prov_in.get("updated"),
+        },
+        "split_sizes": sizes,
+        "pos_weight": dict(zip(LABEL_NAMES, [float(w) for w in est.pos_weight_])),
+        "hyperparameters": est.get_params(),
+        "seed": int(seed),
+        "target_sensitivity": float(target_sensitivity),
+        "validation": validation,
+        "versions": package_versions(),
+        "cache_versions": prov_in.get("versions") or {},
+        "notice": prov_in.get("notice") or None,
+    }
+    if model == "mlp":
+        provenance["training"] = {
+            "epochs_run": len(est.history_),
+            "best_epoch": int(est.best_epoch_),
+            "monitor": est.monitor_,
+            "best_score": None if not np.isfinite(est.best_score_) else float(est.best_score_),
+            "fit_seconds": round(float(est.fit_seconds_), 3),
+            "optimizer": "Adam (Keras update rule, beta 0.9/0.999, eps 1e-7)",
+        }
+    else:
+        provenance["training"] = {"C": [None if not np.isfinite(c) else float(c) for c in est.C_],
+                                  "notes": est.notes_}
+    out = save_model_dir(out_dir, est, thresholds, provenance, overwrite=overwrite)
+    return TrainResult(model_dir=out, model_type=model, validation=validation, thresholds=thresholds,
+                       provenance=provenance, estimator=est, seconds=time.perf_counter() - t0)
+
+
+def train_from_cache(
+    cache: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    model: str = "mlp",
+    seed: int = 0,
+    **kwargs: Any,
+) -> TrainResult:
+    """Read ``cache`` (cache.store.read_cache) and :func:`train_on_set` on it; see there."""
+    from cache.store import read_cache
+
+    es = read_cache(cache)
+    return train_on_set(es, out_dir, model=model, seed=seed, source=str(cache), **kwargs)
+
+
+__all__ = ["MODEL_KINDS", "TrainDataError", "TrainResult", "make_estimator", "train_from_cache", "train_on_set"]
