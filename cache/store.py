@@ -208,7 +208,7 @@ def _strs(values: Sequence[Any]) -> np.ndarray:
     """(n,) numpy unicode array."""
     if not len(values):
         return np.zeros(0, dtype="<U1")
-    return np.asarray(["" if v is None else str(v) for v in values], dtype=str)
+    return np.asarray(values, dtype=str)
 
 
 def _encode_strs(values: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -291,15 +291,16 @@ def _concat(chunks: list[_Rows], dim: int, *, X: np.ndarray | None = None) -> _R
 def _sorted_unique(rows: _Rows, *, first_new: int = 0) -> _Rows:
     """Drop rows (from index ``first_new`` on) whose sha256 occurred before; stable-sort by order."""
     if first_new < rows.n:
-        seen = set(rows.sha256[:first_new].tolist())
-        keep = np.ones(rows.n, bool)
-        for i in range(first_new, rows.n):
-            s = rows.sha256[i]
-            if s in seen:
-                keep[i] = False
-            seen.add(s)
-        if not keep.all():
-            rows = rows.take(np.flatnonzero(keep))
+        shas = rows.sha256.tolist()
+        if len(set(shas)) < len(shas):  # rare: only then find which rows repeat an earlier hash
+            seen = set(shas[:first_new])
+            keep = np.ones(rows.n, bool)
+            for i in range(first_new, rows.n):
+                if shas[i] in seen:
+                    keep[i] = False
+                seen.add(shas[i])
+            if not keep.all():
+                rows = rows.take(np.flatnonzero(keep))
     if rows.n > 1 and np.any(np.diff(rows.order) < 0):
         rows = rows.take(np.argsort(rows.order, kind="stable"))
     return rows
@@ -340,9 +341,8 @@ def _write_part(folder: Path, seq: int, rows: _Rows, failures: list[dict], run: 
             fh.write(struct.pack("<Q", len(header)))
             fh.write(header)
             if rows.n:  # raw little-endian columns after the header: X, labels, order
-                fh.write(np.ascontiguousarray(rows.X, dtype="<f4").tobytes())
-                fh.write(np.ascontiguousarray(rows.labels, dtype="i1").tobytes())
-                fh.write(np.ascontiguousarray(rows.order, dtype="<i8").tobytes())
+                for col, dt in ((rows.X, "<f4"), (rows.labels, "i1"), (rows.order, "<i8")):
+                    fh.write(memoryview(np.ascontiguousarray(col, dtype=dt)).cast("B"))
             if fsync:
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -1165,7 +1165,7 @@ class CacheWriter:
         for name, values in (extras or {}).items():
             if not _NAME_RE.match(str(name)):
                 raise CacheValueError(f"{where}: extra name {name!r} must be letters, digits or _")
-            arr = _strs(list(values))
+            arr = _strs(["" if v is None else str(v) for v in values])
             if len(arr) != b:
                 raise CacheValueError(f"{where}: extra {name!r} has {len(arr)} values for {b} rows")
             ex[str(name)] = arr
