@@ -401,6 +401,32 @@ def test_kill9_at_random_moments_then_rerun_equals_an_uninterrupted_run(tmp_path
     _finish_and_check(path, set())
 
 
+CTRL_C = """
+import sys, time
+from cache.store import CacheWriter
+from tests.test_cache_helpers import PROV, make_rows
+with CacheWriter(sys.argv[1], PROV) as w:
+    for a in range(0, 1000, 2):
+        w.append(**make_rows(a, a + 2))
+        print("done", a + 2, flush=True)
+        time.sleep(0.05)
+"""
+
+
+def test_ctrl_c_consolidates_the_batches_done_and_releases_the_lock(tmp_path):
+    path = tmp_path / "c.h5"
+    child = run_child(CTRL_C, str(path))
+    assert child.stdout.readline().startswith("done"), child.stderr.read()
+    child.send_signal(signal.SIGINT)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode != 0 and "KeyboardInterrupt" in err
+    n = int(out.splitlines()[-1].split()[1]) if out.strip() else 2
+    es = read_cache(path)
+    assert len(es) >= n and not parts_dir(path).exists()  # consolidated on the way out
+    assert_rows(es, 0, len(es))
+    CacheWriter(path, PROV).close()  # lock released
+
+
 def test_consolidate_cache_folds_an_interrupted_runs_batches(tmp_path):
     path = tmp_path / "c.h5"
     w = CacheWriter(path, PROV)
