@@ -54,10 +54,11 @@ Crash safety. h5py gives no crash consistency, so the main file is never modifie
   for (pass ``fsync=True`` to also survive a power cut, at a few ms per batch).
 * Readers see the main file plus every complete part (rows deduplicated by sha256, sorted by
   ``order``), so an unfinished run's batches are readable at once and a rerun skips them.
-* ``close`` (and the next writer, if a run was killed) writes main + parts into a NEW file under a
+* ``close`` (or, after a kill, the next writer's ``close``) writes main + parts into a NEW file under a
   temporary name, fsyncs it and ``os.replace``-s it over the main file; only then are the parts
   deleted. The new file records ``parts_merged_upto`` = the last part it contains, so leftover
-  parts from a kill between replace and delete are ignored by readers and removed by writers.
+  parts from a kill between replace and delete are ignored by readers and removed by the next
+  consolidation. Temporary files of a killed writer are removed by the next writer.
 * A failed write (disk full, unwritable folder) removes its temporary file and raises
   :class:`CacheWriteError`; the main file and the completed parts are untouched.
 
