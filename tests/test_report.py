@@ -1,0 +1,351 @@
+"""compare.report: the comparison report on the same test images.
+
+One module-scoped run trains the probe and the MLP on a small planted-signal EmbeddingSet and
+reads a fine-tune's predictions file; the other tests score predictions files only (no Keras), so
+the whole module stays a few seconds beyond the one MLP fit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache.schema import LABEL_NAMES
+from cache.types import EmbeddingSet
+from compare.predictions import read_predictions, write_predictions
+from compare.report import ReportError, run_comparison
+
+HOSTILE_ID = "<script>alert(1)</script>.jpg"
+HOSTILE_METHOD = "<img src=x onerror=alert(2)>"
+HOSTILE_SITE = "<b>Abdomen</b>"
+HOSTILE_NOTICE = "random weights, generated images <script>alert(3)</script>"
+
+# ------------------------------------------------------------------------------------ data
+
+
+def make_set(
+    n_train: int = 160, n_val: int = 50, n_test: int = 70, d: int = 16, seed: int = 0,
+    *, notice: str | None = None, hostile: bool = False,
+) -> tuple[EmbeddingSet, np.ndarray]:
+    """A planted-signal set: label j is positive when latent z_j is high; X carries z linearly.
+
+    Returns the set and the (n, 6) latent z (a 'good' external method can score from it).
+    """
+    rng = np.random.default_rng(seed)
+    n = n_train + n_val + n_test
+    z = rng.normal(size=(n, 6))
+    Y = (z + 0.5 * rng.normal(size=(n, 6)) > 0.6).astype(np.int8)
+    Y[rng.random((n, 6)) < 0.05] = -1
+    mix = rng.normal(size=(6, d))
+    X = (z @ mix + 0.5 * rng.normal(size=(n, d))).astype(np.float32)
+    split = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * n_test)
+    ids = [f"img{i:04d}.jpg" for i in range(n)]
+    urgency = np.where(Y[:, 4] == 1, np.where(rng.random(n) < 0.3, "Red", "Yellow"), "Green")
+    location = rng.choice(["Abdomen", "Ankle", "", "Facial region"], n).astype(object)
+    if hostile:
+        first_test = n_train + n_val
+        ids[first_test] = HOSTILE_ID
+        urgency[first_test] = "Red"
+        location[first_test] = HOSTILE_SITE
+    prov = {"encoder_id": "synthetic/test", "encoder_revision": "r1", "created": "2026-01-01T00:00:00Z"}
+    if notice:
+        prov["notice"] = notice
+    es = EmbeddingSet(
+        ids=np.array(ids, dtype=object).astype(str),
+        X=X,
+        Y=Y,
+        split=split,
+        sha256=np.array([f"{i:064x}" for i in range(n)]),
+        extras={"urgency_level": urgency.astype(str), "location": location.astype(str)},
+        provenance=prov,
+    )
+    return es, z
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def write_external(path: Path, es: EmbeddingSet, z: np.ndarray, *, split=("test",), noise=0.7, seed=1, meta=None):
+    rng = np.random.default_rng(seed)
+    m = np.isin(es.split, split)
+    P = sigmoid(z[m] + noise * rng.normal(size=(int(m.sum()), 6)))
+    return write_predictions(path, es.ids[m], P, meta=meta)
+
+
+# ------------------------------------------------------------------------------------ md parsing
+
+INTERVAL = re.compile(r"^[+-]?\d\.\d{3} \([+-]?\d\.\d{3} to [+-]?\d\.\d{3}\)$")
+NOT_ESTIMABLE = re.compile(r"^not estimable( \(.+\))?$")
+COST_HEADER = ["method", "device", "train time", "peak memory", "trainable parameters", "inference per image"]
+EXTERNAL_HEADER = ["label", "published AUC (external, point only)"]
+
+
+def md_tables(md: str) -> list[tuple[list[str], list[list[str]]]]:
+    """Markdown tables as (header, rows); cells unescaped (a backslash-escaped | stays in the cell)."""
+    tables, block = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            block.append(line)
+            continue
+        if block:
+            cells = [[c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]] for row in block]
+            assert set(cells[1]) <= {"---"}, block[:2]
+            unesc = [[re.sub(r"\\(.)", r"\1", c) for c in r] for r in cells]
+            tables.append((unesc[0], [r for r in unesc[2:]]))
+            block = []
+    return tables
+
+
+def assert_every_number_has_n_and_ci(md: str) -> int:
+    """Every metric cell carries an interval (or says not estimable) and every metric row an n."""
+    checked = 0
+    for header, rows in md_tables(md):
+        if "n" not in header:
+            # only two tables may hold numbers without n: measured cost and the external reference
+            assert header in (COST_HEADER, EXTERNAL_HEADER), header
+            continue
+        n_col = header.index("n")
+        for row in rows:
+            assert len(row) == len(header), (header, row)
+            assert re.fullmatch(r"\d+", row[n_col]), (header, row)
+            for h, cell in zip(header, row):
+                if "95% CI" in h:
+                    assert INTERVAL.match(cell) or NOT_ESTIMABLE.match(cell), (h, cell)
+                    checked += 1
+                elif h != "threshold":
+                    # any other column holds names or integer counts, never a bare estimate
+                    assert not re.search(r"\d\.\d", cell) or h in ("label", "method", "comparison", "operating point"), (h, cell)
+    return checked
+
+
+# ------------------------------------------------------------------------------------ the trained run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    es, z = make_set()
+    ft = write_external(
+        tmp / "ft" / "predictions.csv", es, z,
+        meta={"method": "SigLIP fine-tune, last 4 blocks", "train_seconds": 1350.0, "device": "cuda (Tesla T4)",
+              "trainable_params": 28_000_000, "peak_memory_mb": 9000.0, "memory_kind": "GPU max allocated",
+              "inference_ms_per_image": 12.5},
+    )
+    res = run_comparison(
+        es, tmp / "out", finetune_dir=ft.parent, n_boot=300, seed=0, quiet=True,
+        mlp_params={"max_epochs": 60, "patience": 15},
+    )
+    return res, es
+
+
+def test_trained_run_writes_every_file_and_scores_all_methods(trained):
+    res, es = trained
+    for name in ("report.md", "report.html", "metrics.json", "roc.png", "reliability.png", "forest.png"):
+        path = res.out_dir / name
+        assert path.is_file() and path.stat().st_size > 0, name
+    for png in ("roc.png", "reliability.png", "forest.png"):
+        assert (res.out_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    m = json.loads((res.out_dir / "metrics.json").read_text())
+    assert list(m["methods"]) == ["mlp", "finetune", "probe"]
+    assert m["skipped"]["zero-shot"].startswith("needs both --source")
+    # the planted signal is learned by both trained methods
+    assert m["metrics"]["macro_auc"]["mlp"]["value"] > 0.75
+    assert m["metrics"]["macro_auc"]["probe"]["value"] > 0.75
+    assert m["metrics"]["macro_auc"]["mlp"]["n"] == int((es.split == "test").sum())
+    pairs = [(c["a"], c["b"]) for c in m["metrics"]["comparisons"]]
+    assert pairs == [("mlp", "finetune"), ("mlp", "probe")]
+
+
+def test_cost_is_measured_for_trained_methods_and_read_from_the_sidecar(trained):
+    res, es = trained
+    m = res.metrics["methods"]
+    d = es.X.shape[1]
+    assert m["mlp"]["cost"]["trainable_params"] == d * 512 + 512 + 512 * 256 + 256 + 256 * 6 + 6
+    assert m["probe"]["cost"]["trainable_params"] == 6 * d + 6
+    assert m["mlp"]["cost"]["train_seconds"] > 0 and m["mlp"]["cost"]["inference_ms_per_image"] > 0
+    assert m["finetune"]["cost"]["device"] == "cuda (Tesla T4)"
+    md = (res.out_dir / "report.md").read_text()
+    cost = next(rows for header, rows in md_tables(md) if header == COST_HEADER)
+    ft_row = next(r for r in cost if r[0] == "finetune")
+    assert ft_row[1:] == ["cuda (Tesla T4)", "1350.0 s", "9000.0 MiB (GPU max allocated)", "28,000,000", "12.500 ms"]
+
+
+def test_thresholds_come_from_validation_with_the_rule_named(trained):
+    res, _ = trained
+    th = res.metrics["methods"]["mlp"]["thresholds"]
+    assert set(th["urgency"]) == {"sensitivity>=0.90"} and set(th["edema"]) == {"youden"}
+    ops = res.metrics["metrics"]["per_label"]["urgency"]["mlp"]["operating_points"]
+    assert set(ops) == {"0.5", "sensitivity>=0.90"}
+    # the fine-tune file holds test rows only: 0.5 and a stated reason
+    assert res.metrics["methods"]["finetune"]["thresholds"] == {}
+    assert "no predictions for the val split" in res.metrics["methods"]["finetune"]["threshold_rule"]
+
+
+def test_every_number_in_report_md_carries_n_and_a_ci(trained):
+    res, _ = trained
+    md = (res.out_dir / "report.md").read_text()
+    assert assert_every_number_has_n_and_ci(md) > 100
+    assert "nan" not in md.lower().replace("nanmean", "")
+
+
+def test_the_answer_comes_first_in_plain_words(trained):
+    res, es = trained
+    md = (res.out_dir / "report.md").read_text()
+    sections = re.findall(r"(?m)^## (.+)$", md)
+    assert sections[0] == "The answer"
+    answer = md.split("## The answer", 1)[1].split("\n## ", 1)[0]
+    n_test = int((es.split == "test").sum())
+    assert f"On the same {n_test} test images, the cheap MLP" in answer
+    assert "for finetune, the fine-tune" in answer and "The paired difference MLP - finetune is" in answer
+    # each estimate in the answer is followed by an interval and an n
+    estimates = re.findall(r"\d\.\d{3} \([+-]?\d\.\d{3} to [+-]?\d\.\d{3}\) \(n=\d+", answer.replace("+", ""))
+    assert len(estimates) == 3, answer
+
+
+def test_report_has_context_pooling_note_limitations_and_caveats(trained):
+    res, es = trained
+    md = (res.out_dir / "report.md").read_text()
+    assert "external, not recomputed" in md and "0.745" in md and "22.5 min on a T4" in md
+    ext = next(rows for header, rows in md_tables(md) if header == EXTERNAL_HEADER)
+    assert [r[1] for r in ext] == ["0.718", "0.686", "0.713", "0.810", "0.822", "0.721"]
+    assert "mean-pools the patch tokens" in md and "--pooling attention" in md
+    test = es.subset("test")
+    red = int((test.extras["urgency_level"] == "Red").sum())
+    assert f"Red (emergency) urgency cases in test: {red} (image ids:" in md
+    lim = next(rows for header, rows in md_tables(md) if header[:3] == ["label", "n", "positives"] and len(header) == 5)
+    assert [int(r[2]) for r in lim] == [int((test.Y[:, j] == 1).sum()) for j in range(6)]
+    assert "Body sites in test: " in md and "not recorded" in md
+    for caveat in ("mostly not C-section scars", "social-media photos", "Research use only", "Not a medical device"):
+        assert caveat in md
+
+
+# ------------------------------------------------------------------------------------ predictions only
+
+
+def test_html_escapes_every_string_from_data(tmp_path):
+    es, z = make_set(seed=2, notice=HOSTILE_NOTICE, hostile=True)
+    p = write_external(tmp_path / "x.csv", es, z)
+    ids, _ = read_predictions(p)
+    assert HOSTILE_ID in ids
+    res = run_comparison(es, tmp_path / "out", predictions={HOSTILE_METHOD: p, "plain": write_external(
+        tmp_path / "plain.csv", es, z, noise=2.0)}, methods=(), zero_shot=False, n_boot=200, quiet=True)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<script" not in page.lower()
+    assert "<img src=x" not in page and "<b>Abdomen" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;.jpg" in page  # the Red case's id, escaped
+    assert "&lt;img src=x onerror=alert(2)&gt;" in page  # the method name
+    assert "&lt;b&gt;Abdomen&lt;/b&gt;" in page  # the body site
+    assert 'role="alert">NOTICE: random weights, generated images &lt;script&gt;' in page  # banner
+    # self-contained: the only image sources are inline data, nothing is fetched
+    assert re.findall(r'(?:src|href)="(?!data:image/png;base64,)', page) == []
+    assert page.count('src="data:image/png;base64,') == 3
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "<script" not in md.replace("\\<script", "")
+    assert md.splitlines()[2].startswith("> **NOTICE: random weights, generated images")
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["notice"] == [HOSTILE_NOTICE]
+    assert HOSTILE_ID in m["limitations"]["red_urgency"]["ids"]
+    assert res.metrics["answer"]["alternative"] is None  # no MLP trained: says so
+    assert "The MLP was not run" in md
+
+
+def test_one_class_label_is_not_estimable_in_md_and_null_with_reason_in_json(tmp_path):
+    es, z = make_set(seed=3)
+    Y = es.Y.copy()
+    test = es.split == "test"
+    Y[test, 4] = np.where(Y[test, 4] == -1, -1, 0)  # urgency: no positive in test
+    es = EmbeddingSet(es.ids, es.X, Y, es.split, es.sha256, es.extras, es.schema, es.provenance)
+    p = write_external(tmp_path / "a.csv", es, z)
+    run_comparison(es, tmp_path / "out", predictions={"a": p, "b": write_external(tmp_path / "b.csv", es, z, seed=5)},
+                   methods=(), zero_shot=False, n_boot=200, quiet=True)
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    auc = m["metrics"]["per_label"]["urgency"]["a"]["auc"]
+    assert auc["value"] is None and auc["reason"].startswith("not estimable: test split has only negatives")
+    assert "urgency" not in m["metrics"]["macro_auc"]["a"]["labels"]
+    assert m["metrics"]["comparisons"][0]["per_label"]["urgency"]["value"] is None
+    md = (tmp_path / "out" / "report.md").read_text()
+    row = next(r for h, rows in md_tables(md) if h[:2] == ["label", "method"] and "ROC AUC (95% CI)" in h
+               for r in rows if r[:2] == ["urgency", "a"])
+    assert row[4].startswith("not estimable (test split has only negatives")
+    assert "Not estimable on this test split (one class only): urgency." in md
+    assert_every_number_has_n_and_ci(md)
+    text = (tmp_path / "out" / "metrics.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+
+
+def test_predictions_covering_val_get_val_chosen_thresholds(tmp_path):
+    es, z = make_set(seed=4)
+    p = write_external(tmp_path / "ft.csv", es, z, split=("val", "test"))
+    res = run_comparison(es, tmp_path / "out", predictions={"ft": p}, methods=(), zero_shot=False,
+                         n_boot=200, quiet=True)
+    meth = res.metrics["methods"]["ft"]
+    assert meth["threshold_rule"].startswith(f"chosen on {int((es.split == 'val').sum())} val rows of the file")
+    assert set(meth["thresholds"]["infection_risk"]) == {"sensitivity>=0.90"}
+    assert "no sidecar ft.json: cost not reported" in meth["notes"]
+
+
+def test_missing_test_ids_fail_before_anything_is_written(tmp_path):
+    es, z = make_set(seed=5)
+    test_ids = es.ids[es.split == "test"]
+    keep = ~np.isin(es.ids, test_ids[[3, 7]])
+    sub = es.select(keep)
+    p = write_external(tmp_path / "short.csv", sub, z[keep])
+    with pytest.raises(ReportError) as e:
+        run_comparison(es, tmp_path / "out", predictions={"ft": p}, zero_shot=False, quiet=True)
+    assert str(e.value) == (
+        f"{p}: predictions for method 'ft' lack 2 of the cache's {len(test_ids)} test image id(s): "
+        f"{str(test_ids[3])!r}, {str(test_ids[7])!r}"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"predictions": {"mlp": "x.csv"}},
+         "method name 'mlp' is taken by a built-in method; choose another NAME in NAME=FILE"),
+        ({"methods": ("svm",)}, "unknown method(s) to train: 'svm'; choose from probe, mlp"),
+        ({"n_boot": 10}, "--bootstrap 10 is too few for a 95% interval; use at least 100"),
+        ({"methods": (), "zero_shot": False}, "no method to compare: train one (probe, mlp) or pass predictions"),
+    ],
+)
+def test_bad_requests_are_named_errors(tmp_path, kwargs, message):
+    es, _ = make_set(seed=6)
+    with pytest.raises(ReportError) as e:
+        run_comparison(es, tmp_path / "out", quiet=True, **kwargs)
+    assert str(e.value) == message
+
+
+def test_no_test_rows_and_no_finetune_predictions_are_clear_errors(tmp_path):
+    es, _ = make_set(seed=7)
+    no_test = es.select(es.split != "test")
+    with pytest.raises(ReportError, match=r"^<in-memory EmbeddingSet>: no rows in the test split; nothing to compare on$"):
+        run_comparison(no_test, tmp_path / "out", quiet=True)
+    (tmp_path / "ft").mkdir()
+    with pytest.raises(ReportError) as e:
+        run_comparison(es, tmp_path / "out", finetune_dir=tmp_path / "ft", quiet=True)
+    assert str(e.value) == f"{tmp_path / 'ft'}: no predictions.csv in the fine-tune folder"
+
+
+def test_same_seed_same_report_numbers(tmp_path):
+    es, z = make_set(seed=8)
+    preds = {"a": write_external(tmp_path / "a.csv", es, z), "b": write_external(tmp_path / "b.csv", es, z, seed=9)}
+    kw = dict(predictions=preds, methods=(), zero_shot=False, n_boot=200, quiet=True, seed=11)
+    r1 = run_comparison(es, tmp_path / "o1", **kw)
+    r2 = run_comparison(es, tmp_path / "o2", **kw)
+    assert r1.metrics["metrics"] == r2.metrics["metrics"]
+    strip = lambda md: re.sub(r"Report written in [\d.]+ s", "", md)  # noqa: E731
+    assert strip((tmp_path / "o1" / "report.md").read_text()) == strip((tmp_path / "o2" / "report.md").read_text())
+
+
+def test_label_rows_follow_the_schema_order(trained):
+    res, _ = trained
+    md = (res.out_dir / "report.md").read_text()
+    per_label = next(rows for h, rows in md_tables(md) if "ROC AUC (95% CI)" in h)
+    assert [r[0] for r in per_label] == [lab for lab in LABEL_NAMES for _ in range(3)]
+    assert [r[1] for r in per_label[:3]] == ["mlp", "finetune", "probe"]
