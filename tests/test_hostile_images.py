@@ -236,3 +236,52 @@ def test_strict_stops_at_first_failure(tmp_path, tiny_siglip_dir):
     # (images 12..15), so 12 + 1 good images are kept and the rest was never tried.
     assert len(read_cache(out)) == 13
     assert [f["image_id"] for f in read_failures(out)] == ["truncated.jpg", "empty.jpg", "page.html.jpg"]
+
+
+def test_release_bad_base64_and_conflicting_image_are_reported(tmp_path, mini_release, tiny_siglip_dir):
+    """HF release: an image whose base64 is broken (in every record of it), and an image whose
+    records disagree about the bytes, are failures naming file + record; the rest is embedded."""
+    import json
+    import shutil
+
+    from cache.store import read_cache, read_failures, verify_cache
+    from embed.run import run_embedding
+
+    src = tmp_path / "rel"
+    shutil.copytree(mini_release, src)
+    path = src / "test_question.json"
+    records = json.loads(path.read_text())
+    names = list(dict.fromkeys(r["image_name"] for r in records))
+    broken, conflicting = names[0], names[1]
+    seen = 0
+    for r in records:
+        if r["image_name"] == broken:
+            r["image"] = "@@not base64@@"
+        elif r["image_name"] == conflicting:
+            seen += 1
+            if seen == 2:  # the second record of this image carries other bytes
+                r["image"] = __import__("base64").b64encode(jpeg(30, 30, seed=9)).decode()
+    path.write_text(json.dumps(records))
+    out = tmp_path / "e.h5"
+    s = run_embedding(src, out, model=tiny_siglip_dir, batch_size=8, workers=0, quiet=True)
+    assert s.exit_code == 3 and verify_cache(out) == []
+    failures = {f["image_id"]: f["reason"] for f in read_failures(out)}
+    assert set(failures) == {broken, conflicting}
+    assert "bad base64" in failures[broken] and "test_question.json" in failures[broken]
+    assert "test_question.json" in failures[conflicting]
+    assert len(read_cache(out)) == 30 - 2
+
+
+def test_appending_with_another_encoder_is_refused(tmp_path, labels_csv_dir, tiny_siglip_dir):
+    from embed.cli import cli
+    from embed.tiny import build_tiny_siglip
+
+    out = tmp_path / "e.h5"
+    r = CliRunner().invoke(cli, ["run", str(labels_csv_dir), "--out", str(out), "--model", str(tiny_siglip_dir),
+                                 "--batch-size", "8", "--workers", "0", "--quiet"])
+    assert r.exit_code == 0, r.output
+    other = build_tiny_siglip(tmp_path / "tiny-siglip", seed=1)  # same name, other weights
+    r = CliRunner().invoke(cli, ["run", str(labels_csv_dir), "--out", str(out), "--model", str(other), "--quiet"])
+    assert r.exit_code == 1
+    assert r.output.startswith(f"Error: {out}: refusing to mix rows from a different setup:")
+    assert "encoder_revision: cache has 'local:" in r.output
