@@ -33,3 +33,28 @@ def make_rows(start: int, stop: int, dim: int = DIM) -> dict:
         "extras": {"location": [f"site {i % 5}" for i in idx], "closure_method": ["suture"] * len(idx)},
         "embeddings": X,
     }
+
+
+def rows_for(indices: list[int]) -> dict:
+    """make_rows for arbitrary image indices, with their source positions as ``order``."""
+    parts = [make_rows(i, i + 1) for i in indices]
+    return {
+        "ids": sum((r["ids"] for r in parts), []),
+        "sha256": sum((r["sha256"] for r in parts), []),
+        "split": sum((r["split"] for r in parts), []),
+        "labels": np.concatenate([r["labels"] for r in parts]),
+        "extras": {k: sum((r["extras"][k] for r in parts), []) for k in parts[0]["extras"]},
+        "embeddings": np.concatenate([r["embeddings"] for r in parts]),
+        "order": np.array(indices, dtype=np.int64),
+    }
+
+
+def resume(writer, stop: int, batch: int = 3, report=None) -> None:
+    """What an embed run does: skip images already cached, append the rest in batches."""
+    known = writer.known_hashes()
+    todo = [i for i in range(stop) if make_rows(i, i + 1)["sha256"][0] not in known]
+    for a in range(0, len(todo), batch):
+        idx = todo[a : a + batch]
+        writer.append(**rows_for(idx))
+        if report is not None:
+            report(idx)

@@ -35,7 +35,7 @@ from cache.store import (
     verify_cache,
 )
 from cache.types import CacheError, CacheLockedError, CacheMismatchError
-from tests.test_cache_helpers import DIM, PROV, make_rows
+from tests.test_cache_helpers import DIM, PROV, make_rows, resume
 
 REPO = Path(__file__).resolve().parents[1]
 def write_cache(path: Path, start: int = 0, stop: int = 12, batch: int = 4, prov: dict = PROV, **kw) -> Path:
@@ -317,9 +317,8 @@ def test_second_writer_in_the_same_process_is_refused_until_the_first_closes(tmp
 
 APPENDER = """
 import os, signal, sys
-import numpy as np
 import cache.store as store
-from tests.test_cache_helpers import PROV, make_rows
+from tests.test_cache_helpers import PROV, resume
 path, stop, crash = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 calls = {"replace": 0}
 real_replace = os.replace
@@ -336,17 +335,7 @@ if crash == "before-parts-removed":
         os.kill(os.getpid(), signal.SIGKILL)
     store._remove_parts = remove
 w = store.CacheWriter(path, PROV)
-todo = [i for i in range(stop) if make_rows(i, i + 1)["sha256"][0] not in w.known_hashes()]
-for a in range(0, len(todo), 3):
-    idx = todo[a : a + 3]
-    rows = [make_rows(i, i + 1) for i in idx]
-    w.append(
-        ids=sum((r["ids"] for r in rows), []), sha256=sum((r["sha256"] for r in rows), []),
-        split=sum((r["split"] for r in rows), []), labels=np.concatenate([r["labels"] for r in rows]),
-        extras={k: sum((r["extras"][k] for r in rows), []) for k in rows[0]["extras"]},
-        embeddings=np.concatenate([r["embeddings"] for r in rows]), order=np.array(idx),
-    )
-    print("done", " ".join(map(str, idx)), flush=True)
+resume(w, stop, report=lambda idx: print("done", " ".join(map(str, idx)), flush=True))
 w.close()
 print("closed", flush=True)
 """
@@ -359,9 +348,8 @@ def _finish_and_check(path: Path, reported: set[int]) -> None:
     assert reported <= have, f"batches reported done were lost: {sorted(reported - have)}"
     assert len(set(es.sha256.tolist())) == len(es)
     assert verify_cache(path) == []
-    child = run_child(APPENDER, str(path), str(N_ROWS), "none")  # the rerun finishes the rest
-    out, err = child.communicate(timeout=60)
-    assert child.returncode == 0, err
+    with CacheWriter(path, PROV) as w:  # the rerun finishes the rest
+        resume(w, N_ROWS)
     assert_rows(read_cache(path), 0, N_ROWS)  # = an uninterrupted run, bit for bit
     assert verify_cache(path) == []
     assert not parts_dir(path).exists()
