@@ -89,13 +89,25 @@ class MaskedBCELossFunc:
     whole accumulated batch, whatever the split into micro-batches. Evaluation (no
     ``num_items_in_batch``) gets the plain masked mean.
 
-    NaN guard: a non-finite loss is replaced by a zero loss with no gradient (the batch adds
-    nothing) and counted; ``max_nonfinite`` in a row raise :class:`NonFiniteLossError`.
+    NaN guard: a non-finite loss is counted, and ``max_nonfinite`` in a row raise
+    :class:`NonFiniteLossError`. Below that, in float32/bfloat16 the batch is skipped (a zero loss
+    with no gradient: it adds nothing and AdamW leaves gradient-less weights alone); under float16
+    (``scaler_skips=True``) the loss is passed on so that the Trainer's GradScaler sees inf/NaN
+    gradients and skips the optimizer step, as it is built to (a zero with no gradients at all
+    would trip its "no inf checks were recorded" assertion).
     """
 
-    def __init__(self, pos_weight: np.ndarray, *, max_nonfinite: int = 3, loss_fn: Callable | None = None) -> None:
+    def __init__(
+        self,
+        pos_weight: np.ndarray,
+        *,
+        max_nonfinite: int = 3,
+        scaler_skips: bool = False,
+        loss_fn: Callable | None = None,
+    ) -> None:
         self.pos_weight = np.asarray(pos_weight, dtype=np.float32)
         self.max_nonfinite = max_nonfinite
+        self.scaler_skips = scaler_skips
         self.loss_fn = loss_fn
         self.nonfinite_total = 0
         self.nonfinite_run = 0
@@ -136,10 +148,13 @@ class MaskedBCELossFunc:
                     "(float16 overflows most often) or a lower --lr"
                 )
             warnings.warn(
-                f"non-finite loss in a training batch ({self.nonfinite_total} so far); batch skipped",
+                f"non-finite loss in a training batch ({self.nonfinite_total} so far); "
+                f"{'the float16 loss scaler skips this step' if self.scaler_skips else 'batch skipped'}",
                 RuntimeWarning,
                 stacklevel=2,
             )
+            if self.scaler_skips:
+                return loss
             # A zero with no path to the weights: backward adds nothing for this batch.
             return torch.zeros((), device=logits.device, dtype=logits.dtype, requires_grad=True)
         self.nonfinite_run = 0
@@ -665,7 +680,7 @@ def finetune(
     Y_train = np.stack([np.asarray(s.labels) for s in kept_samples["train"]])
     pw = schema_pos_weight(Y_train)
     pw = np.where(np.isfinite(pw), pw, 1.0)  # a label with no positive in train: unweighted
-    loss_func = MaskedBCELossFunc(pw)
+    loss_func = MaskedBCELossFunc(pw, scaler_skips=dtype == "float16")
 
     strategy = "steps" if max_steps is not None else "epoch"
     args = TrainingArguments(
@@ -715,7 +730,9 @@ def finetune(
         trainer.remove_callback(PrinterCallback)  # it prints every log dict when tqdm is off
     t0 = time.perf_counter()
     train_out = trainer.train()
-    train_seconds = time.perf_counter() - t0 + (prefix_seconds if prefix_cache else 0.0)
+    # Wall time to train includes the one pass over the images before training (decode check,
+    # and the frozen part with the prefix cache), so both paths are charged the same way.
+    train_seconds = time.perf_counter() - t0 + prefix_seconds
     peak_mb, memory_kind = _peak_memory(dev)
     _replace_pickles(out / "trainer", args)
     best_val = trainer.state.best_metric
@@ -777,7 +794,7 @@ def finetune(
         "device": device_name,
         "inference_ms_per_image": round(1000.0 * infer_s / max(len(ids), 1), 3),
         "notes": (
-            ("prefix cache (frozen part computed once, included in train_seconds); " if prefix_cache else "")
+            ("prefix cache (frozen part computed once); " if prefix_cache else "")
             + f"{dtype}; best val macro AUC {best_val if best_val is None else round(best_val, 4)}"
         ),
         "dtype": dtype,
@@ -789,7 +806,7 @@ def finetune(
         "max_steps": max_steps,
         "global_steps": int(train_out.global_step),
         "prefix_cache": prefix_cache,
-        "prefix_seconds": round(prefix_seconds, 3) if prefix_cache else None,
+        "scan_seconds": round(prefix_seconds, 3),  # the pass before training, in train_seconds
         "prefix_cache_mb": round(prefix_bytes / 2**20, 1) if prefix_cache else None,
         "best_val_macro_auc": best_val,
         "test_macro_auc": test_metrics["macro_auc"],

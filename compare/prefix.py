@@ -312,7 +312,8 @@ def step_time(
         vc = model_config
     else:
         vc = model_config.vision_config
-    config = SiglipConfig(vision_config=vc.to_dict(), num_labels=6, problem_type="multi_label_classification")
+    with quiet_transformers():  # the unused default text config warns about its token ids
+        config = SiglipConfig(vision_config=vc.to_dict(), num_labels=6, problem_type="multi_label_classification")
     config._attn_implementation = "sdpa"
     torch.manual_seed(seed)
     dev = torch.device(device)

@@ -153,6 +153,10 @@ def test_nan_guard_skips_then_stops_with_a_clear_message() -> None:
         "the loss was NaN/inf in 2 batches in a row (3 in all); stopped. "
         "Try --dtype float32 (float16 overflows most often) or a lower --lr"
     )
+    # Under float16 the loss goes on to the GradScaler, which skips the step itself.
+    fp16 = MaskedBCELossFunc(np.ones(6), scaler_skips=True)
+    with pytest.warns(RuntimeWarning, match="the float16 loss scaler skips this step"):
+        assert torch.isnan(fp16(bad, y))
 
 
 def test_val_metrics_mask_missing_and_leave_one_class_labels_out() -> None:
