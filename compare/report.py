@@ -645,9 +645,9 @@ def _answer(result: dict, runs: Mapping[str, MethodRun], n_test: int) -> dict[st
         return {"alternative": alt, "text": f"Macro AUC is not estimable on this test split ({em.get('reason')})."}
     labels = em.get("labels") or []
     if d["low"] > 0:
-        verdict = f"the MLP ranks these test images better than {alt}: the interval of the difference lies above zero"
+        verdict = f"the MLP ranks these test images better than {alt}; the interval of the difference lies above zero"
     elif d["high"] < 0:
-        verdict = f"{alt} ranks these test images better than the MLP: the interval of the difference lies below zero"
+        verdict = f"{alt} ranks these test images better than the MLP; the interval of the difference lies below zero"
     else:
         verdict = (
             "the interval of the difference includes zero, so this test split cannot tell the two apart; "
@@ -655,11 +655,13 @@ def _answer(result: dict, runs: Mapping[str, MethodRun], n_test: int) -> dict[st
         )
     per = comp["per_label"]
     clear = [lab for lab, x in per.items() if x.get("value") is not None and (x["low"] > 0 or x["high"] < 0)]
+    mlp_text = _fmt_ci(em, f"n={em['n']} images; mean over {len(labels)} estimable labels")
+    alt_text = _fmt_ci(ea, f"n={ea['n']}")
+    delta_text = _fmt_ci(d, f"n={d['n']}; the same resampled images for both", signed=True)
     text = (
         f"On the same {n_test} test images, the cheap MLP on frozen embeddings reaches a macro ROC AUC of "
-        f"{_fmt_est(em)} (n={em['n']} images, mean over {len(labels)} estimable labels) against "
-        f"{_fmt_est(ea)} (n={ea['n']}) for {alt}, {why}. The paired difference MLP - {alt} is "
-        f"{_fmt_est(d, signed=True)} (n={d['n']}; the same resampled images for both): {verdict}. "
+        f"{mlp_text}, against {alt_text} for {alt}, {why}. The paired difference MLP - {alt} is "
+        f"{delta_text}: {verdict}. "
         + (
             f"Per label, the difference's interval excludes zero for {len(clear)} of {len(per)} labels"
             + (f" ({', '.join(clear)})." if clear else ".")
@@ -728,6 +730,12 @@ def _fmt_est(e: Mapping[str, Any], *, signed: bool = False, digits: int = 3) -> 
     if e.get("low") is None:
         return f.format(e["value"]) + " (no interval)"
     return f"{f.format(e['value'])} ({f.format(e['low'])} to {f.format(e['high'])})"
+
+
+def _fmt_ci(e: Mapping[str, Any], n_text: str, *, signed: bool = False) -> str:
+    """'0.833 (95% CI 0.802 to 0.862, n=137 images)' for prose."""
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(e['value'])} (95% CI {f.format(e['low'])} to {f.format(e['high'])}, {n_text})"
 
 
 def _fmt_cost(v: Any, unit: str = "", digits: int = 1) -> str:

@@ -203,7 +203,7 @@ def test_the_answer_comes_first_in_plain_words(trained):
     assert f"On the same {n_test} test images, the cheap MLP" in answer
     assert "for finetune, the fine-tune" in answer and "The paired difference MLP - finetune is" in answer
     # each estimate in the answer is followed by an interval and an n
-    estimates = re.findall(r"\d\.\d{3} \([+-]?\d\.\d{3} to [+-]?\d\.\d{3}\) \(n=\d+", answer.replace("+", ""))
+    estimates = re.findall(r"[+-]?\d\.\d{3} \(95% CI [+-]?\d\.\d{3} to [+-]?\d\.\d{3}, n=\d+", answer)
     assert len(estimates) == 3, answer
 
 
