@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -153,7 +154,9 @@ def save_model_dir(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         if isinstance(estimator, MLPClassifier):
-            estimator.model_.save(tmp / KERAS_FILE)
+            with warnings.catch_warnings():  # numpy 2 nags about Keras's __array__; harmless
+                warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"keras\.")
+                estimator.model_.save(tmp / KERAS_FILE)
             kind = "mlp"
         elif isinstance(estimator, LogisticProbe):
             _write_json(tmp / PROBE_FILE, estimator.to_dict())
