@@ -349,3 +349,36 @@ def test_label_rows_follow_the_schema_order(trained):
     per_label = next(rows for h, rows in md_tables(md) if "ROC AUC (95% CI)" in h)
     assert [r[0] for r in per_label] == [lab for lab in LABEL_NAMES for _ in range(3)]
     assert [r[1] for r in per_label[:3]] == ["mlp", "finetune", "probe"]
+
+
+# ------------------------------------------------------------------------------------ zero-shot
+
+
+def test_zero_shot_scores_the_caches_own_test_images(tmp_path, mini_release, tiny_siglip_dir):
+    from embed.run import run_embedding
+
+    cache = tmp_path / "emb.h5"
+    run_embedding(mini_release, cache, model=tiny_siglip_dir, quiet=True)
+    res = run_comparison(cache, tmp_path / "out", source=mini_release, model=tiny_siglip_dir,
+                         methods=("probe",), n_boot=200, quiet=True)
+    m = res.metrics
+    assert list(m["methods"]) == ["probe", "zero-shot"] and m["skipped"] == {}
+    zs = m["methods"]["zero-shot"]
+    assert zs["cost"]["trainable_params"] == 0 and zs["cost"]["train_seconds"] == 0.0
+    assert zs["origin"] == f"{tiny_siglip_dir} on images of {mini_release}"
+    n_test = m["limitations"]["n_test_images"]
+    assert all(m["metrics"]["per_label"][lab]["zero-shot"]["n"] <= n_test for lab in LABEL_NAMES)
+    assert [(c["a"], c["b"]) for c in m["metrics"]["comparisons"]] == [("probe", "zero-shot")]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert_every_number_has_n_and_ci(md)
+
+
+def test_zero_shot_that_cannot_load_is_skipped_with_the_reason(tmp_path, mini_release):
+    es, z = make_set(seed=12)
+    res = run_comparison(es, tmp_path / "out", source=mini_release, model=tmp_path / "no-such-model",
+                         predictions={"a": write_external(tmp_path / "a.csv", es, z)}, methods=(),
+                         n_boot=200, quiet=True)
+    reason = res.metrics["skipped"]["zero-shot"]
+    assert reason.split(":")[0].endswith("Error")  # the exception's name, then its message
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "- zero-shot: skipped, " in md
