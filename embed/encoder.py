@@ -202,6 +202,8 @@ def resolve_device(device: str = "auto") -> str:
     if device != "auto":
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise EncoderLoadError(f"--device {device} requested but no CUDA GPU is visible to torch")
+        if device == "cuda":  # under torchrun each rank takes its own GPU
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         return device
     if torch.cuda.is_available():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
@@ -351,7 +353,7 @@ class ImageEncoder:
 
         dtype = next(model.parameters()).dtype
         with torch.inference_mode():
-            out = model(pixel_values=pixel_values.to(device=device, dtype=dtype))
+            out = model(pixel_values=pixel_values.to(device=device, dtype=dtype, non_blocking=True))
             return out.pooler_output.float().cpu()
 
     def embed_pixels_checked(self, pixel_values: "torch.Tensor") -> tuple[np.ndarray, np.ndarray]:

@@ -21,6 +21,7 @@ Decisions (each tested in tests/test_preprocess.py):
 - 16-bit grayscale (``I;16*``, ``I``) is scaled by 255/65535 (Pillow's ``convert("L")`` would clip
   everything above 255 to white); float (``F``) is taken as [0, 1]. 16-bit RGB PNGs are decoded by
   Pillow to 8 bits per channel (high byte).
+- ICC colour profiles (e.g. Display P3) are not applied, as in torchvision and the notebook.
 - Decompression bombs: an image claiming more than ``MAX_PIXELS`` pixels is refused from its
   header, before any pixel is decoded.
 - ``fast_decode`` (off by default) lets libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 scale (DCT
@@ -35,6 +36,7 @@ import hashlib
 import io
 import json
 import math
+import struct
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -203,6 +205,11 @@ def _open(data: bytes, origin: str, max_pixels: int) -> Image.Image:
             raise ImageDecodeError(origin, f"decompression bomb refused: {e}") from None
         except Image.UnidentifiedImageError:
             head = data[:16]
+            if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"mif1", b"msf1"):
+                raise ImageDecodeError(
+                    origin, "HEIC/HEIF photo (iPhone default), which this Pillow cannot read: convert it "
+                    "to JPEG (e.g. `heif-convert`, or the phone's 'Most Compatible' camera setting)"
+                ) from None
             kind = "text/HTML, not an image" if head.lstrip()[:1] in (b"<", b"{", b"[") or head.isascii() else "unknown format"
             raise ImageDecodeError(origin, f"not an image ({kind}; first bytes {head[:8]!r})") from None
         except Exception as e:  # Pillow plugins raise many types on corrupt headers
@@ -250,7 +257,12 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 def normalize_image(im: Image.Image) -> Image.Image:
     """EXIF orientation applied, then RGB. Idempotent (the orientation tag is removed)."""
-    im = ImageOps.exif_transpose(im) or im
+    try:
+        im = ImageOps.exif_transpose(im) or im
+    except (SyntaxError, ValueError, TypeError, KeyError, struct.error):
+        # Malformed EXIF (seen in edited phone photos): the pixels are fine, the orientation
+        # is unknowable; use them as stored rather than losing the image.
+        pass
     return to_rgb(im)
 
 

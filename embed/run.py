@@ -287,7 +287,7 @@ def run_embedding(
         loader = DataLoader(
             dataset, batch_size=None, shuffle=False, num_workers=nw, collate_fn=_identity,
             worker_init_fn=_worker_init if nw else None, prefetch_factor=2 if nw else None,
-            persistent_workers=False,
+            persistent_workers=False, pin_memory=enc.device.startswith("cuda"),
         )
         bar = tqdm(total=mine, unit="img", desc=f"embedding{f' rank {rank}' if world > 1 else ''}",
                    disable=quiet, dynamic_ncols=True, smoothing=0.1)

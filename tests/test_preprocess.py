@@ -213,3 +213,19 @@ def test_fast_decode_difference_is_small_and_measured():
     # small images are never draft-decoded: identical pixels
     small = jpeg(300, 200, seed=1)
     assert torch.equal(preprocess_bytes(small, spec), preprocess_bytes(small, spec.with_decode(True)))
+
+
+def test_heic_gets_an_actionable_reason():
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64
+    with pytest.raises(ImageDecodeError, match=r"x.heic: HEIC/HEIF photo .*convert it to JPEG"):
+        decode_image(heic, origin="x.heic")
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_malformed_exif_keeps_the_pixels():
+    good = exif_rotated_jpeg(40, 20, orientation=6)
+    # corrupt the EXIF IFD's entry count so that parsing it fails, pixels untouched
+    i = good.index(b"Exif\x00\x00") + 6
+    bad = good[: i + 8] + b"\xff\xff" + good[i + 10 :]
+    im = decode_image(bad)
+    assert im.size in ((40, 20), (20, 40))
