@@ -491,6 +491,8 @@ def evaluate(
             "paired": "the same resampled images for both methods",
             "sensitivity_specificity": "Wilson score interval",
             "ece_bins": int(n_bins),
+            "ece_note": "ECE is biased upward under resampling (duplicated images make bins noisier), "
+            "so its point estimate can sit near or below the lower end of its interval",
         },
     }
 

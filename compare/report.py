@@ -902,6 +902,7 @@ def build_document(d: Mapping[str, Any]) -> list[tuple]:
         f"{boot['n_resamples']} bootstrap resamples, seed {boot['seed']}, 95% percentile intervals.",
         f"Per label: {boot['per_label']}. Macro: {boot['macro']}. Paired differences: {boot['paired']}.",
         f"Sensitivity and specificity: {boot['sensitivity_specificity']}.",
+        f"Calibration: {boot['ece_note']}.",
         "Unsure or missing labels (-1) are masked per label, never guessed; n counts observed labels.",
         "A label whose test split holds one class only is reported as not estimable, never as 0.",
     ]))
