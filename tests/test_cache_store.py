@@ -367,10 +367,9 @@ def test_kill9_at_each_step_of_a_write_loses_no_reported_batch(tmp_path, crash):
     _finish_and_check(path, reported)
 
 
-def test_kill9_at_random_moments_then_rerun_equals_an_uninterrupted_run(tmp_path):
-    rnd = random.Random(7)
-    path = tmp_path / "c.h5"
-    for attempt in range(3):
+def _kill_at_random_moments(path: Path, attempts: int, seed: int) -> None:
+    rnd = random.Random(seed)
+    for attempt in range(attempts):
         child = run_child(APPENDER, str(path), str(N_ROWS), "none")
         reported: set[int] = set()
         wait_for = rnd.randint(0, 2)  # kill after 0-2 reported batches, plus a random delay
@@ -387,6 +386,15 @@ def test_kill9_at_random_moments_then_rerun_equals_an_uninterrupted_run(tmp_path
         assert reported <= have
         assert verify_cache(path) == []
     _finish_and_check(path, set())
+
+
+def test_kill9_at_random_moments_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    _kill_at_random_moments(tmp_path / "c.h5", attempts=3, seed=7)
+
+
+@pytest.mark.slow
+def test_kill9_at_20_random_moments(tmp_path):
+    _kill_at_random_moments(tmp_path / "c.h5", attempts=20, seed=11)
 
 
 CTRL_C = """
