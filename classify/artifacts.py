@@ -129,6 +129,19 @@ def _read_json(path: Path) -> Any:
         raise ArtifactError(f"{path}: unreadable ({exc})") from None
 
 
+def check_writable(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Refuse (ArtifactError) a path that is a file, or a non-empty folder without ``overwrite``.
+
+    Called before training too, so that a run that could not be saved does not start.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ArtifactError(f"{out}: folder exists and is not empty (use --overwrite to replace it)")
+    return out
+
+
 def save_model_dir(
     out_dir: str | os.PathLike,
     estimator: Any,
@@ -145,11 +158,7 @@ def save_model_dir(
     """
     from classify.models import LogisticProbe, MLPClassifier
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ArtifactError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ArtifactError(f"{out}: folder exists and is not empty (use --overwrite to replace it)")
+    out = check_writable(out_dir, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -290,6 +299,7 @@ def load_model_dir(path: str | os.PathLike) -> LoadedModel:
 __all__ = [
     "ENCODER_KEYS",
     "ArtifactError",
+    "check_writable",
     "EncoderMismatchError",
     "LoadedModel",
     "encoder_identity",

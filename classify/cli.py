@@ -162,15 +162,15 @@ def predict_command(model_dir: str, images: tuple[str, ...], encoder: str | None
     """
     from classify.scorer import WoundScorer
 
-    errors = _library_errors()
-    try:
-        from embed.encoder import EncoderLoadError
+    from embed.encoder import EncoderLoadError
 
-        errors = errors + (EncoderLoadError,)
+    try:
         scorer = WoundScorer.load(model_dir, encoder, device=device)
         _ = scorer.encoder  # load and check the encoder before any image
         results = scorer.score_many(list(images))
-    except errors as e:
+    except EncoderLoadError as e:  # its advice names `--model` (wound-embed's option)
+        raise click.ClickException(f"{e}\n(here the option is --encoder)") from None
+    except _library_errors() as e:
         raise click.ClickException(str(e)) from None
     failed = 0
     for r in results:

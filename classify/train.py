@@ -12,7 +12,7 @@ import numpy as np
 
 from cache.schema import LABEL_NAMES, SCHEMA
 from cache.types import EmbeddingSet
-from classify.artifacts import _canon, encoder_identity, now_iso, package_versions, save_model_dir
+from classify.artifacts import _canon, check_writable, encoder_identity, now_iso, package_versions, save_model_dir
 from classify.metrics import evaluate
 from classify.thresholds import DEFAULT_TARGET_SENSITIVITY, applied_thresholds, choose_thresholds
 
@@ -94,6 +94,7 @@ def train_on_set(
     if not observed.any():
         raise TrainDataError(f"{source}: no label is observed in the train split (all -1)")
 
+    check_writable(out_dir, overwrite=overwrite)  # before the work, not after it
     est = make_estimator(model, seed=seed, max_epochs=max_epochs, patience=patience, on_epoch=on_epoch, **params)
     est.fit(train.X, train.Y, val.X, val.Y)
     P_val = est.predict_proba(val.X)
