@@ -220,3 +220,23 @@ def test_run_never_writes_non_finite_rows(tiny_siglip_dir, labels_csv_dir, tmp_p
     assert np.isfinite(es.X).all() and len(es) == 16 - 2 and s.exit_code == 3
     reasons = [f["reason"] for f in read_failures(tmp_path / "e.h5")]
     assert len(reasons) == 2 and all(r.endswith("non-finite embedding even in float32") for r in reasons)
+
+
+def test_hub_id_records_the_commit_actually_loaded(tiny_siglip_dir, tmp_path, monkeypatch):
+    """A hub id served from the local HF cache (offline): the snapshot's commit hash is the
+    revision recorded, and the encoder id is the hub id."""
+    import shutil
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf" / "models--google--medsiglip-448"
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        shutil.copyfile(tiny_siglip_dir / name, snap / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    enc = load_encoder("google/medsiglip-448", device="cpu", dtype="float32", cache_dir=tmp_path / "hf")
+    p = enc.provenance()
+    assert (p["encoder_id"], p["encoder_revision"]) == ("google/medsiglip-448", commit)
+    assert enc.spec.size == (64, 64)
