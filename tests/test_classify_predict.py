@@ -1,0 +1,117 @@
+"""End to end with the tiny random SigLIP: embed a release into a cache, train, then `predict` on
+image files reproduces the cached rows' scores; another encoder or preprocessing is refused;
+an unreadable image is reported and the rest are scored."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cache.schema import LABEL_NAMES
+from classify.cli import cli
+
+
+@pytest.fixture(scope="module")
+def setup(mini_release: Path, tiny_siglip_dir: Path, tmp_path_factory):
+    from cache.store import read_cache
+    from classify.train import train_on_set
+    from embed.run import run_embedding
+    from embed.sources import open_source
+
+    work = tmp_path_factory.mktemp("predict")
+    cache = work / "emb.h5"
+    run_embedding(mini_release, cache, model=tiny_siglip_dir, batch_size=4, workers=0, device="cpu", quiet=True)
+    es = read_cache(cache)
+    model_dir = work / "mlp"
+    train_on_set(es, model_dir, model="mlp", max_epochs=3, source=str(cache))
+    images = work / "images"
+    images.mkdir()
+    files = {}
+    for s in open_source(mini_release).samples()[:4]:
+        f = images / Path(s.image_id).name
+        f.write_bytes(s.read_bytes())
+        files[s.image_id] = f
+    return es, model_dir, files
+
+
+def test_predict_reproduces_the_cached_rows(setup, tiny_siglip_dir: Path) -> None:
+    from classify.scorer import WoundScorer
+
+    es, model_dir, files = setup
+    r = CliRunner().invoke(cli, ["predict", str(model_dir), *map(str, files.values()),
+                                 "--encoder", str(tiny_siglip_dir), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    lines = [json.loads(l) for l in r.output.splitlines()]
+    assert len(lines) == len(files)
+    scorer = WoundScorer.load(model_dir)
+    thresholds = json.loads((model_dir / "thresholds.json").read_text())["labels"]
+    for (image_id, f), obj in zip(files.items(), lines):
+        assert set(obj) == {"image", "scores", "flags", "thresholds", "model"}
+        assert obj["image"] == str(f)
+        assert list(obj["scores"]) == list(LABEL_NAMES)
+        row = int(np.flatnonzero(es.ids == image_id)[0])
+        cached = scorer.score_embeddings(es.X[row : row + 1], es.provenance)[0]
+        np.testing.assert_allclose([obj["scores"][n] for n in LABEL_NAMES], cached, rtol=0, atol=1e-5)
+        for n in LABEL_NAMES:
+            t = thresholds[n]
+            assert obj["thresholds"][n] == {"value": t["value"], "rule": t["applied"]}
+            assert obj["flags"][n] == (obj["scores"][n] >= t["value"])
+        assert obj["model"]["type"] == "mlp" and obj["model"]["encoder_id"] == es.provenance["encoder_id"]
+        assert obj["model"]["notice"] == es.provenance.get("notice")
+
+
+def test_api_score_matches_cli(setup, tiny_siglip_dir: Path) -> None:
+    from classify.scorer import WoundScorer
+
+    es, model_dir, files = setup
+    scorer = WoundScorer.load(model_dir, encoder=str(tiny_siglip_dir), device="cpu")
+    f = next(iter(files.values()))
+    a = scorer.score(f)
+    b = scorer.score(f.read_bytes())
+    assert a["scores"] == b["scores"] and b["image"] == "<bytes>"
+    assert scorer.score_embeddings(es.X[:2]).shape == (2, 6)
+
+
+def test_unreadable_image_is_reported_and_the_rest_scored(setup, tiny_siglip_dir: Path, tmp_path: Path) -> None:
+    _, model_dir, files = setup
+    bad = tmp_path / "not an image.jpg"
+    bad.write_text("<html>hello</html>")
+    good = next(iter(files.values()))
+    r = CliRunner().invoke(cli, ["predict", str(model_dir), str(bad), str(good), str(tmp_path / "gone.png"),
+                                 "--encoder", str(tiny_siglip_dir), "--device", "cpu"])
+    assert r.exit_code == 3
+    out = [json.loads(l) for l in r.output.splitlines() if l.startswith("{")]
+    assert [o["image"] for o in out] == [str(bad), str(good), str(tmp_path / "gone.png")]
+    assert set(out[0]) == {"image", "error"} and out[0]["error"].startswith(f"{bad}: ")
+    assert "scores" in out[1]
+    assert set(out[2]) == {"image", "error"} and out[2]["error"].startswith(f"{tmp_path / 'gone.png'}: cannot read file")
+    assert 'Error: 2 of 3 images could not be scored (see their "error")' in r.output
+
+
+def test_another_encoder_is_refused(setup, tmp_path: Path) -> None:
+    from embed.tiny import build_tiny_siglip
+
+    _, model_dir, files = setup
+    other = build_tiny_siglip(tmp_path / "tiny-siglip", seed=1)
+    r = CliRunner().invoke(cli, ["predict", str(model_dir), str(next(iter(files.values()))),
+                                 "--encoder", str(other), "--device", "cpu"])
+    assert r.exit_code == 1
+    first, *rest = r.output.splitlines()
+    assert first == f"Error: {model_dir}: refusing to score embeddings made differently from the model's training data:"
+    assert len(rest) == 1 and rest[0].startswith("  encoder_revision: model has 'local:")
+    assert f", encoder {'local/tiny-siglip'!r} have 'local:" in rest[0]
+
+
+def test_other_preprocessing_is_refused(setup, tiny_siglip_dir: Path) -> None:
+    from classify.artifacts import EncoderMismatchError
+    from classify.scorer import WoundScorer
+    from embed.encoder import load_encoder
+
+    _, model_dir, _ = setup
+    enc = load_encoder(tiny_siglip_dir, device="cpu", fast_decode=True)
+    with pytest.raises(EncoderMismatchError, match=r"\n  preprocessing\.decode: model has '\w+', encoder '[^']+' have 'draft'"):
+        WoundScorer.load(model_dir, encoder=enc)
