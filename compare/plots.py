@@ -43,6 +43,8 @@ def _grid(n: int) -> tuple[int, int]:
 def _fmt(e: Mapping) -> str:
     if e.get("value") is None:
         return "not estimable"
+    if e.get("low") is None:
+        return f"{e['value']:.2f} (no interval)"
     return f"{e['value']:.2f} ({e['low']:.2f}-{e['high']:.2f})"
 
 
@@ -138,8 +140,9 @@ def plot_forest(
     ax = axes[0]
     ypos = np.arange(len(rows))[::-1]
     for yv, (name, d) in zip(ypos, rows):
-        if d.get("value") is None:
-            ax.text(0, yv, "not estimable", ha="center", va="center", fontsize=7, color="0.4")
+        if d.get("value") is None or d.get("low") is None:
+            ax.text(0, yv, "not estimable" if d.get("value") is None else "no interval",
+                    ha="center", va="center", fontsize=7, color="0.4")
             continue
         macro = name.endswith(": macro")
         ax.errorbar(

@@ -735,6 +735,8 @@ def _fmt_est(e: Mapping[str, Any], *, signed: bool = False, digits: int = 3) -> 
 def _fmt_ci(e: Mapping[str, Any], n_text: str, *, signed: bool = False) -> str:
     """'0.833 (95% CI 0.802 to 0.862, n=137 images)' for prose."""
     f = "{:+.3f}" if signed else "{:.3f}"
+    if e.get("low") is None:  # e.g. every macro resample lost a class of some label
+        return f"{f.format(e['value'])} (no interval: no usable resample, {n_text})"
     return f"{f.format(e['value'])} (95% CI {f.format(e['low'])} to {f.format(e['high'])}, {n_text})"
 
 
@@ -804,6 +806,12 @@ def build_document(d: Mapping[str, Any]) -> list[tuple]:
     b.append(("table", ["method", "n", "labels averaged", "macro AUC (95% CI)", "resamples used"],
               [[n, str(macro[n]["n"]), str(len(macro[n].get("labels") or [])), _fmt_est(macro[n]),
                 str(macro[n].get("n_resamples", 0))] for n in methods]))
+    n_boot = res["bootstrap"]["n_resamples"]
+    thin = [n for n in methods if macro[n]["value"] is not None and macro[n].get("n_resamples", 0) < n_boot / 2]
+    if thin:
+        b.append(("p", "Rough intervals: the macro interval of " + ", ".join(thin) + " rests on fewer than half "
+                       f"of the {n_boot} resamples (labels with very few positives often lose them all in a "
+                       "resample); read it as a rough range."))
 
     b.append(("h2", "Discrimination per label"))
     rows = []

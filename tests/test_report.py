@@ -382,3 +382,25 @@ def test_zero_shot_that_cannot_load_is_skipped_with_the_reason(tmp_path, mini_re
     assert reason.split(":")[0].endswith("Error")  # the exception's name, then its message
     md = (tmp_path / "out" / "report.md").read_text()
     assert "- zero-shot: skipped, " in md
+
+
+def test_tiny_test_split_reports_what_it_can_and_says_why_not_the_rest(tmp_path):
+    es, z = make_set(n_train=20, n_val=5, n_test=6, seed=3)
+    Y = es.Y.copy()
+    te = es.split == "test"
+    Y[te, 0] = -1  # healing_status: nothing observed in test
+    Y[te, 1] = [1, 0, 0, 0, 0, 0]  # erythema: one positive
+    Y[te, 2] = 0  # edema: negatives only
+    es = EmbeddingSet(es.ids, es.X, Y, es.split, es.sha256, es.extras, es.schema, es.provenance)
+    res = run_comparison(es, tmp_path / "out", predictions={"a": write_external(tmp_path / "a.csv", es, z),
+                                                            "b": write_external(tmp_path / "b.csv", es, z, seed=4)},
+                         methods=(), zero_shot=False, n_boot=200, quiet=True)
+    per = res.metrics["metrics"]["per_label"]
+    assert per["healing_status"]["a"]["auc"]["reason"] == "not estimable: no observed labels in the test split"
+    assert per["healing_status"]["a"]["brier"]["value"] is None and per["healing_status"]["a"]["n"] == 0
+    assert per["erythema"]["a"]["auc"]["value"] is not None and per["erythema"]["a"]["positives"] == 1
+    assert per["edema"]["a"]["auc"]["value"] is None
+    assert "healing_status" not in res.metrics["metrics"]["macro_auc"]["a"]["labels"]
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert_every_number_has_n_and_ci(md)
+    assert "Rough intervals: the macro interval of a, b rests on fewer than half of the 200 resamples" in md
