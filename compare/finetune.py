@@ -345,6 +345,8 @@ def load_classifier(model: str | os.PathLike, *, revision: str | None = None) ->
         raise FineTuneError(str(e)) from e
     try:
         with quiet_transformers():
+            if _model_type(ckpt.path) == "siglip_vision_model":
+                return _classifier_from_vision_only(ckpt.path), ckpt
             net = AutoModelForImageClassification.from_pretrained(
                 str(ckpt.path),
                 num_labels=len(LABEL_NAMES),
@@ -357,6 +359,44 @@ def load_classifier(model: str | os.PathLike, *, revision: str | None = None) ->
     except (OSError, ValueError, KeyError) as e:
         raise FineTuneError(f"cannot load {ckpt.path} as an image classifier: {str(e).splitlines()[0]}") from e
     return net, ckpt
+
+
+def _model_type(folder: Path) -> str | None:
+    try:
+        return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def _classifier_from_vision_only(folder: Path) -> Any:
+    """A ``SiglipForImageClassification`` around a vision-only checkpoint (``SiglipVisionModel``).
+
+    ``AutoModelForImageClassification`` maps only the full ``siglip`` config (MedSigLIP on the hub
+    is one); a saved vision tower alone gets the same model here: its weights, a new classifier
+    initialised as transformers initialises it (normal, std = hidden**-0.5).
+    """
+    import torch
+    from transformers import SiglipConfig, SiglipForImageClassification, SiglipVisionModel
+
+    vision = SiglipVisionModel.from_pretrained(str(folder), attn_implementation="sdpa")
+    cfg = SiglipConfig(
+        vision_config=vision.config.to_dict(),
+        num_labels=len(LABEL_NAMES),
+        problem_type="multi_label_classification",
+        id2label=dict(enumerate(LABEL_NAMES)),
+        label2id={name: i for i, name in enumerate(LABEL_NAMES)},
+    )
+    notice = getattr(vision.config, "woundscore_notice", None)
+    if notice:
+        cfg.woundscore_notice = notice
+    with torch.device("meta"):  # no time spent initialising a vision tower that is replaced
+        net = SiglipForImageClassification(cfg)
+    net.vision_model = vision
+    hidden = vision.config.hidden_size
+    net.classifier = torch.nn.Linear(hidden, len(LABEL_NAMES))
+    torch.nn.init.normal_(net.classifier.weight, std=hidden**-0.5)
+    torch.nn.init.zeros_(net.classifier.bias)
+    return net
 
 
 def _peak_memory(dev: str) -> tuple[float, str]:

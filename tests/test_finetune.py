@@ -112,6 +112,24 @@ def test_unfreeze_selects_last_blocks_norm_head_and_classifier(base_model) -> No
     )
 
 
+def test_a_vision_only_checkpoint_loads_as_the_same_classifier(tmp_path: Path) -> None:
+    from transformers import SiglipVisionModel
+
+    from compare.finetune import load_classifier
+    from embed.tiny import build_tiny_siglip
+
+    folder = build_tiny_siglip(tmp_path / "vision-only", with_text=False)
+    net, ckpt = load_classifier(folder)
+    assert type(net).__name__ == "SiglipForImageClassification" and ckpt.path == folder.resolve()
+    assert net.config.id2label == dict(enumerate(LABEL_NAMES))
+    assert not any(p.is_meta for p in net.parameters())
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = SiglipVisionModel.from_pretrained(folder).eval()(pixels).last_hidden_state
+        torch.testing.assert_close(net.eval().vision_model(pixels).last_hidden_state, expected, rtol=0, atol=0)
+        assert net(pixel_values=pixels).logits.shape == (2, 6)
+
+
 def test_loss_is_the_classify_loss_and_accumulation_gives_the_full_batch_loss() -> None:
     from classify.loss import masked_bce
     from compare.finetune import MaskedBCELossFunc
