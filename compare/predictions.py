@@ -152,7 +152,7 @@ def write_predictions(
     if bad.any():
         r, c = np.argwhere(bad)[0]
         raise PredictionsError(
-            f"{path}: image {ids[r]!r}: {LABEL_NAMES[c]}={P[r, c]!r} is not a probability in [0, 1]"
+            f"{path}: image {ids[r]!r}: {LABEL_NAMES[c]}={float(P[r, c])!r} is not a probability in [0, 1]"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, _csv_text(ids, P))

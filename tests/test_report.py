@@ -404,3 +404,75 @@ def test_tiny_test_split_reports_what_it_can_and_says_why_not_the_rest(tmp_path)
     md = (tmp_path / "out" / "report.md").read_text()
     assert_every_number_has_n_and_ci(md)
     assert "Rough intervals: the macro interval of a, b rests on fewer than half of the 200 resamples" in md
+
+
+# ------------------------------------------------------------------------------------ predictions file
+
+
+def test_predictions_round_trip_exactly_with_sidecar(tmp_path):
+    from compare.predictions import read_predictions_meta
+
+    rng = np.random.default_rng(0)
+    P = rng.random((5, 6))
+    P[0, 0], P[1, 1] = 0.0, 1.0
+    ids = ["a.jpg", "b c.jpg", 'q"uote.jpg', "comma,.jpg", HOSTILE_ID]
+    path = write_predictions(tmp_path / "predictions.csv", ids, P, meta={"device": "cpu", "train_seconds": 1.5})
+    got_ids, got = read_predictions(path)
+    assert got_ids.tolist() == ids and np.array_equal(got, P)
+    assert read_predictions_meta(path) == {"device": "cpu", "train_seconds": 1.5}
+    assert read_predictions_meta(tmp_path / "other.csv") is None
+    # columns in another order are fine
+    lines = path.read_text().splitlines()
+    cols = lines[0].split(",")
+    order = [0] + list(range(6, 0, -1))
+    import csv
+    import io
+    rows = list(csv.reader(io.StringIO(path.read_text())))
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([[r[k] for k in order] for r in rows])
+    (tmp_path / "rev.csv").write_text(buf.getvalue())
+    assert [cols[k] for k in order] == buf.getvalue().splitlines()[0].split(",")
+    assert np.array_equal(read_predictions(tmp_path / "rev.csv")[1], P)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "{p}: empty file; expected the header image_id,healing_status,erythema,edema,infection_risk,urgency,exudate"),
+        ("image_id,healing_status,erythema,edema,infection_risk,urgency,exudate,extra\n",
+         "{p}: line 1: bad header (unknown column(s) extra); expected image_id,healing_status,erythema,edema,"
+         "infection_risk,urgency,exudate"),
+        ("image_id,healing_status,erythema,edema,infection_risk,urgency,exudate\n",
+         "{p}: no prediction rows after the header"),
+        ("image_id,healing_status,erythema,edema,infection_risk,urgency,exudate\na.jpg,0.1,0.2,0.3,0.4,0.5,1.5\n",
+         "{p}: line 2: image 'a.jpg': exudate='1.5' is not a probability in [0, 1]"),
+        ("image_id,healing_status,erythema,edema,infection_risk,urgency,exudate\na.jpg,nan,0.2,0.3,0.4,0.5,0.5\n",
+         "{p}: line 2: image 'a.jpg': healing_status='nan' is not a probability in [0, 1]"),
+        ("image_id,healing_status,erythema,edema,infection_risk,urgency,exudate\na.jpg,0,0,0,0,0,0\n"
+         "a.jpg,0,0,0,0,0,0\n", "{p}: line 3: image_id 'a.jpg' already on line 2"),
+        ("image_id,healing_status,erythema,edema,infection_risk,urgency,exudate\na.jpg,0,0,0\n",
+         "{p}: line 2: 4 fields, header has 7"),
+    ],
+)
+def test_bad_predictions_files_name_file_line_and_field(tmp_path, text, message):
+    from compare.predictions import PredictionsError
+
+    p = tmp_path / "p.csv"
+    p.write_text(text)
+    with pytest.raises(PredictionsError) as e:
+        read_predictions(p)
+    assert str(e.value) == message.format(p=p)
+
+
+def test_write_predictions_refuses_bad_arrays(tmp_path):
+    from compare.predictions import PredictionsError
+
+    with pytest.raises(PredictionsError, match=r"probabilities must have shape \(2, 6\), got \(2, 5\)"):
+        write_predictions(tmp_path / "p.csv", ["a", "b"], np.zeros((2, 5)))
+    with pytest.raises(PredictionsError, match=r"image 'b': urgency=-0.1 is not a probability"):
+        P = np.zeros((2, 6))
+        P[1, 4] = -0.1
+        write_predictions(tmp_path / "p.csv", ["a", "b"], P)
+    with pytest.raises(PredictionsError, match=r"duplicate image ids \['a'\]"):
+        write_predictions(tmp_path / "p.csv", ["a", "a"], np.zeros((2, 6)))
+    assert not (tmp_path / "p.csv").exists()
