@@ -96,8 +96,8 @@ def run_command(source: str, out: str, model: str, revision: str | None, batch_s
     \b
     Exit codes: 0 every image embedded (or already cached); 3 some images failed (listed, and
     kept in the cache's failure list), with --strict: stopped at the first; 1 error (source,
-    labels, model, cache: nothing written is lost); 2 usage error; 130 interrupted (Ctrl-C):
-    rerun the same command to resume.
+    labels, model, cache: nothing written is lost); 2 usage error; 130 interrupted (Ctrl-C or
+    SIGTERM, after the current batch): rerun the same command to resume.
     """
     import logging
     import sys

@@ -173,6 +173,7 @@ def _identity(x: Any) -> Any:
 def _worker_init(_: int) -> None:
     # Ctrl-C reaches the whole process group; only the main process decides when to stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def default_workers() -> int:
@@ -184,31 +185,33 @@ def default_workers() -> int:
 
 
 class _StopOnSigint:
-    """First Ctrl-C: finish the current batch, then stop. Second Ctrl-C: stop at once (the cache
-    keeps every batch already written either way)."""
+    """First Ctrl-C (or SIGTERM, e.g. a batch scheduler's time limit): finish the current batch,
+    then stop. A second one: stop at once (the cache keeps every batch already written)."""
 
     def __init__(self, quiet: bool) -> None:
         self.requested = False
         self.quiet = quiet
-        self._old: Any = None
+        self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        sys.stderr.write("\nCtrl-C: stopping after the current batch (press again to stop at once)\n")
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        sys.stderr.write(f"\n{what}: stopping after the current batch (press Ctrl-C again to stop at once)\n")
         sys.stderr.flush()
 
     def __enter__(self) -> "_StopOnSigint":
-        try:
-            self._old = signal.signal(signal.SIGINT, self._handler)
-        except ValueError:  # not the main thread: leave signals alone
-            self._old = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handler)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _resume_command() -> str:

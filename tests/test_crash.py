@@ -154,3 +154,22 @@ def test_sigint_stops_after_the_batch_and_says_how_to_resume(ctx, tmp_path, mini
     p = _start(ctx, _run_args(mini_release, out, tiny_siglip_dir), log, 0.0)
     p.join(60)
     assert p.exitcode == 0 and len(read_cache(out)) == 30
+
+
+def test_sigterm_is_a_graceful_stop_too(ctx, tmp_path, labels_csv_dir, tiny_siglip_dir):
+    """A batch scheduler's SIGTERM (time limit) stops after the batch like Ctrl-C."""
+    from cache.store import read_cache, verify_cache
+
+    out = tmp_path / "term.h5"
+    log = tmp_path / "term.txt"
+    p = _start(ctx, _run_args(labels_csv_dir, out, tiny_siglip_dir), log, 0.3)
+    parts = Path(str(out) + ".parts")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (parts.is_dir() and any(parts.glob("*.part"))):
+        time.sleep(0.02)
+    os.kill(p.pid, signal.SIGTERM)
+    p.join(60)
+    text = log.read_text()
+    assert p.exitcode == 130, text[-2000:]
+    assert "SIGTERM: stopping after the current batch" in text
+    assert verify_cache(out) == [] and 0 < len(read_cache(out)) < 16
