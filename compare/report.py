@@ -35,7 +35,7 @@ import numpy as np
 
 from cache.types import EmbeddingSet
 from compare import metrics as M
-from compare.predictions import PredictionsError, read_predictions, read_predictions_meta
+from compare.predictions import read_predictions, read_predictions_meta
 
 PROBE, MLP, ZERO_SHOT, FINETUNE = "probe", "mlp", "zero-shot", "finetune"
 RESERVED_NAMES = (PROBE, MLP, ZERO_SHOT, FINETUNE)
