@@ -154,29 +154,50 @@ def _run_program(steps: list[tuple], x: Any, training: bool) -> Any:
 
 
 class _KerasAdam:
-    """Keras's Adam update rule (keras.optimizers.Adam.update_step) in torch foreach ops.
+    """Keras's Adam (keras.optimizers.Adam.update_step) on torch tensors, plus L2 penalties.
 
     Not ``torch.optim.Adam``: constructing any torch.optim optimizer imports torch._dynamo
-    (~2.4 s on a laptop), and the Keras rule differs slightly in where epsilon enters.
+    (~2.4 s on a laptop). The update runs in torch's fused CPU Adam kernel (one pass over the
+    weights; ~3x faster than foreach ops, measured) with Keras's epsilon: Keras divides by
+    ``sqrt(v) + eps`` after folding the bias corrections into the step size, which is torch's
+    formula with ``eps / sqrt(1 - beta_2**t)`` (a test checks equality with Keras's Adam).
+
+    ``penalties`` are (l2, weight) pairs of Keras L2 regularisers (loss += l2 * sum(w**2)); their
+    gradient 2 * l2 * w is added to the weight's gradient here instead of through autograd.
     """
 
     def __init__(self, params: list[Any], lr: float, beta_1: float = 0.9, beta_2: float = 0.999,
-                 epsilon: float = 1e-7) -> None:
+                 epsilon: float = 1e-7, penalties: Sequence[tuple[float, Any]] = ()) -> None:
         import torch
 
         self.params, self.lr, self.b1, self.b2, self.eps = params, lr, beta_1, beta_2, epsilon
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
         self.iterations = 0
+        self._steps = [torch.zeros((), dtype=torch.float32) for _ in params]
+        self._fused = hasattr(torch, "_fused_adam_") and all(p.device.type == "cpu" for p in params)
+        by_factor: dict[float, list[Any]] = {}
+        for factor, w in penalties:
+            by_factor.setdefault(float(factor), []).append(w)
+        self._penalties = by_factor
 
     def step(self) -> None:
         import torch
 
-        grads = [p.grad for p in self.params]
+        ids = {id(p): i for i, p in enumerate(self.params)}
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         self.iterations += 1
         t = self.iterations
-        alpha = self.lr * math.sqrt(1 - self.b2**t) / (1 - self.b1**t)
         with torch.no_grad():
+            for factor, ws in self._penalties.items():  # d/dw of factor * sum(w^2)
+                torch._foreach_add_([grads[ids[id(w)]] for w in ws], ws, alpha=2.0 * factor)
+            if self._fused:
+                torch._foreach_add_(self._steps, 1.0)
+                torch._fused_adam_(self.params, grads, self.m, self.v, [], self._steps, lr=self.lr,
+                                   beta1=self.b1, beta2=self.b2, weight_decay=0.0,
+                                   eps=self.eps / math.sqrt(1 - self.b2**t), amsgrad=False, maximize=False)
+                return
+            alpha = self.lr * math.sqrt(1 - self.b2**t) / (1 - self.b1**t)
             torch._foreach_lerp_(self.m, grads, 1 - self.b1)  # m += (g - m)(1 - b1)
             torch._foreach_lerp_(self.v, torch._foreach_mul(grads, grads), 1 - self.b2)
             denom = torch._foreach_sqrt(self.v)
@@ -216,8 +237,8 @@ class MLPClassifier:
         on_epoch: called with each epoch's history record (progress printing).
 
     Fitted attributes: ``model_`` (keras.Model, logits out, compiled with ``MaskedBCE``),
-    ``pos_weight_`` (6,), ``history_`` (list of per-epoch dicts: epoch, loss, val_loss,
-    val_macro_auc, seconds), ``best_epoch_`` (1-based), ``best_score_``, ``n_features_in_``,
+    ``pos_weight_`` (6,), ``history_`` (list of per-epoch dicts: epoch, loss (mean masked BCE of
+    the epoch's batches, L2 penalty not included), val_loss, val_macro_auc, seconds), ``best_epoch_`` (1-based), ``best_score_``, ``n_features_in_``,
     ``monitor_`` ("val_macro_auc", "val_loss" when no validation label has both classes, or
     "none" without validation data: then all ``max_epochs`` run), ``fit_seconds_``.
     """
@@ -284,7 +305,7 @@ class MLPClassifier:
             pw = training_pos_weight(Y)
             model = build_mlp(X.shape[1], hidden=self.hidden, dropout=self.dropout, l2=self.l2)
             steps, params, penalties = _torch_program(model)
-            opt = _KerasAdam(params, float(self.learning_rate))
+            opt = _KerasAdam(params, float(self.learning_rate), penalties=penalties)
             pw_t = torch.as_tensor(pw, dtype=torch.float32)
             Xt, Yt = torch.from_numpy(X), torch.from_numpy(Y.astype(np.float32))
             if X_val is not None:
@@ -303,9 +324,7 @@ class MLPClassifier:
                 for start in range(0, n, bs):
                     idx = perm[start : start + bs]
                     logits = _run_program(steps, Xt[idx], True)
-                    loss = masked_bce(Yt[idx], logits, pw_t)
-                    for factor, w in penalties:  # Keras's L2 regulariser: factor * sum(w^2)
-                        loss = loss + factor * torch.sum(torch.square(w))
+                    loss = masked_bce(Yt[idx], logits, pw_t)  # (+ L2 penalties, added by opt.step)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()

@@ -159,3 +159,39 @@ def test_bad_inputs_name_the_argument_row_and_value(data) -> None:
         MLPClassifier(max_epochs=1).fit(tr.X, tr.Y, va.X[:, :31], va.Y)
     with pytest.raises(ClassifierInputError, match=r"^pass both X_val and Y_val, or neither$"):
         MLPClassifier(max_epochs=1).fit(tr.X, tr.Y, va.X)
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # Keras get/set_weights on numpy 2
+@pytest.mark.parametrize("fused", [True, False])
+def test_loop_optimizer_is_keras_adam_with_l2_regularisers(fused: bool) -> None:
+    """Our Adam step (fused kernel or foreach) + L2 gradient == Keras's Adam on Keras's
+    regularised loss, over several steps."""
+    import torch
+
+    from classify._keras import import_keras
+    from classify.models import _KerasAdam, build_mlp
+
+    keras = import_keras()
+    keras.utils.set_random_seed(0)
+    ref, ours = build_mlp(8, hidden=(5, 4)), build_mlp(8, hidden=(5, 4))
+    ours.set_weights(ref.get_weights())
+    steps, params, penalties = _torch_program(ours)
+    opt = _KerasAdam(params, 1e-2, penalties=penalties)
+    opt._fused = opt._fused and fused
+    kopt = keras.optimizers.Adam(1e-2)
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        x = torch.from_numpy(rng.normal(size=(6, 8)).astype(np.float32))
+        y = torch.from_numpy(rng.normal(size=(6, 6)).astype(np.float32))
+        # Keras: loss + model.losses (the regularisers), autograd, optimizer.apply
+        loss = torch.mean((ref(x, training=False) - y) ** 2) + sum(ref.losses)
+        for v in ref.trainable_variables:
+            v.value.grad = None
+        loss.backward()
+        with torch.no_grad():
+            kopt.apply([v.value.grad for v in ref.trainable_variables], ref.trainable_variables)
+        opt.zero_grad()
+        torch.mean((_run_program(steps, x, False) - y) ** 2).backward()
+        opt.step()
+    for a, b in zip(ref.get_weights(), ours.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # weights moved ~4e-2; float32 noise
