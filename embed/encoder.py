@@ -461,8 +461,6 @@ def load_encoder(
         EncoderLoadError: missing folder, gated model without access, no token, offline without
             a cached copy; the message says what to do.
     """
-    import torch
-
     ckpt = resolve_checkpoint(model, revision, cache_dir=cache_dir)
     spec = resolve_spec(ckpt.path).with_decode(fast_decode)
     dev = resolve_device(device)
@@ -470,7 +468,6 @@ def load_encoder(
     net = _load_vision_tower(ckpt.path, tdtype, dev)
     if net.config.image_size != spec.size[0] or spec.size[0] != spec.size[1]:
         log.warning("processor size %s differs from the model's image_size %s", spec.size, net.config.image_size)
-    del torch
     return ImageEncoder(net, spec, model_id=ckpt.model_id, revision=ckpt.revision, device=dev,
                         checkpoint_dir=ckpt.path, notice=_notice_of(ckpt.path))
 

@@ -214,6 +214,41 @@ class _StopOnSigint:
             signal.signal(sig, old)
 
 
+def _append(writer: Any, summary: EmbedSummary, samples: Sequence[Any], idx: list[int], shas: list[str],
+            feats: np.ndarray, extra_names: list[str]) -> int:
+    """Append one batch (one durable write). A row the cache refuses (an image id already stored
+    with other bytes: the file changed since) becomes a failure instead of ending the run."""
+    from cache.store import CacheValueError
+
+    def rows(sel: list[int]) -> tuple:
+        batch = [samples[idx[j]] for j in sel]
+        labels = (np.stack([s.labels for s in batch]).astype(np.int8) if batch
+                  else np.zeros((0, len(LABEL_NAMES)), np.int8))
+        return ([s.image_id for s in batch], [shas[j] for j in sel], [s.split for s in batch], labels,
+                {name: [s.extras.get(name, "") for s in batch] for name in extra_names},
+                feats[sel], np.asarray([idx[j] for j in sel], dtype=np.int64))
+
+    def put(sel: list[int]) -> int:
+        ids, sha, split, labels, extras, X, order = rows(sel)
+        return writer.append(ids, sha, split, labels, extras, X, order=order)
+
+    try:
+        return put(list(range(len(idx))))
+    except CacheValueError:
+        if not idx:
+            raise
+    written = 0
+    for j in range(len(idx)):  # rare: find the refused row(s); vectors are unchanged
+        try:
+            written += put([j])
+        except CacheValueError as e:
+            s = samples[idx[j]]
+            reason = f"{s.origin}: {str(e).split(': ', 1)[-1]}"
+            writer.record_failure(s.image_id, reason)
+            summary.failed.append((s.image_id, reason))
+    return written
+
+
 def _resume_command() -> str:
     argv = list(sys.argv)
     if argv and argv[0].endswith(("__main__.py", "cli.py")):
@@ -258,7 +293,6 @@ def run_embedding(
     Raises:
         SourceError / LabelError (before anything is embedded), EncoderLoadError, CacheError.
     """
-    import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
@@ -313,14 +347,7 @@ def run_embedding(
                     keep = np.flatnonzero(finite)
                     ok, shas, feats = [ok[j] for j in keep], [shas[j] for j in keep], feats[keep]
                 if ok or item["failed"]:
-                    batch = [samples[i] for i in ok]
-                    written = writer.append(
-                        [s.image_id for s in batch], shas, [s.split for s in batch],
-                        np.stack([s.labels for s in batch]).astype(np.int8) if batch
-                        else np.zeros((0, len(LABEL_NAMES)), np.int8),
-                        {name: [s.extras.get(name, "") for s in batch] for name in extra_names},
-                        feats, order=np.asarray(ok, dtype=np.int64),
-                    )
+                    written = _append(writer, summary, samples, ok, shas, feats, extra_names)
                     summary.embedded += written
                     summary.duplicates += len(ok) - written
                 bar.update(len(chunks[item["k"]]))
@@ -338,7 +365,6 @@ def run_embedding(
     if world > 1 and not summary.interrupted:
         log.info("rank %d of %d done; when every rank is done: wound-cache merge %s --out %s",
                  rank, world, " ".join(str(part_path(out, r, world)) for r in range(world)), out)
-    del torch
     return summary
 
 

@@ -162,3 +162,26 @@ def test_torchrun_two_ranks_merge_equals_single_process(release_cache, mini_rele
     assert merged.split.tolist() == single.split.tolist() and np.array_equal(merged.Y, single.Y)
     # Each rank runs the very chunks the single process ran (one thread per rank under torchrun):
     np.testing.assert_allclose(merged.X, single.X, atol=1e-6, rtol=0)
+
+
+def test_an_image_changed_since_it_was_embedded_is_a_failure_not_a_crash(tmp_path, tiny_siglip_dir, labels_csv_dir):
+    import shutil
+
+    from cache.store import read_cache, read_failures
+    from tests.test_hostile_images import jpeg
+
+    src = tmp_path / "src"
+    shutil.copytree(labels_csv_dir, src)
+    out = tmp_path / "e.h5"
+    first = run_embedding(src, out, model=tiny_siglip_dir, batch_size=4, workers=0, quiet=True)
+    assert first.embedded == 16
+    before = read_cache(out)
+    changed = before.ids[5]
+    (src / "images" / changed).write_bytes(jpeg(50, 50, seed=99))
+    s = run_embedding(src, out, model=tiny_siglip_dir, batch_size=4, workers=0, quiet=True)
+    assert s.exit_code == 3 and [i for i, _ in s.failed] == [changed]
+    assert "already in the cache with sha256" in s.failed[0][1] and "labels.csv" in s.failed[0][1]
+    after = read_cache(out)
+    assert np.array_equal(after.X, before.X) and after.ids.tolist() == before.ids.tolist()  # kept as it was
+    # (the cache's failure list drops ids it holds a row for, so the summary is where it shows)
+    assert read_failures(out) == []

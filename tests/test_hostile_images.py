@@ -16,7 +16,6 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cache.schema import LABEL_NAMES
 
 # ----------------------------------------------------------------------------- generators
 
