@@ -185,3 +185,14 @@ def test_an_image_changed_since_it_was_embedded_is_a_failure_not_a_crash(tmp_pat
     assert np.array_equal(after.X, before.X) and after.ids.tolist() == before.ids.tolist()  # kept as it was
     # (the cache's failure list drops ids it holds a row for, so the summary is where it shows)
     assert read_failures(out) == []
+
+
+def test_fast_decode_is_recorded_and_never_mixed_with_exact_rows(tmp_path, tiny_siglip_dir, labels_csv_dir):
+    from cache.store import read_provenance
+    from cache.types import CacheMismatchError
+
+    out = tmp_path / "fast.h5"
+    run_embedding(labels_csv_dir, out, model=tiny_siglip_dir, batch_size=8, workers=0, quiet=True, fast_decode=True)
+    assert read_provenance(out)["preprocessing"]["decode"] == "draft"
+    with pytest.raises(CacheMismatchError, match="preprocessing"):
+        run_embedding(labels_csv_dir, out, model=tiny_siglip_dir, batch_size=8, workers=0, quiet=True)
