@@ -72,6 +72,40 @@ print(json.dumps({"keras_fit_epoch_s": keras_s, "ours_epoch_s": ours_s}))
 """
 
 
+def step_profile(threads: int, n: int = 60) -> list:
+    """Per-step milliseconds of the training loop's parts (batch 32, 1152 -> 512 -> 256 -> 6)."""
+    import numpy as np
+    import torch
+
+    from classify.loss import masked_bce
+    from classify.models import _KerasAdam, _run_program, _torch_program, build_mlp
+
+    torch.set_num_threads(threads)
+    m = build_mlp(1152)
+    steps, params, pen = _torch_program(m)
+    opt = _KerasAdam(params, 1e-4, penalties=pen)
+    X, Y, pw = torch.randn(32, 1152), torch.randint(0, 2, (32, 6)).float(), torch.ones(6)
+    parts = np.zeros(4)
+    for i in range(n + 10):
+        t0 = time.perf_counter()
+        z = _run_program(steps, X, True)
+        t1 = time.perf_counter()
+        loss = masked_bce(Y, z, pw)
+        t2 = time.perf_counter()
+        opt.zero_grad()
+        loss.backward()
+        t3 = time.perf_counter()
+        opt.step()
+        t4 = time.perf_counter()
+        if i >= 10:
+            parts += [t1 - t0, t2 - t1, t3 - t2, t4 - t3]
+    W = params[0].detach()
+    mm = C.timed(lambda: X @ W, repeat=200, warmup=20)
+    gflops = 2 * 32 * 1152 * 512 / C.median(mm) / 1e9
+    ms = parts / n * 1000
+    return [threads, *[f"{x:.3f}" for x in ms], f"{ms.sum():.3f}", f"{ms.sum() * 15:.1f}", f"{gflops:.1f}"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=3, help="runs per case (median reported)")
@@ -82,7 +116,13 @@ def main() -> None:
     ap.add_argument("--compare-fit", action="store_true", help="also time Keras model.fit per epoch")
     ap.add_argument("--fit-epochs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the training loop")
+    ap.add_argument("--profile-steps", action="store_true", help="per-step breakdown at 1 and 2 threads")
     args = ap.parse_args()
+    if args.profile_steps:
+        C.print_header("MLP training step breakdown (ms per step, batch 32)")
+        print(C.table(["threads", "forward", "loss", "backward", "adam", "step", "epoch (15 steps)",
+                       "GFLOP/s 32x1152x512"], [step_profile(1), step_profile(2)]))
+        return
 
     from classify.synthetic import synthetic_embedding_set, write_synthetic_cache
 
@@ -109,15 +149,16 @@ def main() -> None:
         for r in range(args.repeat):
             out = tmp / f"model_{c}_{r}"
             walls.append(wall([py, "-m", "classify", "train", str(caches[c]), "--out", str(out), "--quiet",
-                               "--max-epochs", str(max_epochs), "--patience", str(patience)], env))
+                               "--max-epochs", str(max_epochs), "--patience", str(patience),
+                               "--threads", str(args.threads)], env))
             info = json.loads((out / "provenance.json").read_text())["training"]
         med = statistics.median(walls)
-        per_epoch_ms = 1000 * info["fit_seconds"] / max(info["epochs_run"], 1)
+        per_epoch_ms = 1000 * info["epoch_seconds_mean"]
         results[c] = {"wall_s": med, "walls": walls, **info, "per_epoch_ms": per_epoch_ms}
         rows.append([c, f"{med:.2f}", f"{med / TARGET_S:.2f}", info["epochs_run"], info["best_epoch"],
                      f"{info['fit_seconds']:.2f}", f"{per_epoch_ms:.1f}"])
     print(C.table(["case", "wall s (median, incl. imports)", "x of 10 s target", "epochs run", "best epoch",
-                   "fit s (in process)", "ms/epoch"], rows))
+                   "fit s (in process, incl. keras import)", "ms/epoch"], rows))
     print()
     print(C.table(["reference (fresh process)", "wall s (median)"], [
         ["python -c 'import torch'", f"{statistics.median(floor):.2f}"],

@@ -57,10 +57,12 @@ def _epoch_printer(max_epochs: int):
               help="MLP only: epochs without a better validation macro AUC before stopping.")
 @click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=0.90, show_default=True,
               help="Minimum validation sensitivity of the urgency and infection_risk thresholds.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="MLP only: torch threads of the training loop (more helps only on idle cores).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch progress.")
 def train_command(cache: str, out: str, model: str, seed: int, max_epochs: int, patience: int,
-                  target_sensitivity: float, overwrite: bool, quiet: bool) -> None:
+                  target_sensitivity: float, threads: int, overwrite: bool, quiet: bool) -> None:
     """Train a classifier on CACHE's train split; choose epoch and thresholds on its val split.
 
     Prints per-epoch progress (stderr; MLP) unless --quiet, then the validation table: per label
@@ -82,7 +84,8 @@ def train_command(cache: str, out: str, model: str, seed: int, max_epochs: int, 
     try:
         res = train_from_cache(cache, out, model=model, seed=seed, max_epochs=max_epochs if model == "mlp" else None,
                                patience=patience if model == "mlp" else None,
-                               target_sensitivity=target_sensitivity, overwrite=overwrite, on_epoch=on_epoch)
+                               target_sensitivity=target_sensitivity, overwrite=overwrite, on_epoch=on_epoch,
+                               **({"n_threads": threads} if model == "mlp" else {}))
     except _library_errors() as e:
         raise click.ClickException(str(e)) from None
     tr = res.provenance.get("training", {})
