@@ -163,7 +163,7 @@ class _KerasAdam:
     formula with ``eps / sqrt(1 - beta_2**t)`` (a test checks equality with Keras's Adam).
 
     ``penalties`` are (l2, weight) pairs of Keras L2 regularisers (loss += l2 * sum(w**2)); their
-    gradient 2 * l2 * w is added to the weight's gradient here instead of through autograd.
+    gradient 2 * l2 * w is added here (inside the fused kernel) instead of through autograd.
     """
 
     def __init__(self, params: list[Any], lr: float, beta_1: float = 0.9, beta_2: float = 0.999,
@@ -176,27 +176,34 @@ class _KerasAdam:
         self.iterations = 0
         self._steps = [torch.zeros((), dtype=torch.float32) for _ in params]
         self._fused = hasattr(torch, "_fused_adam_") and all(p.device.type == "cpu" for p in params)
-        by_factor: dict[float, list[Any]] = {}
-        for factor, w in penalties:
-            by_factor.setdefault(float(factor), []).append(w)
-        self._penalties = by_factor
+        # parameters grouped by their L2 gradient factor 2 * l2 (0 for unregularised ones)
+        factor = {id(w): 2.0 * float(f) for f, w in penalties}
+        groups: dict[float, list[int]] = {}
+        for i, p in enumerate(params):
+            groups.setdefault(factor.get(id(p), 0.0), []).append(i)
+        self._groups = sorted(groups.items())
 
     def step(self) -> None:
         import torch
 
-        ids = {id(p): i for i, p in enumerate(self.params)}
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         self.iterations += 1
         t = self.iterations
         with torch.no_grad():
-            for factor, ws in self._penalties.items():  # d/dw of factor * sum(w^2)
-                torch._foreach_add_([grads[ids[id(w)]] for w in ws], ws, alpha=2.0 * factor)
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
             if self._fused:
                 torch._foreach_add_(self._steps, 1.0)
-                torch._fused_adam_(self.params, grads, self.m, self.v, [], self._steps, lr=self.lr,
-                                   beta1=self.b1, beta2=self.b2, weight_decay=0.0,
-                                   eps=self.eps / math.sqrt(1 - self.b2**t), amsgrad=False, maximize=False)
+                eps = self.eps / math.sqrt(1 - self.b2**t)
+                # The kernel's (non-decoupled) weight_decay adds wd * w to the gradient: with
+                # wd = 2 * l2 that is the L2 regulariser's gradient, fused into the same pass.
+                for wd, idx in self._groups:
+                    torch._fused_adam_([self.params[i] for i in idx], [grads[i] for i in idx],
+                                       [self.m[i] for i in idx], [self.v[i] for i in idx], [],
+                                       [self._steps[i] for i in idx], lr=self.lr, beta1=self.b1,
+                                       beta2=self.b2, weight_decay=wd, eps=eps, amsgrad=False, maximize=False)
                 return
+            for wd, idx in self._groups:  # d/dw of l2 * sum(w^2) = 2 * l2 * w
+                if wd:
+                    torch._foreach_add_([grads[i] for i in idx], [self.params[i] for i in idx], alpha=wd)
             alpha = self.lr * math.sqrt(1 - self.b2**t) / (1 - self.b1**t)
             torch._foreach_lerp_(self.m, grads, 1 - self.b1)  # m += (g - m)(1 - b1)
             torch._foreach_lerp_(self.v, torch._foreach_mul(grads, grads), 1 - self.b2)
