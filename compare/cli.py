@@ -247,7 +247,8 @@ def demo_command(out_dir: str, n_images: int, seed: int, quiet: bool) -> None:
         wound-compare demo --out /tmp/demo --images 200 --seed 1 --quiet
 
     \b
-    Exit codes: 0 done; 1 a step failed (the message names the step); 2 usage error.
+    Exit codes: 0 done; 1 a step failed (the message names the step); 2 usage error;
+    130 interrupted (Ctrl-C): rerun the same command, finished steps are reused.
     """
     from compare.demo import DemoError, run_demo
 
@@ -255,3 +256,7 @@ def demo_command(out_dir: str, n_images: int, seed: int, quiet: bool) -> None:
         run_demo(out_dir, n_images=n_images, seed=seed, quiet=quiet, echo=click.echo)
     except DemoError as e:
         raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: rerun the same command (the checkpoint, dataset and cache made so far are reused)",
+                   err=True)
+        raise SystemExit(130) from None

@@ -330,7 +330,9 @@ def run_demo(
         enc.notice = DEMO_NOTICE  # the cache provenance carries it; every later artifact copies it
         summary = run_embedding(release, cache, encoder=enc, quiet=quiet,
                                 overwrite=not (reuse_ckpt and reuse_rel))  # new model or images: rebuild
-        if summary.failed or summary.interrupted:
+        if summary.interrupted:  # Ctrl-C: the batches written are kept; a rerun resumes
+            raise KeyboardInterrupt
+        if summary.failed:
             raise DemoError(f"embed: {summary.format()}")
         say(_indent(summary.format()))
         say(_indent(format_info(cache_info(cache))))
@@ -374,6 +376,7 @@ def run_demo(
                       if v is not None}
         rep = run_comparison(cache, report_dir, source=release, model=ckpt, finetune_dir=ft_dir,
                              n_boot=s.n_boot, seed=s.seed, mlp_params=mlp_params or None, quiet=quiet)
+        say(_indent(_auc_table(rep.metrics)))
         say(_indent(rep.metrics["answer"]["text"], wrap=True))
         skipped = rep.metrics.get("skipped") or {}
         for name, why in skipped.items():
@@ -426,6 +429,28 @@ def _indent(text: str, *, wrap: bool = False) -> str:
 
         return textwrap.fill(text, width=100, initial_indent="  ", subsequent_indent="  ")
     return "\n".join(("  " + line) if line else line for line in text.splitlines())
+
+
+def _fmt_auc(e: Any) -> str:
+    if not isinstance(e, dict) or e.get("value") is None:
+        return "not estimable"
+    ci = f" ({e['low']:.2f}-{e['high']:.2f})" if e.get("low") is not None and e.get("high") is not None else ""
+    return f"{e['value']:.3f}{ci}"
+
+
+def _auc_table(metrics: dict[str, Any], labels: tuple[str, ...] = ("erythema", "exudate")) -> str:
+    """Macro ROC AUC and the AUC of the labels with the clearest drawn traces, per method, from
+    the report's metrics.json content (what learned something next to what did not)."""
+    m = metrics.get("metrics") or {}
+    macro, per = m.get("macro_auc") or {}, m.get("per_label") or {}
+    n = next((e.get("n") for e in macro.values() if isinstance(e, dict) and e.get("n")), "?")
+    head = f"{'method':<11}{'macro AUC (95% CI)':<22}" + "".join(f"{lab + ' AUC':<22}" for lab in labels)
+    lines = [f"test split, n={n} images (chance = 0.5):", head.rstrip()]
+    for name in macro:
+        row = f"{name:<11}{_fmt_auc(macro[name]):<22}"
+        row += "".join(f"{_fmt_auc(((per.get(lab) or {}).get(name) or {}).get('auc')):<22}" for lab in labels)
+        lines.append(row.rstrip())
+    return "\n".join(lines)
 
 
 def _write_examples(release: Path, folder: Path, n: int) -> list[Path]:
