@@ -53,11 +53,11 @@ class EncoderMismatchError(ArtifactError):
     ``differences`` maps each differing key to ``(model has, embeddings have)``.
     """
 
-    def __init__(self, model_dir: str, differences: dict[str, tuple[Any, Any]], *, offered: str = "the embeddings") -> None:
+    def __init__(self, model_dir: str, differences: dict[str, tuple[Any, Any]], *, offered: str = "the input") -> None:
         self.model_dir, self.differences, self.offered = model_dir, differences, offered
         lines = [f"{model_dir}: refusing to score embeddings made differently from the model's training data:"]
         for key, (have, new) in differences.items():
-            lines.append(f"  {key}: model has {have!r}, {offered} have {new!r}")
+            lines.append(f"  {key}: model has {have!r}, {offered} has {new!r}")
         super().__init__("\n".join(lines))
 
 
@@ -211,7 +211,7 @@ class LoadedModel:
     def notice(self) -> str | None:
         return self.provenance.get("notice") or None
 
-    def check_compatible(self, provenance: Mapping[str, Any] | None, *, offered: str = "the embeddings") -> None:
+    def check_compatible(self, provenance: Mapping[str, Any] | None, *, offered: str = "the input") -> None:
         """Raise EncoderMismatchError unless ``provenance`` (a cache's or an encoder's) matches.
 
         When it carries a ``label_schema`` (a cache does), that must match the model's too.
@@ -221,7 +221,7 @@ class LoadedModel:
         diff = identity_differences(self.provenance.get("encoder", {}), provenance)
         theirs = provenance.get("label_schema")
         if theirs and _canon(theirs) != _canon(self.schema_json):
-            diff["label_schema"] = ("schema.json of the model", "another label schema")
+            diff["label_schema"] = ("the label rules of its schema.json", "other label rules")
         if diff:
             raise EncoderMismatchError(str(self.path), diff, offered=offered)
 

@@ -119,8 +119,8 @@ def test_other_encoder_is_refused_with_both_sides(mlp_dir: Path, es) -> None:
         lm.predict_proba(es.X[:3], other)
     assert str(e.value) == (
         f"{mlp_dir}: refusing to score embeddings made differently from the model's training data:\n"
-        "  encoder_id: model has 'synthetic/encoder', the embeddings have 'google/medsiglip-448'\n"
-        "  encoder_revision: model has 'synthetic-1', the embeddings have 'abc123'"
+        "  encoder_id: model has 'synthetic/encoder', the input has 'google/medsiglip-448'\n"
+        "  encoder_revision: model has 'synthetic-1', the input has 'abc123'"
     )
     assert e.value.differences["encoder_id"] == ("synthetic/encoder", "google/medsiglip-448")
 
@@ -129,9 +129,9 @@ def test_other_preprocessing_or_size_is_refused(mlp_dir: Path, es) -> None:
     lm = load_model_dir(mlp_dir)
     other = synthetic_provenance(16, size=224)
     with pytest.raises(EncoderMismatchError, match=r"  preprocessing\.size: model has \[448, 448\], "
-                                                   r"the embeddings have \[224, 224\]$"):
+                                                   r"the input has \[224, 224\]$"):
         lm.check_compatible(other)
-    with pytest.raises(EncoderMismatchError, match=r"  embedding_dim: model has 16, the embeddings have 12$"):
+    with pytest.raises(EncoderMismatchError, match=r"  embedding_dim: model has 16, the input has 12$"):
         lm.predict_proba(np.zeros((2, 12), np.float32))
     lm.check_compatible(synthetic_provenance(16))  # same setup: accepted
 

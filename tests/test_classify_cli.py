@@ -95,7 +95,7 @@ def test_evaluate_refuses_a_cache_from_another_encoder(trained: tuple[Path, str]
     assert r.exit_code == 1
     assert r.output == (
         f"Error: {out}: refusing to score embeddings made differently from the model's training data:\n"
-        f"  encoder_id: model has 'synthetic/encoder', cache {other} have 'google/medsiglip-448'\n"
+        f"  encoder_id: model has 'synthetic/encoder', cache {other} has 'google/medsiglip-448'\n"
     )
 
 
@@ -130,3 +130,16 @@ def test_predict_refuses_an_encoder_that_cannot_load(trained: tuple[Path, str], 
     assert r.exit_code == 1 and r.output.startswith("Error: ")
     assert str(tmp_path / "no-such-model") in r.output
     assert r.output.endswith("(here the option is --encoder)\n")
+
+
+def test_help_imports_neither_torch_nor_keras() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom classify.cli import cli\n"
+            "for c in ('train', 'evaluate', 'predict'):\n    assert CliRunner().invoke(cli, [c, '--help']).exit_code == 0\n"
+            "print(sorted(m for m in ('torch', 'keras', 'sklearn', 'h5py') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -103,7 +103,7 @@ def test_another_encoder_is_refused(setup, tmp_path: Path) -> None:
     first, *rest = r.output.splitlines()
     assert first == f"Error: {model_dir}: refusing to score embeddings made differently from the model's training data:"
     assert len(rest) == 1 and rest[0].startswith("  encoder_revision: model has 'local:")
-    assert f", encoder {'local/tiny-siglip'!r} have 'local:" in rest[0]
+    assert f", encoder {'local/tiny-siglip'!r} has 'local:" in rest[0]
 
 
 def test_other_preprocessing_is_refused(setup, tiny_siglip_dir: Path) -> None:
@@ -113,5 +113,5 @@ def test_other_preprocessing_is_refused(setup, tiny_siglip_dir: Path) -> None:
 
     _, model_dir, _ = setup
     enc = load_encoder(tiny_siglip_dir, device="cpu", fast_decode=True)
-    with pytest.raises(EncoderMismatchError, match=r"\n  preprocessing\.decode: model has '\w+', encoder '[^']+' have 'draft'"):
+    with pytest.raises(EncoderMismatchError, match=r"\n  preprocessing\.decode: model has '\w+', encoder '[^']+' has 'draft'"):
         WoundScorer.load(model_dir, encoder=enc)
