@@ -281,10 +281,13 @@ class MLPClassifier:
     def fit(self, X: Any, Y: Any, X_val: Any = None, Y_val: Any = None) -> "MLPClassifier":
         """Train on (n, d) embeddings ``X`` and (n, 6) labels ``Y`` (1 / 0 / -1).
 
-        Early stopping watches (X_val, Y_val). The loop is plain torch over the Keras model's own
-        variables (one matmul/add/relu/dropout per layer, Keras's Adam rule in torch foreach ops),
-        because Keras's per-step machinery costs more than the tiny model's maths;
-        the result is the same Keras model that ``model.fit`` would have trained.
+        Early stopping watches (X_val, Y_val); the best epoch's weights are restored (the saved
+        optimizer state is the last epoch's). The loop is plain torch over the Keras model's own
+        variables (one matmul/add/relu/dropout per layer, Keras's Adam rule with the L2
+        regularisers' gradient in torch's fused Adam kernel), because Keras's per-step machinery
+        costs more than this small model's maths (``bench/bench_train.py --compare-fit``); tests
+        check the forward pass against ``model(x)`` and the update against ``keras.optimizers.Adam``.
+        Seeding goes through ``keras.utils.set_random_seed`` (Python, numpy and torch global RNGs).
         """
         t_start = time.perf_counter()
         X, Y = _check_xy(X, Y)
