@@ -692,11 +692,15 @@ def finetune(
     skipped: list[dict[str, str]] = []
     prefix_seconds = 0.0
     prefix_bytes = 0
+    eval_batch = max(batch_size, 8)
     for name in ("train", "val", "test"):
         ds = PixelDataset(splits[name], spec, safe=True)
         t0 = time.perf_counter()
         kept, errors, states = _scan(
-            net, ds, batch_size=max(batch_size, 8), workers=workers, device=dev, autocast_dtype=amp,
+            # The batch size the Trainer will use on this split: the same matmul shapes as the
+            # plain path, one reason less for bf16/fp16 rounding to differ (fp32 is exact anyway).
+            net, ds, batch_size=batch_size if name == "train" else eval_batch, workers=workers, device=dev,
+            autocast_dtype=amp,
             with_prefix=prefix_cache, desc=f"{'prefix' if prefix_cache else 'check'} {name}", quiet=quiet,
         )
         prefix_seconds += time.perf_counter() - t0
@@ -728,7 +732,7 @@ def finetune(
         num_train_epochs=epochs,
         max_steps=max_steps if max_steps is not None else -1,
         per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=max(batch_size, 8),
+        per_device_eval_batch_size=eval_batch,
         gradient_accumulation_steps=grad_accum,
         learning_rate=lr,
         weight_decay=weight_decay,
@@ -781,7 +785,7 @@ def finetune(
     net.eval()
     test_loader = torch.utils.data.DataLoader(
         _Subset(PixelDataset(splits["test"], spec), kept_index["test"]),
-        batch_size=max(batch_size, 8),
+        batch_size=eval_batch,
         num_workers=workers,
     )
     probs = []
