@@ -194,8 +194,9 @@ def _reusable(folder: Path, files: tuple[str, ...], recorded: Any, wanted: dict[
 def _build_atomically(final: Path, build: Callable[[Path], Any]) -> None:
     """Build into a temporary sibling, then move it into place: an interrupted build never leaves
     a half folder that a rerun would take for a finished one."""
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed earlier run
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         build(tmp)
         if final.exists():
@@ -287,7 +288,8 @@ def run_demo(
         else:
             from embed.tiny import build_tiny_siglip
 
-            manifest.pop("checkpoint", None)
+            manifest.pop("checkpoint", None)  # not reusable until the new one is complete
+            _write_manifest(out, manifest)
             _build_atomically(ckpt, lambda d: build_tiny_siglip(d, **want))
             manifest["checkpoint"] = want
             _write_manifest(out, manifest)
@@ -304,7 +306,8 @@ def run_demo(
         else:
             from embed.synthetic import make_release
 
-            manifest.pop("dataset", None)
+            manifest.pop("dataset", None)  # not reusable until the new one is complete
+            _write_manifest(out, manifest)
 
             def _make(d: Path) -> None:
                 make_release(d, s.n_images, seed=s.seed, image_size=(s.image_px, s.image_px))
