@@ -171,7 +171,8 @@ def finetune_command(source: str, out: str, model: str, revision: str | None, un
         raise click.ClickException(str(e)) from None
     macro = res.test_metrics["macro_auc"]
     click.echo(
-        f"{res.predictions_path}: {len(res.ids)} test images, macro AUC "
+        f"{res.predictions_path}: {len(res.ids)} test images (+ {len(res.val_ids)} val rows for thresholds), "
+        "test macro AUC "
         f"{'not estimable' if macro is None else f'{macro:.3f}'} (point estimate); "
         f"trained {res.meta['trainable_params']:,} of {res.meta['total_params']:,} parameters "
         f"in {res.meta['train_seconds']:.1f} s on {res.meta['device']}"

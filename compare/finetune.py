@@ -12,7 +12,8 @@ embeddings, so train and inference see identical pixels.
 
 Outputs in ``out_dir``:
 
-- ``predictions.csv`` (+ ``predictions.json`` cost sidecar): test-split probabilities for the report
+- ``predictions.csv`` (+ ``predictions.json`` cost sidecar): test-split probabilities for the
+  report, then the val split's (the report chooses the fine-tune's thresholds on them)
 - ``model/``: the best model (``save_pretrained`` of the ``SiglipForImageClassification``) and its
   model card ``README.md`` with the metrics
 - ``trainer/``: Trainer checkpoints (trainable weights only) and TensorBoard logs (``trainer/runs``)
@@ -503,7 +504,8 @@ def build_model_card(
 
 @dataclass
 class FineTuneResult:
-    """What :func:`finetune` wrote: paths, the test predictions (ids (n,), P (n, 6)) and the sidecar."""
+    """What :func:`finetune` wrote: paths, the test predictions (ids (n,), P (n, 6)), the sidecar,
+    and the val predictions (val_ids, P_val), which predictions.csv holds after the test rows."""
 
     out_dir: Path
     predictions_path: Path
@@ -512,6 +514,8 @@ class FineTuneResult:
     meta: dict[str, Any]
     test_metrics: dict[str, Any]
     skipped: list[dict[str, str]] = field(default_factory=list)
+    val_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
+    P_val: np.ndarray = field(default_factory=lambda: np.zeros((0, len(LABEL_NAMES))))
 
 
 def _split_samples(samples: Sequence[Any], source: Any) -> dict[str, list[Any]]:
@@ -781,27 +785,30 @@ def finetune(
     _replace_pickles(out / "trainer", args)
     best_val = trainer.state.best_metric
 
-    # Test predictions through the plain path (what deployment runs), timed per image.
+    # Val and test predictions of the best model through the plain path (what deployment runs),
+    # timed per image. Val rows go into the file too, so that the report can choose thresholds on
+    # val for the fine-tune as it does for the other methods.
     net.eval()
-    test_loader = torch.utils.data.DataLoader(
-        _Subset(PixelDataset(splits["test"], spec), kept_index["test"]),
-        batch_size=eval_batch,
-        num_workers=workers,
-    )
-    probs = []
-    infer_s = 0.0
-    with torch.inference_mode():
-        for batch in test_loader:
-            pixels = batch["pixel_values"].to(dev)
-            if dev == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            with torch.autocast(dev, dtype=amp or torch.float32, enabled=amp is not None):
-                logits = net(pixel_values=pixels).logits
-            p = torch.sigmoid(logits.float()).cpu().numpy()
-            infer_s += time.perf_counter() - t0
-            probs.append(p)
-    P = np.concatenate(probs).astype(np.float64)
+
+    def predict(name: str) -> tuple[np.ndarray, float]:
+        loader = torch.utils.data.DataLoader(
+            _Subset(PixelDataset(splits[name], spec), kept_index[name]), batch_size=eval_batch, num_workers=workers
+        )
+        probs, seconds = [], 0.0
+        with torch.inference_mode():
+            for batch in loader:
+                pixels = batch["pixel_values"].to(dev)
+                if dev == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                with torch.autocast(dev, dtype=amp or torch.float32, enabled=amp is not None):
+                    logits = net(pixel_values=pixels).logits
+                probs.append(torch.sigmoid(logits.float()).cpu().numpy())
+                seconds += time.perf_counter() - t0
+        return np.concatenate(probs).astype(np.float64), seconds
+
+    P_val, _ = predict("val")
+    P, infer_s = predict("test")
     ids = np.asarray([s.image_id for s in kept_samples["test"]], dtype=str)
     Y_test = np.stack([np.asarray(s.labels) for s in kept_samples["test"]])
     test_metrics = masked_auc(Y_test, P)
@@ -858,13 +865,17 @@ def finetune(
         "n_train": settings["n_train"],
         "n_val": settings["n_val"],
         "n_test": settings["n_test"],
+        "rows": "test then val images (val rows let the report choose thresholds on val)",
         "skipped_images": skipped,
         "preprocessing": spec.to_dict() if hasattr(spec, "to_dict") else None,
         "label_schema": SCHEMA.to_json(),
         "versions": _versions(),
         "notice": notice,
     }
-    pred_path = write_predictions(out / "predictions.csv", ids, P, meta=meta)
+    val_ids = np.asarray([s.image_id for s in kept_samples["val"]], dtype=str)
+    pred_path = write_predictions(
+        out / "predictions.csv", np.concatenate([ids, val_ids]), np.concatenate([P, P_val]), meta=meta
+    )
     say(f"wrote {pred_path} ({len(ids)} test images); test macro AUC "
         f"{'not estimable' if test_metrics['macro_auc'] is None else round(test_metrics['macro_auc'], 3)}")
 
@@ -880,7 +891,8 @@ def finetune(
             _push(model_dir, push_to_hub)
             say(f"pushed {model_dir} to https://huggingface.co/{push_to_hub}")
     return FineTuneResult(
-        out_dir=out, predictions_path=pred_path, ids=ids, P=P, meta=meta, test_metrics=test_metrics, skipped=skipped
+        out_dir=out, predictions_path=pred_path, ids=ids, P=P, meta=meta, test_metrics=test_metrics,
+        skipped=skipped, val_ids=val_ids, P_val=P_val,
     )
 
 

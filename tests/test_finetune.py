@@ -224,15 +224,20 @@ def test_model_card_holds_metrics_notice_and_settings() -> None:
 def test_finetune_cli_end_to_end_prefix_equals_plain(tiny_dir: Path, mini_release: Path, tmp_path: Path) -> None:
     from compare.finetune import finetune
     from compare.predictions import read_predictions, read_predictions_meta
+    from embed.sources import open_source
 
     out = tmp_path / "ft"
     args = ["finetune", str(mini_release), "--out", str(out), "--model", str(tiny_dir), "--unfreeze-last", "1",
             "--batch-size", "2", "--grad-accum", "2", "--max-steps", "2", "--device", "cpu", "--quiet"]
     r = CliRunner().invoke(cli, args)
     assert r.exit_code == 0, r.output
-    assert r.output.startswith(f"{out / 'predictions.csv'}: 6 test images, macro AUC ")
+    assert r.output.startswith(
+        f"{out / 'predictions.csv'}: 6 test images (+ 3 val rows for thresholds), test macro AUC "
+    )
     ids, P = read_predictions(out / "predictions.csv")
-    assert P.shape == (6, 6) and len(set(ids)) == 6
+    splits = {s.image_id: s.split for s in open_source(mini_release).samples()}
+    assert [splits[i] for i in ids] == ["test"] * 6 + ["val"] * 3  # val rows: thresholds in the report
+    ids, P = ids[:6], P[:6]
     meta = read_predictions_meta(out / "predictions.csv")
     assert meta["prefix_cache"] is True and meta["global_steps"] == 2 and meta["unfreeze_last"] == 1
     assert meta["pooling"] == "mean" and meta["dtype"] == "float32" and meta["device"] == "cpu"
@@ -254,6 +259,7 @@ def test_finetune_cli_end_to_end_prefix_equals_plain(tiny_dir: Path, mini_releas
                      grad_accum=2, max_steps=2, device="cpu", prefix_cache=False, save_model=False, quiet=True)
     assert list(plain.ids) == list(ids)
     np.testing.assert_allclose(plain.P, P, rtol=0, atol=1e-6)
+    assert plain.P_val.shape == (3, 6)
     assert plain.meta["prefix_cache"] is False
     assert not (tmp_path / "plain" / "model").exists()
 
