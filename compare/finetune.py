@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import resource
+import shutil
 import sys
 import time
 import warnings
@@ -631,7 +632,7 @@ def finetune(
         push_to_hub: repo id to upload model/ (with its card) to; needs a logged-in token.
 
     Returns:
-        :class:`FineTuneResult`; predictions.csv holds (n_test, 6) probabilities.
+        :class:`FineTuneResult`; predictions.csv holds (n_test + n_val, 6) probabilities, test rows first.
 
     Raises:
         FineTuneError (incl. NonFiniteLossError), embed.sources.SourceError, LabelError.
@@ -662,6 +663,13 @@ def finetune(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # Checkpoints of an earlier run in the same folder would mix into the Trainer's rotation and
+    # best-model bookkeeping: each run starts fresh (TensorBoard logs of earlier runs stay).
+    old = sorted((out / "trainer").glob("checkpoint-*"))
+    if old:
+        say(f"removing {len(old)} checkpoint(s) of an earlier run in {out / 'trainer'}")
+        for d in old:
+            shutil.rmtree(d)
     set_seed(seed)
     base, ckpt = load_classifier(model, revision=revision)
     spec = resolve_spec(ckpt.path)
@@ -689,7 +697,6 @@ def finetune(
 
     # One pass per split: drop unreadable images (recorded, never silently) and, with the prefix
     # cache, run the frozen part once per image.
-    t_start = time.perf_counter()
     datasets: dict[str, Any] = {}
     kept_samples: dict[str, list[Any]] = {}
     kept_index: dict[str, list[int]] = {}

@@ -227,6 +227,7 @@ def test_finetune_cli_end_to_end_prefix_equals_plain(tiny_dir: Path, mini_releas
     from embed.sources import open_source
 
     out = tmp_path / "ft"
+    (out / "trainer" / "checkpoint-99").mkdir(parents=True)  # an earlier run's: must not mix in
     args = ["finetune", str(mini_release), "--out", str(out), "--model", str(tiny_dir), "--unfreeze-last", "1",
             "--batch-size", "2", "--grad-accum", "2", "--max-steps", "2", "--device", "cpu", "--quiet"]
     r = CliRunner().invoke(cli, args)
@@ -248,6 +249,7 @@ def test_finetune_cli_end_to_end_prefix_equals_plain(tiny_dir: Path, mini_releas
     assert "last 1 encoder blocks" in card and "| n_test | 6 |" in card
     assert list((out / "trainer" / "runs").rglob("events.out.tfevents.*")), "no TensorBoard log"
     assert not list(out.rglob("*.bin")), "a pickle was left on disk"
+    assert not (out / "trainer" / "checkpoint-99").exists()
     ckpt = next((out / "trainer").glob("checkpoint-*"))
     from safetensors import safe_open
 
