@@ -95,8 +95,10 @@ def train_command(cache: str, out: str, model: str, seed: int, max_epochs: int, 
     tr = res.provenance.get("training", {})
     title = f"validation ({res.provenance['split_sizes']['val']} rows), model {model} -> {res.model_dir}"
     if model == "mlp":
-        title += f"  [best epoch {tr['best_epoch']} of {tr['epochs_run']}, {tr['fit_seconds']:.1f} s]"
-    click.echo(format_table(res.validation, title=title))
+        loop_s = tr["epoch_seconds_mean"] * tr["epochs_run"]
+        title += f"  [best epoch {tr['best_epoch']} of {tr['epochs_run']} run, {loop_s:.1f} s training]"
+    rules = {n: v["applied"] for n, v in res.thresholds["labels"].items()}
+    click.echo(format_table({**res.validation, "rules": rules}, title=title))
     notes = [f"{n}: {v['note']}" for n, v in res.thresholds["labels"].items() if v["note"]]
     for n in notes:
         click.echo(f"note: {n}")

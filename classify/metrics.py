@@ -116,15 +116,20 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 
 def format_table(result: Mapping[str, Any], *, title: str = "") -> str:
-    """A fixed-width text table of :func:`evaluate`'s result (what the CLI prints)."""
+    """A fixed-width text table of :func:`evaluate`'s result (what the CLI prints); a "rules"
+    entry (label -> threshold rule) in ``result`` adds a rule column."""
+    rules = result.get("rules") or {}
     head = f"{'label':<16}{'n':>5}{'pos':>5}{'AUC':>8}{'thresh':>8}{'sens':>7}{'spec':>7}"
+    if rules:
+        head += "  rule"
     lines = [title] if title else []
     lines += [head, "-" * len(head)]
     for name, v in result["labels"].items():
-        lines.append(
-            f"{name:<16}{v['n']:>5}{v['positives']:>5}{_fmt(v['auc']):>8}{v['threshold']:>8.3f}"
-            f"{_fmt(v['sensitivity'], 2):>7}{_fmt(v['specificity'], 2):>7}"
-        )
+        line = (f"{name:<16}{v['n']:>5}{v['positives']:>5}{_fmt(v['auc']):>8}{v['threshold']:>8.3f}"
+                f"{_fmt(v['sensitivity'], 2):>7}{_fmt(v['specificity'], 2):>7}")
+        if rules:
+            line += f"  {rules.get(name, '')}"
+        lines.append(line)
     lines.append("-" * len(head))
     lines.append(f"{'macro AUC':<16}{'':>10}{_fmt(result['macro_auc']):>8}   (labels with both classes)")
     return "\n".join(lines)

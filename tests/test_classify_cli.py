@@ -44,7 +44,8 @@ def test_train_prints_progress_and_the_validation_table(trained: tuple[Path, str
     assert 1 <= len(epochs) <= 6 and epochs[0].startswith("epoch   1/6  loss ")
     assert "val macro AUC" in epochs[0]
     header = next(i for i, l in enumerate(lines) if l.startswith("label"))
-    assert lines[header].split() == ["label", "n", "pos", "AUC", "thresh", "sens", "spec"]
+    assert lines[header].split() == ["label", "n", "pos", "AUC", "thresh", "sens", "spec", "rule"]
+    assert lines[header + 2 + LABEL_NAMES.index("urgency")].endswith("  sensitivity>=0.90")
     assert [l.split()[0] for l in lines[header + 2 : header + 8]] == list(LABEL_NAMES)
     assert any(l.startswith("macro AUC") for l in lines)
     assert lines[-1] == "NOTICE: synthetic embeddings with a planted signal; means nothing clinically"
