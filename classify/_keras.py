@@ -22,7 +22,8 @@ in well under 10 s including imports" reachable. What it does, and why each part
   un-hidden; importing them later works normally. Only ``keras.visualization`` and
   ``keras.wrappers`` stay without them in this process (classify uses neither).
 - A module already imported before Keras is never hidden or replaced, and a process that already
-  imported Keras is left alone.
+  imported Keras is left alone. If the deferred import fails (another Keras version needing more
+  of dynamo), Keras is imported the plain way, with a warning.
 
 Set ``WOUNDSCORE_PLAIN_KERAS_IMPORT=1`` to import Keras the ordinary way.
 """
@@ -108,6 +109,12 @@ def import_keras() -> types.ModuleType:
             placed.append(name)
     try:
         import keras
+    except ImportError as exc:  # a Keras/torch version that needs more of dynamo: the plain way
+        for name in [m for m in sys.modules if m == "keras" or m.startswith("keras.")]:
+            del sys.modules[name]
+        fallback: Exception | None = exc
+    else:
+        fallback = None
     finally:
         for name in placed:
             mod = sys.modules.get(name)
@@ -117,4 +124,9 @@ def import_keras() -> types.ModuleType:
         # drop it so torch's lazy __getattr__ imports the real module on next use.
         if getattr(torch.__dict__.get("_dynamo"), "_woundscore_standin", False):
             del torch._dynamo
+    if fallback is not None:
+        import warnings
+
+        warnings.warn(f"deferred keras import failed ({fallback}); importing keras the plain way")
+        import keras
     return keras
