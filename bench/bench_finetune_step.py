@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto (bf16 where native)")
     ap.add_argument("--smoke", action="store_true", help="tiny architecture: checks the script")
+    ap.add_argument("--repeat", type=int, default=1, help="measure each path this many times, ABBA order (median)")
     ap.add_argument("--prototype", action="store_true", help="use this file's prototype, not compare.prefix")
     args = ap.parse_args(argv)
 
@@ -145,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
           f"batch {args.batch}; {args.steps} timed steps after {args.warmup} warm-up; {args.device} {args.dtype}"
           f"{' (autocast)' if args.dtype != 'float32' else ''}")
 
-    res = {}
-    for use_prefix in (False, True):
+    res: dict[str, dict] = {}
+    order = [False, True]
+    for r in range(1, args.repeat):  # ABBA...: load drift on a shared machine cancels in the medians
+        order += [True, False] if r % 2 else [False, True]
+    for use_prefix in order:
         t0 = time.perf_counter()
         if step_time is not None:
             st = step_time(cfg, unfreeze_last=N, batch=args.batch, use_prefix=use_prefix, device=args.device,
@@ -156,7 +160,14 @@ def main(argv: list[str] | None = None) -> int:
             r = prototype_step_time(cfg, unfreeze_last=N, batch=args.batch, use_prefix=use_prefix,
                                     device=args.device, dtype=args.dtype, steps=args.steps, warmup=args.warmup)
         r["wall_s"] = time.perf_counter() - t0
-        res["prefix" if use_prefix else "plain"] = r
+        key = "prefix" if use_prefix else "plain"
+        if key in res:  # keep every measurement; the median is used below
+            res[key]["all_step_s"].append(r["step_s"])
+            res[key]["all_prefix_s"].append(r["prefix_s_per_image"])
+            res[key]["step_s"] = C.median(res[key]["all_step_s"])
+            res[key]["prefix_s_per_image"] = C.median(res[key]["all_prefix_s"])
+        else:
+            res[key] = dict(r, all_step_s=[r["step_s"]], all_prefix_s=[r["prefix_s_per_image"]])
         print(f"  {'prefix' if use_prefix else 'plain'}: step {r['step_s']:.3f} s "
               f"(call incl. model build {r['wall_s']:.0f} s; load {C.load_average()})", flush=True)
 
@@ -177,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
           f"epoch = {n} images\n")
     print(C.table(["path", "step s", "s/image", "prefix pass s/image (once)", "epoch s (steady)",
                    f"epoch s (avg of {E}, prefix paid once)", "speed-up steady", f"speed-up over {E} epochs"], rows))
+    if args.repeat > 1:
+        print(f"\n  all measurements (s/step): plain {' '.join(f'{x:.2f}' for x in pl['all_step_s'])}; "
+              f"prefix {' '.join(f'{x:.2f}' for x in px['all_step_s'])}")
     step_ratio = pl["step_s"] / px["step_s"]
     amort = epoch_plain / epoch_prefix_avg
     print(f"\n  cost model (block backward = 2 forwards): per step ({L}+2*{N})/(3*{N}) = {th['per_step']:.2f}x; "
@@ -189,8 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     why = ("" if step_ratio >= 4 else
            f"bounded by the cost model at {th['per_step']:.2f}x for N={N} (the {N} trainable blocks' forward+backward "
            f"stay in every step); measured {step_ratio / th['per_step']:.0%} of that bound")
+    if step_ratio > 1.3 * th["per_step"]:
+        print(f"  NOTE: measured {step_ratio:.2f}x exceeds the cost model's {th['per_step']:.2f}x by more than 30 %: "
+              f"load noise (plain and prefix ran at different times) - trust the bound, rerun on a quiet machine")
     targets = [C.target(f"fine-tune per-epoch speed-up, prefix vs plain (N={N}, steady)", ">= 4x",
-                        f"{step_ratio:.2f}x (cost-model bound {th['per_step']:.2f}x)", step_ratio >= 4, why),
+                        f"{step_ratio:.2f}x (cost-model bound {th['per_step']:.2f}x)",
+                        (step_ratio >= 4) if step_ratio <= 1.3 * th["per_step"] else None,
+                        why if step_ratio <= 1.3 * th["per_step"] else
+                        f"measured above the cost-model bound {th['per_step']:.2f}x: load noise; the bound says missed"),
                C.target(f"fine-tune speed-up over {E} epochs incl. the one-time prefix pass", "report",
                         f"{amort:.2f}x (model {th['per_epoch_amortised']:.2f}x)", None)]
     C.emit_summary("finetune_step", targets, smoke=args.smoke, device=args.device, dtype=args.dtype, batch=b,

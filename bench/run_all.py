@@ -39,7 +39,7 @@ BENCHES = [
      ["--smoke", "--reps", "2", "--overlap-images", "2"], 240),
     ("train", "bench_train.py", [], ["--repeat", "1", "--cases", "signal"], 240),
     ("report", "bench_report.py", [], ["--bootstrap", "200"], 180),
-    ("finetune_step", "bench_finetune_step.py", ["--batch", "1", "--steps", "2", "--warmup", "1"],
+    ("finetune_step", "bench_finetune_step.py", ["--batch", "1", "--steps", "1", "--warmup", "1", "--repeat", "2"],
      ["--smoke", "--steps", "1", "--warmup", "1"], 300),
 ]
 
