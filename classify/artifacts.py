@@ -47,6 +47,10 @@ class ArtifactError(Exception):
     """A model folder that is missing, incomplete, unreadable, or would overwrite another."""
 
 
+class EncoderNotGivenError(ArtifactError):
+    """The model's encoder was a local folder, so it cannot be found again by its id alone."""
+
+
 class EncoderMismatchError(ArtifactError):
     """Embeddings from another encoder, revision, embedding size or preprocessing than the model's.
 

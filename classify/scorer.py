@@ -46,7 +46,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cache.schema import LABEL_NAMES
-from classify.artifacts import LoadedModel, load_model_dir
+from classify.artifacts import EncoderNotGivenError, LoadedModel, load_model_dir
 
 
 def _origin(x: Any) -> str:
@@ -94,6 +94,14 @@ class WoundScorer:
             enc_prov = self.model.provenance.get("encoder", {})
             if self._encoder_arg is None:
                 name, revision = enc_prov.get("encoder_id"), enc_prov.get("encoder_revision")
+                # A local checkpoint is recorded as "local/<folder name>" + a content hash: the
+                # folder's path is not kept (it moves between machines), so the caller must say it.
+                if isinstance(name, str) and name.startswith("local/"):
+                    raise EncoderNotGivenError(
+                        f"{self.model.path}: the model was trained on embeddings from a local checkpoint "
+                        f"({name}, revision {revision}); pass that folder as the encoder "
+                        f"(wound-classify predict ... --encoder FOLDER, or WoundScorer.load(..., encoder=FOLDER))"
+                    )
             else:  # a path or id given by the caller: its own revision is whatever it holds
                 name, revision = os.fspath(self._encoder_arg), None
             self._set_encoder(load_encoder(name, revision=revision, device=self.device, dtype=self.dtype))

@@ -115,3 +115,16 @@ def test_other_preprocessing_is_refused(setup, tiny_siglip_dir: Path) -> None:
     enc = load_encoder(tiny_siglip_dir, device="cpu", fast_decode=True)
     with pytest.raises(EncoderMismatchError, match=r"\n  preprocessing\.decode: model has '\w+', encoder '[^']+' has 'draft'"):
         WoundScorer.load(model_dir, encoder=enc)
+
+
+def test_model_from_a_local_checkpoint_needs_the_encoder_folder(setup) -> None:
+    """A local checkpoint is recorded by name + hash, not by path: predict says to pass the folder."""
+    es, model_dir, files = setup
+    r = CliRunner().invoke(cli, ["predict", str(model_dir), str(next(iter(files.values())))])
+    assert r.exit_code == 1
+    name, rev = es.provenance["encoder_id"], es.provenance["encoder_revision"]
+    assert r.output == (
+        f"Error: {model_dir}: the model was trained on embeddings from a local checkpoint ({name}, revision "
+        f"{rev}); pass that folder as the encoder (wound-classify predict ... --encoder FOLDER, or "
+        f"WoundScorer.load(..., encoder=FOLDER))\n"
+    )
