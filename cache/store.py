@@ -851,10 +851,17 @@ def writer_active(path: str | os.PathLike) -> dict | None:
 # --------------------------------------------------------------------------- identity
 
 
-def _identity_diff(have: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Differences over IDENTITY_KEYS; dict-valued keys are compared per sub-key (shown as a.b)."""
+def identity_differences(
+    have: Mapping[str, Any], new: Mapping[str, Any], keys: Sequence[str] = IDENTITY_KEYS
+) -> dict[str, tuple[Any, Any]]:
+    """Differences over ``keys`` of two provenances, as ``{key: (have, new)}``.
+
+    Values are normalised first (JSON strings parsed, tuples as lists, "" revision as None), and
+    dict-valued keys are compared per sub-key (shown as ``preprocessing.size``). The cache uses
+    it to refuse mixing rows; classify uses it to refuse embeddings from another encoder.
+    """
     diff: dict[str, tuple[Any, Any]] = {}
-    for key in IDENTITY_KEYS:
+    for key in keys:
         a, b = have.get(key), new.get(key)
         if key == "encoder_revision":
             a, b = a or None, b or None
@@ -970,7 +977,7 @@ class CacheWriter:
 
         if self.path.exists() and not overwrite:
             loaded = _load(self.path, with_x=False)
-            diff = _identity_diff(loaded.provenance, self._prov)
+            diff = identity_differences(loaded.provenance, self._prov)
             if diff:
                 raise CacheMismatchError(str(self.path), diff)
             for msg in loaded.bad_parts:  # only after a power cut without fsync
@@ -1503,7 +1510,7 @@ def merge_caches(
     loaded = [_load(p, with_x=True) for p in paths]
     first = loaded[0].provenance
     for p, ld in zip(paths[1:], loaded[1:]):
-        diff = _identity_diff(first, ld.provenance)
+        diff = identity_differences(first, ld.provenance)
         if diff:
             raise CacheMismatchError(f"{p} (compared with {paths[0]})", diff)
     if out.exists() and not overwrite:

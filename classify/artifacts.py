@@ -87,19 +87,9 @@ def encoder_identity(provenance: Mapping[str, Any]) -> dict[str, Any]:
 
 def identity_differences(model: Mapping[str, Any], offered: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Differences over ENCODER_KEYS (dict values per sub-key, shown as ``preprocessing.size``)."""
-    a_all, b_all = encoder_identity(model), encoder_identity(offered)
-    diff: dict[str, tuple[Any, Any]] = {}
-    for key in ENCODER_KEYS:
-        a, b = a_all[key], b_all[key]
-        if a == b:
-            continue
-        if isinstance(a, dict) and isinstance(b, dict):
-            for sub in sorted(set(a) | set(b)):
-                if a.get(sub) != b.get(sub):
-                    diff[f"{key}.{sub}"] = (a.get(sub), b.get(sub))
-        else:
-            diff[key] = (a, b)
-    return diff
+    from cache.store import identity_differences as _differences  # the cache's one comparison
+
+    return _differences(encoder_identity(model), encoder_identity(offered), keys=ENCODER_KEYS)
 
 
 def package_versions() -> dict[str, str]:

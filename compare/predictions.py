@@ -155,9 +155,9 @@ def write_predictions(
             f"{path}: image {ids[r]!r}: {LABEL_NAMES[c]}={float(P[r, c])!r} is not a probability in [0, 1]"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, _csv_text(ids, P))
+    atomic_write_text(path, _csv_text(ids, P))
     if meta is not None:
-        _atomic_write(sidecar_path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -187,7 +187,8 @@ def _csv_text(ids: list[str], P: np.ndarray) -> str:
     return buf.getvalue()
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -35,7 +34,7 @@ import numpy as np
 
 from cache.types import EmbeddingSet
 from compare import metrics as M
-from compare.predictions import read_predictions, read_predictions_meta
+from compare.predictions import atomic_write_text, read_predictions, read_predictions_meta
 
 PROBE, MLP, ZERO_SHOT, FINETUNE = "probe", "mlp", "zero-shot", "finetune"
 RESERVED_NAMES = (PROBE, MLP, ZERO_SHOT, FINETUNE)
@@ -548,9 +547,9 @@ def run_comparison(
         "metrics.json": out / "metrics.json",
         **{f"{k}.png": v for k, v in figures.items()},
     }
-    _atomic_write(files["report.md"], render_markdown(blocks))
-    _atomic_write(files["report.html"], render_html(blocks, base_dir=out))
-    _atomic_write(files["metrics.json"], json.dumps(doc_data, indent=2, allow_nan=False, default=_json_default) + "\n")
+    atomic_write_text(files["report.md"], render_markdown(blocks))
+    atomic_write_text(files["report.html"], render_html(blocks, base_dir=out))
+    atomic_write_text(files["metrics.json"], json.dumps(doc_data, indent=2, allow_nan=False, default=_json_default) + "\n")
     seconds = time.perf_counter() - t_start
     say(f"wrote {files['report.md']} and {files['report.html']} in {seconds:.1f} s")
     return ComparisonResult(out_dir=out, files=files, metrics=doc_data, seconds=seconds)
@@ -564,18 +563,6 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, (bytes, bytearray)):
         return o.decode("utf-8", "replace")
     return str(o)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
