@@ -310,7 +310,7 @@ def run_demo(
             _write_manifest(out, manifest)
 
             def _make(d: Path) -> None:
-                make_release(d, s.n_images, seed=s.seed, image_size=(s.image_px, s.image_px))
+                make_release(d, s.n_images, seed=s.seed, image_size=(s.image_px, s.image_px), notice=DEMO_NOTICE)
                 (d / "README.md").write_text(_release_readme(), encoding="utf-8")
 
             _build_atomically(release, _make)

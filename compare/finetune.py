@@ -821,7 +821,9 @@ def finetune(
     test_metrics = masked_auc(Y_test, P)
     test_metrics["best_val_macro_auc"] = best_val
 
-    notice = getattr(src, "notice", None) or getattr(base.config, "woundscore_notice", None)
+    # both can hold: generated images (the source's marker) and random weights (the checkpoint's)
+    notice = "; ".join(dict.fromkeys(n for n in (getattr(src, "notice", None),
+                                                  getattr(base.config, "woundscore_notice", None)) if n)) or None
     device_name = dev if dev == "cpu" else f"cuda ({torch.cuda.get_device_name()})"
     settings = {
         "unfreeze_last": unfreeze_last,

@@ -335,7 +335,7 @@ def zero_shot_source(
         "skipped_images": skipped,
         "notes": "no training; prompts in compare/zeroshot.py PROMPTS",
     }
-    notice = getattr(src, "notice", None) or zs.notice
+    notice = "; ".join(dict.fromkeys(n for n in (getattr(src, "notice", None), zs.notice) if n)) or None
     if notice:
         meta["notice"] = notice
     return ZeroShotResult(ids=np.asarray(kept_ids, dtype=str), P=P, skipped=skipped, meta=meta)

@@ -303,7 +303,8 @@ def run_embedding(
     t0 = time.perf_counter()
     rank, world = shard if shard is not None else shard_from_env()
     # Labels first: a label problem is an error before any model is loaded or anything written.
-    samples = open_source(source).samples()
+    src = open_source(source)
+    samples = src.samples()
     enc = encoder or load_encoder(model, revision, device=device, dtype=dtype, fast_decode=fast_decode)
     bs = int(batch_size or default_batch_size(enc.device))
     if bs < 1:
@@ -318,7 +319,12 @@ def run_embedding(
     redone_before = enc.fp32_redone
     extra_names = list(dict.fromkeys(list(EXTRA_NAMES) + [k for s in samples for k in s.extras]))
 
-    with CacheWriter(target, enc.provenance(), overwrite=overwrite) as writer:
+    provenance = enc.provenance()
+    # generated images (the source's marker) and random weights (the checkpoint's) both say so
+    notice = "; ".join(dict.fromkeys(n for n in (provenance.get("notice"), src.notice) if n))
+    if notice:
+        provenance["notice"] = notice
+    with CacheWriter(target, provenance, overwrite=overwrite) as writer:
         known = writer.known_hashes()
         dataset = _ChunkDataset(samples, chunks, enc.spec, known)
         loader = DataLoader(

@@ -72,6 +72,9 @@ _WS = re.compile(r"[ \t\n\r]*")
 # Errors
 
 
+#: A file whose text every artifact made from this folder repeats (generated data marks itself).
+NOTICE_FILE = "WOUNDSCORE_NOTICE.txt"
+
 class SourceError(Exception):
     """A source cannot be read: unknown layout, malformed file, inconsistent records."""
 
@@ -193,6 +196,18 @@ class Source:
         if self.kind == "image_file":
             return [_unlabelled(self.path.name, self.path, None)]
         raise SourceError(f"{self.path}: unknown source kind {self.kind!r}")
+
+    @property
+    def notice(self) -> str | None:
+        """The folder's ``NOTICE_FILE`` text (e.g. "generated images ..."), or None.
+
+        Generated data carries this marker so that every artifact made from it can say so.
+        """
+        f = (self.path if self.path.is_dir() else self.path.parent) / NOTICE_FILE
+        try:
+            return f.read_text(encoding="utf-8").strip() or None
+        except OSError:
+            return None
 
     def __repr__(self) -> str:
         return f"Source(kind={self.kind!r}, path={str(self.path)!r})"

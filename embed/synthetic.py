@@ -34,6 +34,11 @@ import numpy as np
 from PIL import Image
 
 from cache.schema import LABEL_NAMES
+from embed.sources import NOTICE_FILE  # the marker file the readers look for
+
+#: What a generated release says about itself (written to NOTICE_FILE, repeated by every artifact).
+GENERATED_NOTICE = ("generated images (embed.synthetic), not SurgWound photos: "
+                    "anything made from them means nothing clinically")
 
 #: Release field names (new names) per canonical key, in the order records are written.
 FIELD_TITLES: dict[str, str] = {
@@ -458,8 +463,12 @@ def make_release(
     noise: float = 4.0,
     quality: int = 90,
     min_per_split: int = 2,
+    notice: str = GENERATED_NOTICE,
 ) -> Path:
     """Write a generated release (six JSON files, real format) to ``out_dir`` and return it.
+
+    The folder also gets ``NOTICE_FILE`` holding ``notice``, which the readers expose as
+    ``Source.notice`` and every artifact made from the release repeats.
 
     Args:
         n_images: images over all splits (>= 6), split about 70 / 10 / 20 %.
@@ -472,10 +481,12 @@ def make_release(
     images = make_release_images(
         n_images, seed=seed, image_size=image_size, noise=noise, quality=quality, min_per_split=min_per_split
     )
-    return write_release(
+    out = write_release(
         out_dir, images, field_names=field_names, shuffle_seed=seed if shuffle_records else None,
         indent=indent, seed=seed,
     )
+    (out / NOTICE_FILE).write_text(notice + "\n", encoding="utf-8")
+    return out
 
 
 def make_large_release(
@@ -539,4 +550,5 @@ def make_labels_csv_folder(
         w = csv.writer(f)
         w.writerow(columns)
         w.writerows(rows)
+    (out / NOTICE_FILE).write_text(GENERATED_NOTICE + "\n", encoding="utf-8")
     return out

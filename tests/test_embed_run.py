@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from embed.cli import cli
 from embed.run import chunk_indices, part_path, run_embedding, shard_from_env, EmbedRunError
+from embed.sources import open_source
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,8 @@ def test_release_run_equals_reference_and_verifies(release_cache, mini_release, 
     assert np.array_equal(es.Y, np.stack([s.labels for s in samples]))
     assert np.array_equal(es.X, X)  # same chunks, same numbers, bit for bit
     assert es.provenance["encoder_revision"].startswith("local:")
-    assert es.provenance["notice"] == "random weights - not MedSigLIP"
+    # the checkpoint's notice, then the generated release's (Source.notice)
+    assert es.provenance["notice"] == f"random weights - not MedSigLIP; {open_source(mini_release).notice}"
     assert es.provenance["preprocessing"]["size"] == [64, 64]
 
 

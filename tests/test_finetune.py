@@ -244,7 +244,8 @@ def test_finetune_cli_end_to_end_prefix_equals_plain(tiny_dir: Path, mini_releas
     assert meta["pooling"] == "mean" and meta["dtype"] == "float32" and meta["device"] == "cpu"
     assert 0 < meta["trainable_params"] < meta["total_params"]
     assert meta["inference_ms_per_image"] > 0 and meta["train_seconds"] > 0 and meta["peak_memory_mb"] > 0
-    assert meta["notice"] == "random weights - not MedSigLIP"
+    # the checkpoint's notice and the generated release's both reach the sidecar
+    assert "random weights - not MedSigLIP" in meta["notice"] and "generated images" in meta["notice"]
     card = (out / "model" / "README.md").read_text()
     assert "last 1 encoder blocks" in card and "| n_test | 6 |" in card
     assert list((out / "trainer" / "runs").rglob("events.out.tfevents.*")), "no TensorBoard log"

@@ -31,7 +31,7 @@ REPORT_KEYS = QUESTION_KEYS - {"options"}
 
 def test_release_files_have_the_real_format(tmp_path):
     root = make_release(tmp_path, 12, seed=3, image_size=(40, 32))
-    assert sorted(p.name for p in root.iterdir()) == sorted(FILES)
+    assert sorted(p.name for p in root.iterdir()) == sorted(FILES + ["WOUNDSCORE_NOTICE.txt"])
     per_image: dict[str, list[dict]] = {}
     for name in FILES:
         records = json.loads((root / name).read_text())
@@ -125,3 +125,19 @@ def test_make_release_default_size_reads(tmp_path: Path):
     samples = open_source(make_release(tmp_path, 20, seed=1)).samples()
     assert {s.split for s in samples} == {"train", "val", "test"}
     assert Image.open(io.BytesIO(samples[0].read_bytes())).size == (128, 128)
+
+
+def test_generated_release_marks_itself_and_the_cache_repeats_it(tmp_path, tiny_siglip_dir) -> None:
+    """Whatever is made from generated images says so: the source's notice reaches the cache."""
+    from cache.store import read_cache
+    from embed.run import run_embedding
+    from embed.sources import open_source
+    from embed.synthetic import GENERATED_NOTICE, make_release
+
+    rel = make_release(tmp_path / "rel", 12, seed=1, image_size=(32, 32))
+    assert open_source(rel).notice == GENERATED_NOTICE
+    run_embedding(rel, tmp_path / "c.h5", model=tiny_siglip_dir, device="cpu", workers=0, quiet=True)
+    notice = read_cache(tmp_path / "c.h5").provenance["notice"]
+    assert GENERATED_NOTICE in notice and "random weights" in notice
+    (rel / "WOUNDSCORE_NOTICE.txt").unlink()
+    assert open_source(rel).notice is None

@@ -95,7 +95,7 @@ def test_source_scoring_by_split_and_by_cache_ids(zs_model: ZeroShotModel, mini_
     res = zero_shot_source(mini_release, zs_model, split="test", batch_size=4)
     assert list(res.ids) == [s.image_id for s in test] and res.skipped == []
     np.testing.assert_allclose(res.P, zero_shot_probabilities(zs_model, [s.read_bytes() for s in test]), atol=1e-6)
-    assert res.meta["trainable_params"] == 0 and res.meta["notice"] == "random weights - not MedSigLIP"
+    assert res.meta["trainable_params"] == 0 and "random weights - not MedSigLIP" in res.meta["notice"]
     picked = [test[2].image_id, test[0].image_id]
     by_ids = zero_shot_source(mini_release, zs_model, ids=picked)
     assert list(by_ids.ids) == picked
