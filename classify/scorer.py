@@ -40,7 +40,6 @@ Research use only: these scores are not a diagnosis.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
