@@ -197,18 +197,19 @@ def test_bomb_limit_is_checked_from_the_header_only():
 
 
 def test_fast_decode_difference_is_small_and_measured():
-    """JPEG draft mode on a 2400x1800 photo at S=448: measured mean |diff| of the final pixels
-    (in [0, 1] units) is 0.0010, max 0.031 (12 MP 4000x3000: mean 0.0021, max 0.29 where the
-    image edge meets the pad, decode 0.81 s -> 0.17 s); asserted loosely."""
+    """JPEG draft mode on a 2400x1800 photo at S=448 (decoded at 1200x900, >= 2S): measured mean
+    |diff| of the final pixels (in [0, 1] units) is 0.0005, max 0.0078 = 2 8-bit levels (12 MP
+    4000x3000, decoded at 1000x750: the same); asserted with margin. Keeping only >= S (version 1)
+    gave mean 0.0021, max 0.29 on 12 MP."""
     data = jpeg(2400, 1800, seed=11)
     spec = PreprocessSpec(size=(448, 448), mean=(0.5,) * 3, std=(0.5,) * 3)
     fast_im = decode_image(data, fast_decode=True, target_size=spec.size)
-    assert max(fast_im.size) >= 448 and fast_im.size[0] < 2400  # really decoded smaller
+    assert max(fast_im.size) >= 2 * 448 and fast_im.size[0] < 2400  # really decoded smaller, >= 2S
     exact = preprocess_bytes(data, spec)
     fast = preprocess_bytes(data, spec.with_decode(True))
     diff = (exact - fast).abs() * 0.5  # back to [0, 1] pixel units (std 0.5)
-    assert float(diff.mean()) < 0.01
-    assert float(diff.max()) < 0.25
+    assert float(diff.mean()) < 0.002
+    assert float(diff.max()) < 0.03
     assert spec.with_decode(True).to_dict()["decode"] == "draft" != spec.to_dict()["decode"]
     # small images are never draft-decoded: identical pixels
     small = jpeg(300, 200, seed=1)
