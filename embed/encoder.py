@@ -225,6 +225,11 @@ def resolve_dtype(
     if dtype != "auto":
         if dtype not in names:
             raise EncoderLoadError(f"unknown dtype {dtype!r}: choose auto, float32, bfloat16 or float16")
+        # A half-precision matmul on a CPU without native support is emulated: measured 100-700x
+        # slower than float32 on an AVX2-only CPU (bench/RESULTS.md), minutes per image.
+        if device == "cpu" and dtype != "float32" and not (cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16):
+            log.warning("--dtype %s on a CPU without native bf16/fp16 matmul is emulated and can be "
+                        "100x slower than float32; use --dtype auto (float32 here)", dtype)
         return names[dtype]
     if device.startswith("cuda"):
         cap = cuda_capability or torch.cuda.get_device_capability(torch.device(device))

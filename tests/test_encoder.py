@@ -174,6 +174,19 @@ def test_dtype_auto_choice():
     assert cpu_has_native_bf16("Features\t: fp asimd bf16 i8mm\n")  # ARM
 
 
+def test_forced_half_precision_on_a_cpu_without_it_warns(caplog):
+    """Emulated bf16 is 100-700x slower than float32 (bench/RESULTS.md): say so, but obey."""
+    with caplog.at_level("WARNING", logger="embed"):
+        assert resolve_dtype("bfloat16", "cpu", cpu_bf16=False) == torch.bfloat16
+    assert "--dtype bfloat16 on a CPU without native bf16/fp16 matmul is emulated" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="embed"):
+        resolve_dtype("bfloat16", "cpu", cpu_bf16=True)
+        resolve_dtype("float32", "cpu", cpu_bf16=False)
+        resolve_dtype("bfloat16", "cuda:0")
+    assert caplog.text == ""
+
+
 def _poison(model, rows=None):
     """A forward hook making the pooled output NaN (all rows, or the given ones)."""
 
