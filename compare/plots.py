@@ -54,6 +54,8 @@ def plot_roc(
     label_names: Sequence[str],
     per_label: Mapping[str, Mapping[str, Mapping]],
     path: str | os.PathLike,
+    *,
+    notice: str | None = None,
 ) -> Path:
     """One panel per label: every method's ROC curve on the observed test rows; legend has AUC and CI."""
     from sklearn.metrics import roc_curve
@@ -85,7 +87,7 @@ def plot_roc(
         ax.set_visible(False)
     fig.suptitle("ROC curves on the test split (95% bootstrap CI in the legend)", fontsize=11)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.09, top=0.88, wspace=0.28, hspace=0.42)
-    return _save(fig, path)
+    return _save(fig, path, notice)
 
 
 def plot_reliability(
@@ -96,6 +98,7 @@ def plot_reliability(
     path: str | os.PathLike,
     *,
     n_bins: int = 10,
+    notice: str | None = None,
 ) -> Path:
     """One panel per label: fraction positive vs mean predicted probability per bin, every method."""
     rows, cols = _grid(len(label_names))
@@ -120,11 +123,12 @@ def plot_reliability(
         ax.set_visible(False)
     fig.suptitle(f"Reliability diagrams on the test split ({n_bins} equal-width bins)", fontsize=11)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.09, top=0.88, wspace=0.28, hspace=0.42)
-    return _save(fig, path)
+    return _save(fig, path, notice)
 
 
 def plot_forest(
-    comparisons: Sequence[Mapping], label_names: Sequence[str], path: str | os.PathLike
+    comparisons: Sequence[Mapping], label_names: Sequence[str], path: str | os.PathLike, *,
+    notice: str | None = None,
 ) -> Path:
     """ΔAUC (A - B) with 95% paired-bootstrap CI per label and macro, one row per comparison x label."""
     rows: list[tuple[str, Mapping]] = []
@@ -159,11 +163,14 @@ def plot_forest(
     ax.set_title("Paired differences in ROC AUC on the same test images", fontsize=10)
     if not rows:
         ax.text(0.5, 0.5, "no comparison (one method only)", ha="center", va="center", transform=ax.transAxes)
-    return _save(fig, path)
+    return _save(fig, path, notice)
 
 
-def _save(fig, path: str | os.PathLike) -> Path:
+def _save(fig, path: str | os.PathLike, notice: str | None = None) -> Path:
     path = Path(path)
+    if notice:  # a figure copied out of the report keeps its warning (e.g. demo: random weights)
+        fig.text(0.5, 0.003, _safe(f"NOTICE: {notice}"), ha="center", va="bottom", fontsize=8,
+                 color="#b00020", wrap=True)
     fig.savefig(path, format="png")
     return path
 

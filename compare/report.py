@@ -526,10 +526,12 @@ def run_comparison(
     from compare import plots
 
     probs = {n: r.P_test for n, r in runs.items()}
+    notice = "; ".join(_notices(data, runs)) or None
     figures = {
-        "roc": plots.plot_roc(test.Y, probs, label_names, result["per_label"], out / "roc.png"),
-        "reliability": plots.plot_reliability(test.Y, probs, label_names, result["per_label"], out / "reliability.png"),
-        "forest": plots.plot_forest(result["comparisons"], label_names, out / "forest.png"),
+        "roc": plots.plot_roc(test.Y, probs, label_names, result["per_label"], out / "roc.png", notice=notice),
+        "reliability": plots.plot_reliability(test.Y, probs, label_names, result["per_label"], out / "reliability.png",
+                                              notice=notice),
+        "forest": plots.plot_forest(result["comparisons"], label_names, out / "forest.png", notice=notice),
     }
     timing["figures_seconds"] = round(time.perf_counter() - t0, 3)
 
@@ -658,10 +660,8 @@ def _answer(result: dict, runs: Mapping[str, MethodRun], n_test: int) -> dict[st
             "labels_with_clear_difference": clear}
 
 
-def _report_data(
-    *, data: EmbeddingSet, cache_name: str, runs: Mapping[str, MethodRun], skipped: Mapping[str, str],
-    result: dict, label_names: Sequence[str], n_boot: int, seed: int,
-) -> dict[str, Any]:
+def _notices(data: EmbeddingSet, runs: Mapping[str, MethodRun]) -> list[str]:
+    """The cache's notice, then each method's (demo data, random weights ...), without repeats."""
     notices = []
     prov_notice = (data.provenance or {}).get("notice")
     if prov_notice:
@@ -669,6 +669,14 @@ def _report_data(
     for r in runs.values():
         if r.notice and str(r.notice) not in notices:
             notices.append(str(r.notice))
+    return notices
+
+
+def _report_data(
+    *, data: EmbeddingSet, cache_name: str, runs: Mapping[str, MethodRun], skipped: Mapping[str, str],
+    result: dict, label_names: Sequence[str], n_boot: int, seed: int,
+) -> dict[str, Any]:
+    notices = _notices(data, runs)
     test = data.subset("test")
     prov = dict(data.provenance or {})
     prov.pop("label_schema", None)  # long; the schema is in the cache itself

@@ -466,3 +466,26 @@ def test_write_predictions_refuses_bad_arrays(tmp_path):
     with pytest.raises(PredictionsError, match=r"duplicate image ids \['a'\]"):
         write_predictions(tmp_path / "p.csv", ["a", "a"], np.zeros((2, 6)))
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_every_figure_carries_the_notice(tmp_path, monkeypatch):
+    """A PNG copied out of the report keeps its warning: each figure draws the cache's notice."""
+    from matplotlib.figure import Figure
+
+    drawn: list[str] = []
+    real_text = Figure.text
+
+    def spy(self, x, y, s, *args, **kwargs):
+        drawn.append(str(s))
+        return real_text(self, x, y, s, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "text", spy)
+    es, z = make_set(seed=2, notice="random weights, generated images")
+    p = write_external(tmp_path / "x.csv", es, z)
+    run_comparison(es, tmp_path / "out", predictions={"ext": p}, methods=(), zero_shot=False, n_boot=100, quiet=True)
+    assert drawn.count("NOTICE: random weights, generated images") == 3  # roc, reliability, forest
+    drawn.clear()
+    es, z = make_set(seed=2)
+    run_comparison(es, tmp_path / "out2", predictions={"ext": write_external(tmp_path / "y.csv", es, z)},
+                   methods=(), zero_shot=False, n_boot=100, quiet=True)
+    assert not any(t.startswith("NOTICE") for t in drawn)
