@@ -1,9 +1,9 @@
 """Fine-tune step: plain path vs frozen-prefix cache, last N of 27 blocks trainable.
 
 Real MedSigLIP-448 vision architecture with RANDOM weights (cost does not depend on weight values),
-SiglipForImageClassification head (6 labels), AdamW on the trainable part. Uses FINETUNE's
-``compare.prefix.step_time`` (the same SelectiveUnfreezeClassifier the fine-tune trains) when it is
-importable, otherwise a prototype here that does the same thing.
+SiglipForImageClassification head (6 labels), AdamW on the trainable part, timed by
+``compare.prefix.step_time`` (the same SelectiveUnfreezeClassifier the fine-tune trains; it needs
+only torch and transformers, so it runs on a bare GPU box too).
 
   plain   every step: patch embedding + 27 blocks forward, backward through the last N
   prefix  once per image: patch embedding + first 27-N blocks (the cache); every step: last N
@@ -38,72 +38,6 @@ def theory(L: int, N: int, epochs: int) -> dict[str, float]:
             "plain_units": plain, "prefix_units": prefix}
 
 
-def prototype_step_time(cfg, *, unfreeze_last: int, batch: int, use_prefix: bool, device: str, dtype: str,
-                        steps: int, warmup: int):
-    """Fallback when compare.prefix is not importable: same measurement, simpler model
-    (SiglipVisionModel + mean pool + Linear(6))."""
-    import torch
-    from torch import nn
-
-    dev = torch.device(device)
-    m = C.random_vision_model(smoke=cfg.num_hidden_layers < 27).to(dev).train()
-    head = nn.Linear(cfg.hidden_size, 6).to(dev)
-    vm = getattr(m, "vision_model", m)  # transformers 5 flattened SiglipVisionModel
-    layers = vm.encoder.layers
-    L = len(layers)
-    for p in m.parameters():
-        p.requires_grad_(False)
-    train = list(layers[L - unfreeze_last:]) + [vm.post_layernorm, head]
-    params = [p for mod in train for p in mod.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=1e-6)
-    amp = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    s = cfg.image_size
-    x = torch.randn(batch, 3, s, s, device=dev)
-    y = torch.randint(0, 2, (batch, 6), device=dev).float()
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-
-    def prefix_states(px):
-        h = vm.embeddings(px)
-        for lyr in layers[:L - unfreeze_last]:
-            h = lyr(h, attention_mask=None)
-            h = h[0] if isinstance(h, tuple) else h
-        return h
-
-    def tail(h):
-        for lyr in layers[L - unfreeze_last:]:
-            h = lyr(h, attention_mask=None)
-            h = h[0] if isinstance(h, tuple) else h
-        return head(vm.post_layernorm(h).mean(1))
-
-    prefix_s = 0.0
-    if use_prefix:
-        sync()
-        t = time.perf_counter()
-        with torch.no_grad(), torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-            states = prefix_states(x)
-        sync()
-        prefix_s = (time.perf_counter() - t) / batch
-
-    def step():
-        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = tail(states) if use_prefix else tail(prefix_states(x))
-            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    for _ in range(warmup):
-        step()
-    sync()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return {"step_s": (time.perf_counter() - t) / steps, "prefix_s_per_image": prefix_s}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=1, help="images per step (issue: 4; CPU default 1)")
@@ -116,12 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="auto", help="float32 | bfloat16 | float16 | auto (bf16 where native)")
     ap.add_argument("--smoke", action="store_true", help="tiny architecture: checks the script")
     ap.add_argument("--repeat", type=int, default=1, help="measure each path this many times, ABBA order (median)")
-    ap.add_argument("--prototype", action="store_true", help="use this file's prototype, not compare.prefix")
     args = ap.parse_args(argv)
 
     import torch
 
-    info = C.print_header("bench_finetune_step: plain vs frozen-prefix cache", device=args.device)
+    C.print_header("bench_finetune_step: plain vs frozen-prefix cache", device=args.device)
     if args.dtype == "auto":
         if args.device.startswith("cuda"):
             args.dtype = "bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else "float16"
@@ -132,15 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     if N >= L:  # --smoke has 4 blocks: keep a frozen prefix to cache
         N = max(1, L // 2)
     print("  " + C.RANDOM_NOTE)
-    impl = "prototype (bench/)"
-    step_time = None
-    if not args.prototype:
-        try:
-            from compare.prefix import step_time  # FINETUNE's helper: the fine-tune's own model
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, for compare.prefix
+    from compare.prefix import step_time  # the fine-tune's own model: one implementation
 
-            impl = "compare.prefix.step_time (SelectiveUnfreezeClassifier, SiglipForImageClassification)"
-        except ImportError as e:
-            impl = f"prototype (bench/): compare.prefix not importable: {e}"
+    impl = "compare.prefix.step_time (SelectiveUnfreezeClassifier, SiglipForImageClassification)"
     print(f"  implementation: {impl}")
     print(f"  architecture: {'SMOKE' if args.smoke else 'MedSigLIP-448 vision'} {L} blocks, last {N} trainable; "
           f"batch {args.batch}; {args.steps} timed steps after {args.warmup} warm-up; {args.device} {args.dtype}"
@@ -152,13 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         order += [True, False] if r % 2 else [False, True]
     for use_prefix in order:
         t0 = time.perf_counter()
-        if step_time is not None:
-            st = step_time(cfg, unfreeze_last=N, batch=args.batch, use_prefix=use_prefix, device=args.device,
-                           dtype=args.dtype, steps=args.steps, warmup=args.warmup)
-            r = {"step_s": st.step_s, "prefix_s_per_image": st.prefix_s_per_image}
-        else:
-            r = prototype_step_time(cfg, unfreeze_last=N, batch=args.batch, use_prefix=use_prefix,
-                                    device=args.device, dtype=args.dtype, steps=args.steps, warmup=args.warmup)
+        st = step_time(cfg, unfreeze_last=N, batch=args.batch, use_prefix=use_prefix, device=args.device,
+                       dtype=args.dtype, steps=args.steps, warmup=args.warmup)
+        r = {"step_s": st.step_s, "prefix_s_per_image": st.prefix_s_per_image}
         r["wall_s"] = time.perf_counter() - t0
         key = "prefix" if use_prefix else "plain"
         if key in res:  # keep every measurement; the median is used below
