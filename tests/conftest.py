@@ -7,5 +7,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# --dtype auto is bfloat16 on CPUs with native bf16 (AMX); the references in the tests are float32.
+os.environ["WOUNDSCORE_CPU_BF16"] = "0"
 
 pytest_plugins = ["tests.fixtures_data", "tests.fixtures_model"]
