@@ -213,7 +213,7 @@ def vision_config(*, smoke: bool = False, attn: str = "sdpa", layers: int | None
         cfg = SiglipVisionConfig(**SMOKE_VISION)
     else:
         try:
-            from embed.tiny import medsiglip_config
+            from woundscore.embed.tiny import medsiglip_config
 
             cfg = medsiglip_config(with_text=False)
         except ImportError:

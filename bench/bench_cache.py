@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cache.store import CacheWriter, merge_caches, read_cache  # noqa: E402
+from woundscore.cache.store import CacheWriter, merge_caches, read_cache  # noqa: E402
 
 DIM = 1152
 PROV = {

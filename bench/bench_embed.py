@@ -70,8 +70,8 @@ class Woundscore:
     is not importable, and says so."""
 
     def __init__(self, model, *, batch: int, workers: int | None, tmp: Path) -> None:
-        from embed.encoder import ImageEncoder
-        from embed.preprocess import PreprocessSpec
+        from woundscore.embed.encoder import ImageEncoder
+        from woundscore.embed.preprocess import PreprocessSpec
 
         s = model.config.image_size
         spec = PreprocessSpec(size=(s, s), mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -79,7 +79,7 @@ class Woundscore:
                                 device="cpu", notice="random weights - benchmark only")
         self.batch, self.tmp, self.k = batch, tmp, 0
         try:
-            from embed.run import default_workers, run_embedding
+            from woundscore.embed.run import default_workers, run_embedding
 
             self.run_embedding = run_embedding
             self.workers = default_workers() if workers is None else workers
@@ -100,7 +100,7 @@ class Woundscore:
         import torch
         from torch.utils.data import DataLoader
 
-        from embed.preprocess import preprocess_bytes
+        from woundscore.embed.preprocess import preprocess_bytes
 
         files = sorted(folder.iterdir())
         spec = self.enc.spec
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n### matmul rates (same run)\n")
     print(mm)
 
-    from embed.encoder import resolve_dtype
+    from woundscore.embed.encoder import resolve_dtype
 
     auto = resolve_dtype("auto", "cpu")
     if args.investigate_only:

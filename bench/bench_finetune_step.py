@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         N = max(1, L // 2)
     print("  " + C.RANDOM_NOTE)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, for compare.prefix
-    from compare.prefix import step_time  # the fine-tune's own model: one implementation
+    from woundscore.compare.prefix import step_time  # the fine-tune's own model: one implementation
 
     impl = "compare.prefix.step_time (SelectiveUnfreezeClassifier, SiglipForImageClassification)"
     print(f"  implementation: {impl}")

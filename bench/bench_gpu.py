@@ -61,7 +61,7 @@ def cmd_env(args) -> None:
         print(f"  {k}: {v}")
     import importlib.util
 
-    for mod in ("torch", "transformers", "keras", "PIL", "h5py", "click", "tqdm", "embed.encoder", "compare.prefix"):
+    for mod in ("torch", "transformers", "keras", "PIL", "h5py", "click", "tqdm", "woundscore.embed.encoder", "woundscore.compare.prefix"):
         if mod == "keras":  # importing keras needs KERAS_BACKEND (set only by classify): just look for it
             print(f"  keras: {'present' if importlib.util.find_spec('keras') else 'MISSING'} (not needed here)")
             continue
@@ -183,8 +183,8 @@ def cmd_embed(args) -> None:
         print(f"  bs{b}: {ips:,.0f} images/s", flush=True)
     # woundscore's encoder path: pixels from host memory, fp32 -> dtype cast, pooled features back to host
     try:
-        from embed.encoder import ImageEncoder
-        from embed.preprocess import PreprocessSpec
+        from woundscore.embed.encoder import ImageEncoder
+        from woundscore.embed.preprocess import PreprocessSpec
 
         if not hf:
             raise ImportError("needs transformers")
@@ -228,7 +228,7 @@ def cmd_supply(args) -> None:
 
     torch.set_num_threads(1)
     try:
-        from embed.preprocess import PreprocessSpec, preprocess_bytes
+        from woundscore.embed.preprocess import PreprocessSpec, preprocess_bytes
     except ImportError as e:
         print(f"  embed.preprocess not importable ({e}): skipped")
         return

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from embed.preprocess import PreprocessSpec, decode_image, preprocess, preprocess_bytes
+    from woundscore.embed.preprocess import PreprocessSpec, decode_image, preprocess, preprocess_bytes
 
     C.print_header("bench_preprocess: phone JPEG -> encoder pixels, per core")
     threads = torch.get_num_threads()
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
         auto = torch.float32
         try:
-            from embed.encoder import resolve_dtype
+            from woundscore.embed.encoder import resolve_dtype
 
             auto = resolve_dtype("auto", "cpu")
         except ImportError:

@@ -33,7 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cache.store import CacheWriter  # noqa: E402
+from woundscore.cache.store import CacheWriter  # noqa: E402
 
 TARGET_S = 60.0
 
@@ -70,7 +70,7 @@ def build_cache(path: Path, rows: int, dim: int, seed: int = 0) -> None:
 
 
 def run_once(cache: Path, out: Path, n_boot: int) -> dict:
-    cmd = [sys.executable, "-m", "compare", "run", str(cache), "--out", str(out), "--no-zero-shot",
+    cmd = [sys.executable, "-m", "woundscore.compare", "run", str(cache), "--out", str(out), "--no-zero-shot",
            "--bootstrap", str(n_boot), "--quiet"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()

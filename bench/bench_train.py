@@ -1,6 +1,6 @@
 """MLP training on a 480x1152 cache, wall time INCLUDING imports, vs the 10 s target.
 
-Each measurement is a fresh process running ``python -m classify train CACHE --out DIR --quiet``
+Each measurement is a fresh process running ``python -m woundscore.classify train CACHE --out DIR --quiet``
 (what a user types), timed from outside, so interpreter start and every import count. The cache
 has SurgWound's split sizes (480 train / 69 val / 137 test) at MedSigLIP's 1152 dims, synthetic:
 
@@ -48,10 +48,10 @@ def wall(cmd: list[str], env: dict[str, str]) -> float:
 FIT_SCRIPT = r"""
 import json, sys, time
 import numpy as np
-from classify._keras import import_keras
-from classify.loss import MaskedBCE
-from classify.models import MLPClassifier, build_mlp, training_pos_weight
-from classify.synthetic import synthetic_embedding_set
+from woundscore.classify._keras import import_keras
+from woundscore.classify.loss import MaskedBCE
+from woundscore.classify.models import MLPClassifier, build_mlp, training_pos_weight
+from woundscore.classify.synthetic import synthetic_embedding_set
 keras = import_keras()
 import torch
 torch.set_num_threads(int(sys.argv[2]))
@@ -77,8 +77,8 @@ def step_profile(threads: int, n: int = 60) -> list:
     import numpy as np
     import torch
 
-    from classify.loss import masked_bce
-    from classify.models import _KerasAdam, _run_program, _torch_program, build_mlp
+    from woundscore.classify.loss import masked_bce
+    from woundscore.classify.models import _KerasAdam, _run_program, _torch_program, build_mlp
 
     torch.set_num_threads(threads)
     m = build_mlp(1152)
@@ -124,7 +124,7 @@ def main() -> None:
                        "GFLOP/s 32x1152x512"], [step_profile(1), step_profile(2)]))
         return
 
-    from classify.synthetic import synthetic_embedding_set, write_synthetic_cache
+    from woundscore.classify.synthetic import synthetic_embedding_set, write_synthetic_cache
 
     C.print_header("MLP training, 480x1152 cache, wall incl. imports (fresh process each run)")
     env = dict(os.environ, PYTHONPATH=str(C.REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -148,7 +148,7 @@ def main() -> None:
         walls, info = [], {}
         for r in range(args.repeat):
             out = tmp / f"model_{c}_{r}"
-            walls.append(wall([py, "-m", "classify", "train", str(caches[c]), "--out", str(out), "--quiet",
+            walls.append(wall([py, "-m", "woundscore.classify", "train", str(caches[c]), "--out", str(out), "--quiet",
                                "--max-epochs", str(max_epochs), "--patience", str(patience),
                                "--threads", str(args.threads)], env))
             info = json.loads((out / "provenance.json").read_text())["training"]

@@ -1,8 +1,8 @@
 """The HDF5 embedding cache and the one label schema (lowest layer: imports no other stage)."""
 
-from cache.schema import LABEL_NAMES, MISSING, SCHEMA, LabelSchema
-from cache.types import CacheError, CacheLockedError, CacheMismatchError, EmbeddingSet
-from cache.store import (
+from woundscore.cache.schema import LABEL_NAMES, MISSING, SCHEMA, LabelSchema
+from woundscore.cache.types import CacheError, CacheLockedError, CacheMismatchError, EmbeddingSet
+from woundscore.cache.store import (
     CacheValueError,
     CacheWriteError,
     CacheWriter,

@@ -1,6 +1,6 @@
-"""`python -m cache` is the same as the `wound-cache` console script."""
+"""`python -m woundscore.cache` is the same as the `wound-cache` console script."""
 
-from cache.cli import cli
+from woundscore.cache.cli import cli
 
 if __name__ == "__main__":
     cli(prog_name="wound-cache")

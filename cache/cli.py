@@ -36,8 +36,8 @@ def info_command(cache: str, as_json: bool) -> None:
     """
     import json
 
-    from cache.store import cache_info, format_info
-    from cache.types import CacheError
+    from woundscore.cache.store import cache_info, format_info
+    from woundscore.cache.types import CacheError
 
     try:
         info = cache_info(cache)
@@ -60,7 +60,7 @@ def verify_command(cache: str) -> None:
     \b
     Exit codes: 0 no problem; 1 problems found (listed) or CACHE unreadable; 2 usage error.
     """
-    from cache.store import cache_info, verify_cache
+    from woundscore.cache.store import cache_info, verify_cache
 
     problems = verify_cache(cache)
     if problems:
@@ -99,8 +99,8 @@ def merge_command(parts: tuple[str, ...], out: str, overwrite: bool) -> None:
     Exit codes: 0 merged; 1 shards differ, a shard is still being written,
     OUT exists (use --overwrite) or cannot be written; 2 usage error.
     """
-    from cache.store import merge_caches
-    from cache.types import CacheError
+    from woundscore.cache.store import merge_caches
+    from woundscore.cache.types import CacheError
 
     try:
         summary = merge_caches(list(parts), out, overwrite=overwrite)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
+from woundscore.cache.errors import WoundscoreError
 
 SCHEMA_VERSION = 1
 MISSING = -1
@@ -89,7 +90,7 @@ _URGENCY_NEGATIVE = ("green",)
 _COLOUR_RE = re.compile(r"\b(green|yellow|red)\b", re.IGNORECASE)
 
 
-class LabelError(ValueError):
+class LabelError(WoundscoreError, ValueError):
     """Base class of label problems in an annotation source."""
 
 

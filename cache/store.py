@@ -94,8 +94,8 @@ from typing import Any, Mapping, Sequence
 import h5py
 import numpy as np
 
-from cache.schema import EXTRA_NAMES, LABEL_NAMES, SCHEMA, LabelSchema
-from cache.types import CacheError, CacheLockedError, CacheMismatchError, EmbeddingSet
+from woundscore.cache.schema import EXTRA_NAMES, LABEL_NAMES, SCHEMA, LabelSchema
+from woundscore.cache.types import CacheError, CacheLockedError, CacheMismatchError, EmbeddingSet
 
 LAYOUT_VERSION = 1
 #: Provenance keys that must be equal for rows to share one cache.

@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from cache.schema import LABEL_NAMES, LabelSchema, SCHEMA
+from woundscore.cache.errors import WoundscoreError
+from woundscore.cache.schema import LABEL_NAMES, LabelSchema, SCHEMA
 
 
-class CacheError(Exception):
+class CacheError(WoundscoreError):
     """Base class of cache problems (bad file, wrong layout)."""
 
 

@@ -1,3 +1,3 @@
 """Stage two: Keras MLP and logistic probe on cached embeddings; thresholds; scoring API."""
 
-from classify import _backend  # noqa: F401  (must run before any keras import)
+from woundscore.classify import _backend  # noqa: F401  (must run before any keras import)

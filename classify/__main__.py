@@ -1,6 +1,6 @@
-"""`python -m classify` is the same as the `wound-classify` console script."""
+"""`python -m woundscore.classify` is the same as the `wound-classify` console script."""
 
-from classify.cli import cli
+from woundscore.classify.cli import cli
 
 if __name__ == "__main__":
     cli(prog_name="wound-classify")

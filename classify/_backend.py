@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import os
 import sys
+from woundscore.cache.errors import WoundscoreError
 
 BACKEND = "torch"
 
 
-class KerasBackendError(RuntimeError):
+class KerasBackendError(WoundscoreError, RuntimeError):
     """Keras was set up with another backend than torch."""
 
 

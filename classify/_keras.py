@@ -36,7 +36,7 @@ import sys
 import types
 from typing import Any, Callable
 
-from classify import _backend  # noqa: F401  (backend before keras)
+from woundscore.classify import _backend  # noqa: F401  (backend before keras)
 
 PLAIN_IMPORT_ENV = "WOUNDSCORE_PLAIN_KERAS_IMPORT"
 _DYNAMO = "torch._dynamo"

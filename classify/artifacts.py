@@ -29,7 +29,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from cache.schema import LABEL_NAMES, SCHEMA
+from woundscore.cache.errors import WoundscoreError
+from woundscore.cache.schema import LABEL_NAMES, SCHEMA
 
 FORMAT = "woundscore.model"
 FORMAT_VERSION = 1
@@ -43,7 +44,7 @@ PROVENANCE_FILE = "provenance.json"
 ENCODER_KEYS: tuple[str, ...] = ("encoder_id", "encoder_revision", "embedding_dim", "preprocessing")
 
 
-class ArtifactError(Exception):
+class ArtifactError(WoundscoreError):
     """A model folder that is missing, incomplete, unreadable, or would overwrite another."""
 
 
@@ -87,7 +88,7 @@ def encoder_identity(provenance: Mapping[str, Any]) -> dict[str, Any]:
 
 def identity_differences(model: Mapping[str, Any], offered: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Differences over ENCODER_KEYS (dict values per sub-key, shown as ``preprocessing.size``)."""
-    from cache.store import identity_differences as _differences  # the cache's one comparison
+    from woundscore.cache.store import identity_differences as _differences  # the cache's one comparison
 
     return _differences(encoder_identity(model), encoder_identity(offered), keys=ENCODER_KEYS)
 
@@ -150,7 +151,7 @@ def save_model_dir(
     An existing non-empty ``out_dir`` is refused unless ``overwrite``; it is only replaced once the
     new folder is complete, so a failure leaves the old model as it was.
     """
-    from classify.models import LogisticProbe, MLPClassifier
+    from woundscore.classify.models import LogisticProbe, MLPClassifier
 
     out = check_writable(out_dir, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -235,7 +236,7 @@ class LoadedModel:
 
     def applied_thresholds(self) -> np.ndarray:
         """(6,) the threshold each label's flag uses."""
-        from classify.thresholds import applied_thresholds
+        from woundscore.classify.thresholds import applied_thresholds
 
         return applied_thresholds(self.thresholds)
 
@@ -264,9 +265,9 @@ def load_model_dir(path: str | os.PathLike) -> LoadedModel:
         raise ArtifactError(f"{p / THRESHOLDS_FILE}: no threshold for {', '.join(missing)}")
     kind = prov.get("model_type")
     if kind == "mlp":
-        from classify._keras import import_keras
-        from classify import loss as _loss  # noqa: F401  (registers woundscore>MaskedBCE)
-        from classify.models import MLPClassifier
+        from woundscore.classify._keras import import_keras
+        from woundscore.classify import loss as _loss  # noqa: F401  (registers woundscore>MaskedBCE)
+        from woundscore.classify.models import MLPClassifier
 
         keras = import_keras()
         f = p / KERAS_FILE
@@ -278,7 +279,7 @@ def load_model_dir(path: str | os.PathLike) -> LoadedModel:
             raise ArtifactError(f"{f}: cannot load ({type(exc).__name__}: {exc})") from None
         estimator: Any = MLPClassifier.from_keras(model, **prov.get("hyperparameters", {}))
     elif kind == "logreg":
-        from classify.models import ClassifierInputError, LogisticProbe
+        from woundscore.classify.models import ClassifierInputError, LogisticProbe
 
         try:
             estimator = LogisticProbe.from_dict(_read_json(p / PROBE_FILE), origin=str(p / PROBE_FILE))

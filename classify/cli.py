@@ -22,12 +22,12 @@ def cli() -> None:
 
 
 def _library_errors() -> tuple[type[BaseException], ...]:
-    from cache.schema import LabelError
-    from cache.types import CacheError
-    from classify.artifacts import ArtifactError
-    from classify.models import ClassifierInputError
-    from classify.thresholds import ThresholdError
-    from classify.train import TrainDataError
+    from woundscore.cache.schema import LabelError
+    from woundscore.cache.types import CacheError
+    from woundscore.classify.artifacts import ArtifactError
+    from woundscore.classify.models import ClassifierInputError
+    from woundscore.classify.thresholds import ThresholdError
+    from woundscore.classify.train import TrainDataError
 
     return (CacheError, ArtifactError, TrainDataError, ClassifierInputError, ThresholdError, LabelError)
 
@@ -81,8 +81,8 @@ def train_command(cache: str, out: str, model: str, seed: int, max_epochs: int, 
     if threads > 1:  # before torch loads OpenMP: idle threads sleep instead of spinning, so a
         # busy machine costs a little instead of 10x (measured on 2 cores)
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from classify.metrics import format_table
-    from classify.train import train_from_cache
+    from woundscore.classify.metrics import format_table
+    from woundscore.classify.train import train_from_cache
 
     on_epoch = None if quiet or model != "mlp" else _epoch_printer(max_epochs)
     try:
@@ -127,8 +127,8 @@ def evaluate_command(model_dir: str, cache: str, split: str, as_json: bool) -> N
     Exit codes: 0 done; 1 unreadable model or cache, empty split, or embeddings from
     another encoder/preprocessing (both sides are shown); 2 usage error.
     """
-    from classify.evaluation import evaluate_model_on_cache
-    from classify.metrics import format_table
+    from woundscore.classify.evaluation import evaluate_model_on_cache
+    from woundscore.classify.metrics import format_table
 
     try:
         result = evaluate_model_on_cache(model_dir, cache, split)
@@ -169,9 +169,9 @@ def predict_command(model_dir: str, images: tuple[str, ...], encoder: str | None
     or an encoder/preprocessing other than the model's (both sides are shown);
     2 usage error; 3 some images could not be read (their lines carry "error").
     """
-    from classify.scorer import WoundScorer
+    from woundscore.classify.scorer import WoundScorer
 
-    from embed.encoder import EncoderLoadError
+    from woundscore.embed.encoder import EncoderLoadError
 
     try:
         scorer = WoundScorer.load(model_dir, encoder, device=device)

@@ -11,11 +11,11 @@ def evaluate_model_on_cache(model_dir: str, cache: str, split: str = "test") -> 
     Returns :func:`classify.metrics.evaluate`'s dict (at the model's applied thresholds) plus
     "split", "cache", "model", "model_type", "rules" (label -> rule) and "notice".
     """
-    from cache.schema import LABEL_NAMES
-    from cache.store import read_cache
-    from classify.artifacts import load_model_dir
-    from classify.metrics import evaluate
-    from classify.train import TrainDataError
+    from woundscore.cache.schema import LABEL_NAMES
+    from woundscore.cache.store import read_cache
+    from woundscore.classify.artifacts import load_model_dir
+    from woundscore.classify.metrics import evaluate
+    from woundscore.classify.train import TrainDataError
 
     lm = load_model_dir(model_dir)
     es = read_cache(cache)

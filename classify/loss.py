@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from classify._keras import import_keras
+from woundscore.classify._keras import import_keras
 
 keras = import_keras()
 ops = keras.ops

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cache.schema import LABEL_NAMES, MISSING
+from woundscore.cache.schema import LABEL_NAMES, MISSING
 
 
 def roc_auc(y: np.ndarray, scores: np.ndarray) -> float | None:

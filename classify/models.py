@@ -21,14 +21,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cache.schema import LABEL_NAMES, MISSING, pos_weight as schema_pos_weight
+from woundscore.cache.errors import WoundscoreError
+from woundscore.cache.schema import LABEL_NAMES, MISSING, pos_weight as schema_pos_weight
 
 
-class NotFittedError(RuntimeError):
+class NotFittedError(WoundscoreError, RuntimeError):
     """predict_proba before fit."""
 
 
-class ClassifierInputError(ValueError):
+class ClassifierInputError(WoundscoreError, ValueError):
     """X or Y with the wrong shape, dtype or values; the message names the argument and value."""
 
 
@@ -83,7 +84,7 @@ def build_mlp(
     n_labels: int = len(LABEL_NAMES),
 ) -> Any:
     """The Keras model (uncompiled): (n, n_features) embeddings -> (n, n_labels) logits."""
-    from classify._keras import import_keras
+    from woundscore.classify._keras import import_keras
 
     keras = import_keras()
     layers: list[Any] = [keras.Input(shape=(n_features,), name="embedding")]
@@ -103,7 +104,7 @@ def _torch_program(model: Any) -> tuple[list[tuple], list[Any], list[tuple[float
     Same ops as Keras's Dense/Dropout on the torch backend (matmul, add, relu, dropout); a test
     checks the result equals ``model(x)``. Unknown layers are called through Keras.
     """
-    from classify._keras import import_keras
+    from woundscore.classify._keras import import_keras
 
     keras = import_keras()
     steps: list[tuple] = []
@@ -300,9 +301,9 @@ class MLPClassifier:
         if int(self.batch_size) < 1 or int(self.max_epochs) < 1:
             raise ClassifierInputError(f"batch_size and max_epochs must be >= 1, got {self.batch_size}, {self.max_epochs}")
 
-        from classify._keras import import_keras
-        from classify.loss import MaskedBCE, masked_bce
-        from classify.metrics import macro_auc
+        from woundscore.classify._keras import import_keras
+        from woundscore.classify.loss import MaskedBCE, masked_bce
+        from woundscore.classify.metrics import macro_auc
 
         keras = import_keras()
         import torch
@@ -459,7 +460,7 @@ class LogisticProbe:
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
-        from classify.metrics import roc_auc
+        from woundscore.classify.metrics import roc_auc
 
         X, Y = _check_xy(X, Y)
         if (X_val is None) != (Y_val is None):

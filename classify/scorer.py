@@ -44,8 +44,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cache.schema import LABEL_NAMES
-from classify.artifacts import EncoderNotGivenError, LoadedModel, load_model_dir
+from woundscore.cache.schema import LABEL_NAMES
+from woundscore.classify.artifacts import EncoderNotGivenError, LoadedModel, load_model_dir
 
 
 def _origin(x: Any) -> str:
@@ -88,7 +88,7 @@ class WoundScorer:
     def encoder(self) -> Any:
         """The image encoder (loaded and checked on first access)."""
         if self._encoder is None:
-            from embed.encoder import load_encoder
+            from woundscore.embed.encoder import load_encoder
 
             enc_prov = self.model.provenance.get("encoder", {})
             if self._encoder_arg is None:
@@ -147,8 +147,8 @@ class WoundScorer:
 
     def score_many(self, images: Sequence[Any]) -> list[dict[str, Any]]:
         """Several images; one that cannot be read or decoded gives ``{"image", "error"}``."""
-        from embed.encoder import NonFiniteEmbeddingError
-        from embed.preprocess import ImageDecodeError
+        from woundscore.embed.encoder import NonFiniteEmbeddingError
+        from woundscore.embed.preprocess import ImageDecodeError
 
         out = []
         for x in images:

@@ -22,7 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cache.schema import LABEL_NAMES, MISSING
+from woundscore.cache.errors import WoundscoreError
+from woundscore.cache.schema import LABEL_NAMES, MISSING
 
 SAFETY_LABELS: tuple[str, ...] = ("infection_risk", "urgency")
 DEFAULT_TARGET_SENSITIVITY = 0.90
@@ -30,7 +31,7 @@ RULE_HALF = "0.5"
 RULE_YOUDEN = "youden"
 
 
-class ThresholdError(ValueError):
+class ThresholdError(WoundscoreError, ValueError):
     """Bad arguments to threshold selection (shapes, target outside (0, 1])."""
 
 

@@ -10,16 +10,17 @@ from typing import Any, Callable
 
 import numpy as np
 
-from cache.schema import LABEL_NAMES, SCHEMA
-from cache.types import EmbeddingSet
-from classify.artifacts import _canon, check_writable, encoder_identity, now_iso, package_versions, save_model_dir
-from classify.metrics import evaluate
-from classify.thresholds import DEFAULT_TARGET_SENSITIVITY, applied_thresholds, choose_thresholds
+from woundscore.cache.errors import WoundscoreError
+from woundscore.cache.schema import LABEL_NAMES, SCHEMA
+from woundscore.cache.types import EmbeddingSet
+from woundscore.classify.artifacts import _canon, check_writable, encoder_identity, now_iso, package_versions, save_model_dir
+from woundscore.classify.metrics import evaluate
+from woundscore.classify.thresholds import DEFAULT_TARGET_SENSITIVITY, applied_thresholds, choose_thresholds
 
 MODEL_KINDS = ("mlp", "logreg")
 
 
-class TrainDataError(ValueError):
+class TrainDataError(WoundscoreError, ValueError):
     """The cache cannot train a model (no train or val rows, no labels observed ...)."""
 
 
@@ -40,7 +41,7 @@ class TrainResult:
 def make_estimator(model: str, *, seed: int = 0, max_epochs: int | None = None, patience: int | None = None,
                    on_epoch: Callable[[dict], None] | None = None, **params: Any) -> Any:
     """An unfitted MLPClassifier ("mlp") or LogisticProbe ("logreg")."""
-    from classify.models import LogisticProbe, MLPClassifier
+    from woundscore.classify.models import LogisticProbe, MLPClassifier
 
     if model == "mlp":
         if max_epochs is not None:
@@ -148,7 +149,7 @@ def train_from_cache(
     **kwargs: Any,
 ) -> TrainResult:
     """Read ``cache`` (cache.store.read_cache) and :func:`train_on_set` on it; see there."""
-    from cache.store import read_cache
+    from woundscore.cache.store import read_cache
 
     es = read_cache(cache)
     return train_on_set(es, out_dir, model=model, seed=seed, source=str(cache), **kwargs)

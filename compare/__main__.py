@@ -1,6 +1,6 @@
-"""`python -m compare` is the same as the `wound-compare` console script."""
+"""`python -m woundscore.compare` is the same as the `wound-compare` console script."""
 
-from compare.cli import cli
+from woundscore.compare.cli import cli
 
 if __name__ == "__main__":
     cli(prog_name="wound-compare")

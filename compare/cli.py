@@ -75,10 +75,10 @@ def run_cmd(
     Exit codes: 0 report written; 1 the comparison could not run (the
     message says why; nothing is written); 2 usage error.
     """
-    from cache.schema import LabelError
-    from cache.types import CacheError
-    from compare.predictions import PredictionsError
-    from compare.report import ReportError, run_comparison
+    from woundscore.cache.schema import LabelError
+    from woundscore.cache.types import CacheError
+    from woundscore.compare.predictions import PredictionsError
+    from woundscore.compare.report import ReportError, run_comparison
 
     try:
         result = run_comparison(
@@ -154,11 +154,11 @@ def finetune_command(source: str, out: str, model: str, revision: str | None, un
     2 usage error; 3 stopped because the loss stayed NaN/inf (try --dtype float32 or a lower --lr).
     """
     # Imported here so that `wound-compare --help` stays fast.
-    from cache.schema import LabelError
-    from compare.finetune import FineTuneError, NonFiniteLossError, finetune
-    from compare.predictions import PredictionsError
-    from embed.preprocess import PreprocessConfigError
-    from embed.sources import SourceError
+    from woundscore.cache.schema import LabelError
+    from woundscore.compare.finetune import FineTuneError, NonFiniteLossError, finetune
+    from woundscore.compare.predictions import PredictionsError
+    from woundscore.embed.preprocess import PreprocessConfigError
+    from woundscore.embed.sources import SourceError
 
     try:
         res = finetune(source, out, model=model, revision=revision, unfreeze_last=unfreeze_last, pooling=pooling,
@@ -206,11 +206,11 @@ def zero_shot_command(source: str, out: str, model: str, revision: str | None, s
     \b
     Exit codes: 0 done; 1 the source or model cannot be used (the message says why); 2 usage error.
     """
-    from cache.schema import LabelError
-    from compare.predictions import PredictionsError
-    from compare.zeroshot import ZeroShotError, run_zero_shot
-    from embed.preprocess import PreprocessConfigError
-    from embed.sources import SourceError
+    from woundscore.cache.schema import LabelError
+    from woundscore.compare.predictions import PredictionsError
+    from woundscore.compare.zeroshot import ZeroShotError, run_zero_shot
+    from woundscore.embed.preprocess import PreprocessConfigError
+    from woundscore.embed.sources import SourceError
 
     try:
         res = run_zero_shot(source, out, model=model, revision=revision, split=split, device=device,
@@ -251,7 +251,7 @@ def demo_command(out_dir: str, n_images: int, seed: int, quiet: bool) -> None:
     Exit codes: 0 done; 1 a step failed (the message names the step); 2 usage error;
     130 interrupted (Ctrl-C): rerun the same command, finished steps are reused.
     """
-    from compare.demo import DemoError, run_demo
+    from woundscore.compare.demo import DemoError, run_demo
 
     try:
         run_demo(out_dir, n_images=n_images, seed=seed, quiet=quiet, echo=click.echo)

@@ -43,6 +43,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
+from woundscore.cache.errors import WoundscoreError
 
 #: What every demo output says (cache provenance "notice" -> model provenance -> predict JSON,
 #: report banner).
@@ -60,7 +61,7 @@ CHECKPOINT_FILES = ("config.json", "model.safetensors", "preprocessor_config.jso
 RELEASE_FILES = tuple(f"{s}_{k}.json" for s in ("train", "val", "test") for k in ("question", "report"))
 
 
-class DemoError(Exception):
+class DemoError(WoundscoreError):
     """The demo cannot go on (a stage failed); the message names the step and the reason."""
 
 
@@ -286,7 +287,7 @@ def run_demo(
         if reuse_ckpt:
             say(f"  reused {ckpt}/ (built before with the same settings)")
         else:
-            from embed.tiny import build_tiny_siglip
+            from woundscore.embed.tiny import build_tiny_siglip
 
             manifest.pop("checkpoint", None)  # not reusable until the new one is complete
             _write_manifest(out, manifest)
@@ -304,7 +305,7 @@ def run_demo(
         if reuse_rel:
             say(f"  reused {release}/ (generated before with the same settings)")
         else:
-            from embed.synthetic import make_release
+            from woundscore.embed.synthetic import make_release
 
             manifest.pop("dataset", None)  # not reusable until the new one is complete
             _write_manifest(out, manifest)
@@ -323,10 +324,10 @@ def run_demo(
     # 3. stats, embed, cache info -----------------------------------------------------------
     say("\n[3/6] wound-embed stats / wound-embed run / wound-cache info")
     with _Timer(times, "3 stats + embed + cache info"), _step("embed"):
-        from cache.store import cache_info, format_info
-        from embed.encoder import load_encoder
-        from embed.run import run_embedding
-        from embed.sources import format_stats, source_stats
+        from woundscore.cache.store import cache_info, format_info
+        from woundscore.embed.encoder import load_encoder
+        from woundscore.embed.run import run_embedding
+        from woundscore.embed.sources import format_stats, source_stats
 
         say(_indent(format_stats(source_stats(release))))
         enc = load_encoder(ckpt)
@@ -343,9 +344,9 @@ def run_demo(
     # 4. train + predict --------------------------------------------------------------------
     say("\n[4/6] wound-classify train (MLP) / wound-classify predict on one image")
     with _Timer(times, "4 train MLP + predict"), _step("train / predict"):
-        from classify.metrics import format_table
-        from classify.scorer import WoundScorer
-        from classify.train import train_from_cache
+        from woundscore.classify.metrics import format_table
+        from woundscore.classify.scorer import WoundScorer
+        from woundscore.classify.train import train_from_cache
 
         res = train_from_cache(cache, model_dir, model="mlp", seed=s.seed, max_epochs=s.mlp_max_epochs,
                                patience=s.mlp_patience, overwrite=True)
@@ -361,7 +362,7 @@ def run_demo(
     # 5. fine-tune + report -----------------------------------------------------------------
     say(f"\n[5/6] wound-compare finetune ({s.finetune_steps} CPU steps) / wound-compare run")
     with _Timer(times, "5a fine-tune (few CPU steps)"), _step("fine-tune"):
-        from compare.finetune import finetune
+        from woundscore.compare.finetune import finetune
 
         shutil.rmtree(ft_dir / "trainer", ignore_errors=True)  # a fresh run, not a resume
         ft = finetune(release, ft_dir, model=ckpt, unfreeze_last=min(s.finetune_unfreeze_last, s.tiny_layers),
@@ -373,7 +374,7 @@ def run_demo(
         say(f"  {ft.predictions_path}: {len(ft.ids)} test images; trained {ft.meta['trainable_params']:,} of "
             f"{ft.meta['total_params']:,} parameters in {ft.meta['train_seconds']:.1f} s")
     with _Timer(times, "5b report (probe, MLP, zero-shot)"), _step("report"):
-        from compare.report import run_comparison
+        from woundscore.compare.report import run_comparison
 
         mlp_params = {k: v for k, v in (("max_epochs", s.mlp_max_epochs), ("patience", s.mlp_patience))
                       if v is not None}
@@ -458,7 +459,7 @@ def _auc_table(metrics: dict[str, Any], labels: tuple[str, ...] = ("erythema", "
 
 def _write_examples(release: Path, folder: Path, n: int) -> list[Path]:
     """The first ``n`` test images of the release as JPEG files (what `predict` takes)."""
-    from embed.sources import open_source
+    from woundscore.embed.sources import open_source
 
     test = sorted((smp for smp in open_source(release).samples() if smp.split == "test"),
                   key=lambda smp: smp.image_id)

@@ -40,10 +40,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from cache.schema import LABEL_NAMES, MISSING, SCHEMA
-from cache.schema import pos_weight as schema_pos_weight
-from compare.prefix import POOLINGS, quiet_transformers
-from compare.prefix import StepTiming, medsiglip_vision_config, step_time  # noqa: F401  (bench/ imports them here)
+from woundscore.cache.errors import WoundscoreError
+from woundscore.cache.schema import LABEL_NAMES, MISSING, SCHEMA
+from woundscore.cache.schema import pos_weight as schema_pos_weight
+from woundscore.compare.prefix import POOLINGS, quiet_transformers
+from woundscore.compare.prefix import StepTiming, medsiglip_vision_config, step_time  # noqa: F401  (bench/ imports them here)
 
 DEFAULT_MODEL = "google/medsiglip-448"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -61,7 +62,7 @@ SEED_ARGS: dict[str, Any] = {
 }
 
 
-class FineTuneError(Exception):
+class FineTuneError(WoundscoreError):
     """The fine-tune cannot run: bad source splits, model not loadable, bad settings."""
 
 
@@ -117,7 +118,7 @@ class MaskedBCELossFunc:
 
     def _masked_bce(self) -> Callable:
         if self.loss_fn is None:
-            from classify.loss import masked_bce  # the one implementation (keras.ops, torch backend)
+            from woundscore.classify.loss import masked_bce  # the one implementation (keras.ops, torch backend)
 
             self.loss_fn = masked_bce
         return self.loss_fn
@@ -249,7 +250,7 @@ class PixelDataset:
     def __getitem__(self, i: int) -> dict[str, Any]:
         import torch
 
-        from embed.preprocess import preprocess_bytes  # decode_image + preprocess, as embed runs them
+        from woundscore.embed.preprocess import preprocess_bytes  # decode_image + preprocess, as embed runs them
 
         s = self.samples[i]
         try:
@@ -339,7 +340,7 @@ def load_classifier(model: str | os.PathLike, *, revision: str | None = None) ->
     """
     from transformers import AutoModelForImageClassification
 
-    from embed.encoder import EncoderLoadError, resolve_checkpoint
+    from woundscore.embed.encoder import EncoderLoadError, resolve_checkpoint
 
     try:
         ckpt = resolve_checkpoint(str(model), revision)
@@ -556,7 +557,7 @@ def _scan(
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from compare.prefix import compute_prefix
+    from woundscore.compare.prefix import compute_prefix
 
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate_safe, shuffle=False)
     kept: list[int] = []
@@ -649,7 +650,7 @@ def finetune(
         raise FineTuneError(f"lr must be a positive number, got {lr}")
     dev, dtype = resolve_device_dtype(device, dtype)
 
-    from embed.sources import open_source
+    from woundscore.embed.sources import open_source
 
     src = open_source(source)
     splits = _split_samples(src.samples(), src.path)
@@ -657,9 +658,9 @@ def finetune(
     import torch
     from transformers import TrainingArguments, set_seed
 
-    from compare.predictions import write_predictions
-    from compare.prefix import SelectiveUnfreezeClassifier, UnfreezeError
-    from embed.preprocess import resolve_spec
+    from woundscore.compare.predictions import write_predictions
+    from woundscore.compare.prefix import SelectiveUnfreezeClassifier, UnfreezeError
+    from woundscore.embed.preprocess import resolve_spec
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

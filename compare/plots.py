@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from compare.metrics import reliability_curve
+from woundscore.compare.metrics import reliability_curve
 
 _DPI = 100
 

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cache.schema import LABEL_NAMES
+from woundscore.cache.errors import WoundscoreError
+from woundscore.cache.schema import LABEL_NAMES
 
 HEADER: tuple[str, ...] = ("image_id",) + LABEL_NAMES
 
@@ -39,7 +40,7 @@ META_KEYS: dict[str, str] = {
 }
 
 
-class PredictionsError(ValueError):
+class PredictionsError(WoundscoreError, ValueError):
     """A predictions file (or its sidecar) is unusable. The message names the file, row and field."""
 
 

@@ -42,12 +42,13 @@ from typing import Any, Iterable, Iterator, Literal
 
 import torch
 from torch import nn
+from woundscore.cache.errors import WoundscoreError
 
 POOLINGS = ("mean", "attention")
 Pooling = Literal["mean", "attention"]
 
 
-class UnfreezeError(ValueError):
+class UnfreezeError(WoundscoreError, ValueError):
     """An unfreeze setting the model cannot satisfy (too many blocks, unknown pooling, dropout)."""
 
 

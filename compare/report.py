@@ -32,9 +32,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from cache.types import EmbeddingSet
-from compare import metrics as M
-from compare.predictions import atomic_write_text, read_predictions, read_predictions_meta
+from woundscore.cache.errors import WoundscoreError
+from woundscore.cache.types import EmbeddingSet
+from woundscore.compare import metrics as M
+from woundscore.compare.predictions import atomic_write_text, read_predictions, read_predictions_meta
 
 PROBE, MLP, ZERO_SHOT, FINETUNE = "probe", "mlp", "zero-shot", "finetune"
 RESERVED_NAMES = (PROBE, MLP, ZERO_SHOT, FINETUNE)
@@ -81,7 +82,7 @@ FIXED_CAVEATS = (
 )
 
 
-class ReportError(Exception):
+class ReportError(WoundscoreError):
     """The comparison cannot run as asked (no test rows, bad predictions, clashing names, ...)."""
 
 
@@ -217,7 +218,7 @@ def _normalise_thresholds(raw: Mapping[str, Any], label_names: Sequence[str]) ->
 
 
 def _choose_thresholds(Y_val: np.ndarray, P_val: np.ndarray, label_names: Sequence[str]):
-    from classify.thresholds import choose_thresholds
+    from woundscore.classify.thresholds import choose_thresholds
 
     return _normalise_thresholds(choose_thresholds(Y_val, P_val, label_names=label_names), label_names)
 
@@ -318,7 +319,7 @@ def _zero_shot_method(
     source: str | os.PathLike, model: str | os.PathLike, test: EmbeddingSet, val: EmbeddingSet,
     label_names: Sequence[str], quiet: bool,
 ) -> MethodRun:
-    from compare.zeroshot import zero_shot_source
+    from woundscore.compare.zeroshot import zero_shot_source
 
     ids = [str(i) for i in val.ids] + [str(i) for i in test.ids]
     with _PeakRSS() as mem:
@@ -356,7 +357,7 @@ def _make_probe(seed: int, params: Mapping[str, Any] | None) -> Callable[[], Any
     def make():
         import sklearn.linear_model  # noqa: F401  (imported before the clock starts: train time is training)
 
-        from classify.models import LogisticProbe
+        from woundscore.classify.models import LogisticProbe
 
         return LogisticProbe(**{"seed": seed, **(params or {})})
 
@@ -365,10 +366,10 @@ def _make_probe(seed: int, params: Mapping[str, Any] | None) -> Callable[[], Any
 
 def _make_mlp(seed: int, params: Mapping[str, Any] | None) -> Callable[[], Any]:
     def make():
-        from classify.models import MLPClassifier
+        from woundscore.classify.models import MLPClassifier
 
         try:  # Keras (seconds to import) before the clock starts: train time is training
-            from classify._keras import import_keras
+            from woundscore.classify._keras import import_keras
         except ImportError:
             pass
         else:
@@ -386,7 +387,7 @@ def _make_mlp(seed: int, params: Mapping[str, Any] | None) -> Callable[[], Any]:
 def _load_cache(cache: str | os.PathLike | EmbeddingSet) -> tuple[EmbeddingSet, str]:
     if isinstance(cache, EmbeddingSet):
         return cache, "<in-memory EmbeddingSet>"
-    from cache.store import read_cache
+    from woundscore.cache.store import read_cache
 
     return read_cache(cache), str(cache)
 
@@ -523,7 +524,7 @@ def run_comparison(
     out.mkdir(parents=True, exist_ok=True)
     say(f"figures into {out}")
     t0 = time.perf_counter()
-    from compare import plots
+    from woundscore.compare import plots
 
     probs = {n: r.P_test for n, r in runs.items()}
     notice = "; ".join(_notices(data, runs)) or None

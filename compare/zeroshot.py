@@ -27,7 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cache.schema import LABEL_NAMES
+from woundscore.cache.errors import WoundscoreError
+from woundscore.cache.schema import LABEL_NAMES
 
 #: Per label (in ``LABEL_NAMES`` order): (positive prompt, negative prompt). Clinically worded
 #: after the SurgWound annotation questions; the negative prompt mirrors the positive one so that
@@ -63,7 +64,7 @@ PROMPTS: dict[str, tuple[str, str]] = {
 MAX_TEXT_LENGTH = 64
 
 
-class ZeroShotError(Exception):
+class ZeroShotError(WoundscoreError):
     """The checkpoint cannot score zero-shot (no text tower, no tokenizer, not loadable)."""
 
 
@@ -114,16 +115,16 @@ class ZeroShotModel:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from embed.encoder import EncoderLoadError, resolve_checkpoint
-        from embed.preprocess import resolve_spec
-        from embed.tiny import ASSETS
+        from woundscore.embed.encoder import EncoderLoadError, resolve_checkpoint
+        from woundscore.embed.preprocess import resolve_spec
+        from woundscore.embed.tiny import ASSETS
 
         dev = _device(device)
         try:
             ckpt = resolve_checkpoint(str(model), revision)
         except EncoderLoadError as e:
             raise ZeroShotError(str(e)) from e
-        from compare.prefix import quiet_transformers
+        from woundscore.compare.prefix import quiet_transformers
 
         try:
             with quiet_transformers():
@@ -235,7 +236,7 @@ def zero_shot_probabilities(
     """
     import torch
 
-    from embed.preprocess import load_image, preprocess
+    from woundscore.embed.preprocess import load_image, preprocess
 
     zs = _as_model(model, device, revision)
     out = []
@@ -279,8 +280,8 @@ def zero_shot_source(
     import torch
     from tqdm.auto import tqdm
 
-    from embed.preprocess import preprocess_bytes
-    from embed.sources import open_source
+    from woundscore.embed.preprocess import preprocess_bytes
+    from woundscore.embed.sources import open_source
 
     src = open_source(source)
     samples = src.samples()
@@ -353,7 +354,7 @@ def run_zero_shot(
     quiet: bool = False,
 ) -> ZeroShotResult:
     """Score a split of ``source`` and write ``out`` (predictions CSV) + its ``.json`` sidecar."""
-    from compare.predictions import write_predictions
+    from woundscore.compare.predictions import write_predictions
 
     res = zero_shot_source(
         source, model, split=split, device=device, batch_size=batch_size, revision=revision, quiet=quiet

@@ -1,6 +1,6 @@
-"""`python -m embed` is the same as the `wound-embed` console script."""
+"""`python -m woundscore.embed` is the same as the `wound-embed` console script."""
 
-from embed.cli import cli
+from woundscore.embed.cli import cli
 
 if __name__ == "__main__":
     cli(prog_name="wound-embed")

@@ -38,8 +38,8 @@ def stats_command(source: str, as_json: bool) -> None:
     # Imported here so that `wound-embed --help` stays fast.
     import json
 
-    from cache.schema import LabelError
-    from embed.sources import SourceError, format_stats, source_stats
+    from woundscore.cache.schema import LabelError
+    from woundscore.embed.sources import SourceError, format_stats, source_stats
 
     try:
         stats = source_stats(source)
@@ -86,7 +86,7 @@ def run_command(source: str, out: str, model: str, revision: str | None, batch_s
     Example:
         wound-embed run SurgWound/ --out emb.h5
         wound-embed run SurgWound/ --out emb.h5 --model ./medsiglip-448   # offline, local folder
-        torchrun --nproc_per_node 4 -m embed run SurgWound/ --out emb.h5
+        torchrun --nproc_per_node 4 -m woundscore.embed run SurgWound/ --out emb.h5
         wound-cache merge emb.rank*-of-4.h5 --out emb.h5
 
     \b
@@ -103,12 +103,12 @@ def run_command(source: str, out: str, model: str, revision: str | None, batch_s
     import sys
 
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
-    from cache.schema import LabelError
-    from cache.types import CacheError
-    from embed.encoder import EncoderLoadError
-    from embed.preprocess import PreprocessConfigError
-    from embed.run import EmbedRunError, run_embedding
-    from embed.sources import SourceError
+    from woundscore.cache.schema import LabelError
+    from woundscore.cache.types import CacheError
+    from woundscore.embed.encoder import EncoderLoadError
+    from woundscore.embed.preprocess import PreprocessConfigError
+    from woundscore.embed.run import EmbedRunError, run_embedding
+    from woundscore.embed.sources import SourceError
 
     try:
         summary = run_embedding(source, out, model=model, revision=revision, batch_size=batch_size, device=device,

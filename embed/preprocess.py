@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 from PIL import Image, ImageOps
+from woundscore.cache.errors import WoundscoreError
 
 if TYPE_CHECKING:  # torch is imported lazily: `--help` and the readers must not pay for it
     import torch
@@ -56,7 +57,7 @@ PREPROCESS_VERSION = 2  # bump when the pixels produced for the same spec change
 DRAFT_OVERSAMPLE = 2  # fast decode keeps at least this many times the target size
 
 
-class ImageDecodeError(Exception):
+class ImageDecodeError(WoundscoreError):
     """Bytes that cannot become an image: names the origin (file, record) and the reason."""
 
     def __init__(self, origin: str, reason: str) -> None:
@@ -64,7 +65,7 @@ class ImageDecodeError(Exception):
         super().__init__(f"{origin}: {reason}")
 
 
-class PreprocessConfigError(Exception):
+class PreprocessConfigError(WoundscoreError):
     """The checkpoint has no usable image-processor config (size, mean, std)."""
 
 
@@ -178,7 +179,7 @@ def resolve_spec(model: str | Path, revision: str | None = None) -> PreprocessSp
     folder = Path(model).expanduser()
     if not folder.is_dir():
         # Deferred import: embed.encoder owns the hub access and its error messages.
-        from embed.encoder import resolve_checkpoint
+        from woundscore.embed.encoder import resolve_checkpoint
 
         folder = resolve_checkpoint(str(model), revision, config_only=True).path
     found = _processor_config_in(folder)

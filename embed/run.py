@@ -34,7 +34,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cache.schema import EXTRA_NAMES, LABEL_NAMES
+from woundscore.cache.errors import WoundscoreError
+from woundscore.cache.schema import EXTRA_NAMES, LABEL_NAMES
 
 log = logging.getLogger("embed")
 
@@ -43,7 +44,7 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3
 TEST_DELAY_ENV = "WOUNDSCORE_TEST_BATCH_DELAY_S"
 
 
-class EmbedRunError(Exception):
+class EmbedRunError(WoundscoreError):
     """A run cannot start or go on (bad source, encoder, cache); nothing already written is lost."""
 
 
@@ -141,8 +142,8 @@ class _ChunkDataset:
     def __getitem__(self, k: int) -> dict[str, Any]:
         import torch
 
-        from embed.preprocess import ImageDecodeError, preprocess_bytes
-        from embed.sources import ImageReadError
+        from woundscore.embed.preprocess import ImageDecodeError, preprocess_bytes
+        from woundscore.embed.sources import ImageReadError
 
         ok, shas, pixels, skipped, failed = [], [], [], [], []
         for i in self.chunks[k]:
@@ -218,7 +219,7 @@ def _append(writer: Any, summary: EmbedSummary, samples: Sequence[Any], idx: lis
             feats: np.ndarray, extra_names: list[str]) -> int:
     """Append one batch (one durable write). A row the cache refuses (an image id already stored
     with other bytes: the file changed since) becomes a failure instead of ending the run."""
-    from cache.store import CacheValueError
+    from woundscore.cache.store import CacheValueError
 
     def rows(sel: list[int]) -> tuple:
         batch = [samples[idx[j]] for j in sel]
@@ -296,9 +297,9 @@ def run_embedding(
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from cache.store import CacheWriter
-    from embed.encoder import default_batch_size, load_encoder
-    from embed.sources import open_source
+    from woundscore.cache.store import CacheWriter
+    from woundscore.embed.encoder import default_batch_size, load_encoder
+    from woundscore.embed.sources import open_source
 
     t0 = time.perf_counter()
     rank, world = shard if shard is not None else shard_from_env()

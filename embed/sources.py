@@ -44,7 +44,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from cache.schema import (
+from woundscore.cache.errors import WoundscoreError
+from woundscore.cache.schema import (
     LABEL_NAMES,
     MISSING,
     LabelError,
@@ -75,7 +76,7 @@ _WS = re.compile(r"[ \t\n\r]*")
 #: A file whose text every artifact made from this folder repeats (generated data marks itself).
 NOTICE_FILE = "WOUNDSCORE_NOTICE.txt"
 
-class SourceError(Exception):
+class SourceError(WoundscoreError):
     """A source cannot be read: unknown layout, malformed file, inconsistent records."""
 
 

@@ -33,8 +33,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from cache.schema import LABEL_NAMES
-from embed.sources import NOTICE_FILE  # the marker file the readers look for
+from woundscore.cache.schema import LABEL_NAMES
+from woundscore.embed.sources import NOTICE_FILE  # the marker file the readers look for
 
 #: What a generated release says about itself (written to NOTICE_FILE, repeated by every artifact).
 GENERATED_NOTICE = ("generated images (embed.synthetic), not SurgWound photos: "

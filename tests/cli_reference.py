@@ -14,10 +14,10 @@ WIDTH = 100  # fixed, so the rendering does not depend on the terminal
 
 
 def groups() -> list[tuple[str, click.Group]]:
-    from cache.cli import cli as cache_cli
-    from classify.cli import cli as classify_cli
-    from compare.cli import cli as compare_cli
-    from embed.cli import cli as embed_cli
+    from woundscore.cache.cli import cli as cache_cli
+    from woundscore.classify.cli import cli as classify_cli
+    from woundscore.compare.cli import cli as compare_cli
+    from woundscore.embed.cli import cli as embed_cli
 
     return [("wound-embed", embed_cli), ("wound-cache", cache_cli), ("wound-classify", classify_cli),
             ("wound-compare", compare_cli)]

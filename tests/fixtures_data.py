@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from embed.synthetic import make_labels_csv_folder, make_release
+from woundscore.embed.synthetic import make_labels_csv_folder, make_release
 
 #: Size of the session fixtures (small: they are shared by many tests).
 MINI_RELEASE_IMAGES = 30

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cache.cli import cli
-from cache.store import CacheWriter
+from woundscore.cache.cli import cli
+from woundscore.cache.store import CacheWriter
 from tests.test_cache_helpers import DIM, PROV, make_rows
 
 

@@ -19,8 +19,8 @@ import h5py
 import numpy as np
 import pytest
 
-from cache.schema import EXTRA_NAMES, LABEL_NAMES, SCHEMA
-from cache.store import (
+from woundscore.cache.schema import EXTRA_NAMES, LABEL_NAMES, SCHEMA
+from woundscore.cache.store import (
     CacheValueError,
     CacheWriteError,
     CacheWriter,
@@ -34,7 +34,7 @@ from cache.store import (
     read_runs,
     verify_cache,
 )
-from cache.types import CacheError, CacheLockedError, CacheMismatchError
+from woundscore.cache.types import CacheError, CacheLockedError, CacheMismatchError
 from tests.test_cache_helpers import DIM, PROV, make_rows, resume
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +87,7 @@ def test_round_trip_keeps_rows_dtypes_and_provenance(tmp_path):
 
 def test_file_is_readable_with_plain_h5py_as_documented(tmp_path):
     """The example in the module docstring (README material) runs against a real cache."""
-    import cache.store as store
+    import woundscore.cache.store as store
 
     path = write_cache(tmp_path / "embeddings.h5", 0, 6)
     example = store.__doc__.split("Reading it without this package::")[1].split("Crash safety")[0]
@@ -266,7 +266,7 @@ def test_other_dtype_or_device_is_allowed_and_recorded(tmp_path):
 
 HOLDER = """
 import sys, time
-from cache.store import CacheWriter
+from woundscore.cache.store import CacheWriter
 from tests.test_cache_helpers import PROV, make_rows
 w = CacheWriter(sys.argv[1], PROV)
 w.append(**make_rows(0, 4))
@@ -317,7 +317,7 @@ def test_second_writer_in_the_same_process_is_refused_until_the_first_closes(tmp
 
 APPENDER = """
 import os, signal, sys
-import cache.store as store
+import woundscore.cache.store as store
 from tests.test_cache_helpers import PROV, resume
 path, stop, crash = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 calls = {"replace": 0}
@@ -399,7 +399,7 @@ def test_kill9_at_20_random_moments(tmp_path):
 
 CTRL_C = """
 import sys, time
-from cache.store import CacheWriter
+from woundscore.cache.store import CacheWriter
 from tests.test_cache_helpers import PROV, make_rows
 with CacheWriter(sys.argv[1], PROV) as w:
     for a in range(0, 1000, 2):
@@ -441,7 +441,7 @@ def test_consolidate_cache_folds_an_interrupted_runs_batches(tmp_path):
 CYCLER = """
 import sys
 import numpy as np
-from cache.store import CacheWriter
+from woundscore.cache.store import CacheWriter
 from tests.test_cache_helpers import PROV, make_rows
 path = sys.argv[1]
 n = 0
@@ -477,7 +477,7 @@ def test_readers_see_only_complete_batches_while_a_writer_appends_and_consolidat
 FILLER = """
 import resource, signal, sys
 import numpy as np
-from cache.store import CacheWriteError, CacheWriter
+from woundscore.cache.store import CacheWriteError, CacheWriter
 from tests.test_cache_helpers import PROV, make_rows
 path, limit, start = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 sizes = [int(x) for x in sys.argv[4].split(",")]
@@ -535,7 +535,7 @@ def test_disk_full_during_a_batch_keeps_the_earlier_batches(tmp_path):
 def test_disk_full_via_enospc_from_h5py_leaves_the_cache_untouched(tmp_path, monkeypatch):
     import errno
 
-    import cache.store as store
+    import woundscore.cache.store as store
 
     path = write_cache(tmp_path / "c.h5", 0, 4)
     before = file_digest(path)

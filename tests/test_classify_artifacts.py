@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache.schema import LABEL_NAMES
-from classify.artifacts import ArtifactError, EncoderMismatchError, load_model_dir, save_model_dir
-from classify.synthetic import synthetic_embedding_set, synthetic_provenance
-from classify.train import TrainDataError, train_on_set
+from woundscore.cache.schema import LABEL_NAMES
+from woundscore.classify.artifacts import ArtifactError, EncoderMismatchError, load_model_dir, save_model_dir
+from woundscore.classify.synthetic import synthetic_embedding_set, synthetic_provenance
+from woundscore.classify.train import TrainDataError, train_on_set
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,8 +75,8 @@ def test_fresh_process_loads_with_safe_mode_and_no_custom_objects(mlp_dir: Path,
     np.save(mlp_dir.parent / "X.npy", X)
     script = f"""
 import numpy as np, torch
-import classify.loss  # registers woundscore>MaskedBCE: nothing else is needed
-from classify._keras import import_keras
+import woundscore.classify.loss  # registers woundscore>MaskedBCE: nothing else is needed
+from woundscore.classify._keras import import_keras
 keras = import_keras()
 model = keras.models.load_model({str(mlp_dir / 'model.keras')!r}, safe_mode=True)
 assert type(model.loss).__name__ == "MaskedBCE", model.loss
@@ -84,7 +84,7 @@ X = np.load({str(mlp_dir.parent / 'X.npy')!r}, allow_pickle=False)
 with torch.no_grad():
     Z = model(torch.from_numpy(X), training=False).numpy()
 np.save({str(mlp_dir.parent / 'Z.npy')!r}, Z, allow_pickle=False)
-from classify.artifacts import load_model_dir
+from woundscore.classify.artifacts import load_model_dir
 np.save({str(mlp_dir.parent / 'P.npy')!r}, load_model_dir({str(mlp_dir)!r}).predict_proba(X), allow_pickle=False)
 """
     subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO, timeout=300)

@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
 import sys
-from classify._keras import import_keras
+from woundscore.classify._keras import import_keras
 keras = import_keras()
 assert keras.backend.backend() == "torch"
 for name in ("torch._dynamo", "matplotlib", "sklearn", "scipy"):

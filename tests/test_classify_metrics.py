@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 
-from classify.metrics import evaluate, format_table, macro_auc, roc_auc, sens_spec
+from woundscore.classify.metrics import evaluate, format_table, macro_auc, roc_auc, sens_spec
 
 
 @settings(max_examples=100, deadline=None)

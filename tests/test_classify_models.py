@@ -8,9 +8,9 @@ import inspect
 import numpy as np
 import pytest
 
-from cache.schema import LABEL_NAMES
-from classify.metrics import macro_auc, roc_auc
-from classify.models import (
+from woundscore.cache.schema import LABEL_NAMES
+from woundscore.classify.metrics import macro_auc, roc_auc
+from woundscore.classify.models import (
     ClassifierInputError,
     LogisticProbe,
     MLPClassifier,
@@ -19,7 +19,7 @@ from classify.models import (
     _torch_program,
     training_pos_weight,
 )
-from classify.synthetic import synthetic_embedding_set
+from woundscore.classify.synthetic import synthetic_embedding_set
 
 EPOCHS = 40  # enough for the planted signal; the real default is 300 with early stopping
 
@@ -168,8 +168,8 @@ def test_loop_optimizer_is_keras_adam_with_l2_regularisers(fused: bool) -> None:
     regularised loss, over several steps."""
     import torch
 
-    from classify._keras import import_keras
-    from classify.models import _KerasAdam, build_mlp
+    from woundscore.classify._keras import import_keras
+    from woundscore.classify.models import _KerasAdam, build_mlp
 
     keras = import_keras()
     keras.utils.set_random_seed(0)

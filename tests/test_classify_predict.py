@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cache.schema import LABEL_NAMES
-from classify.cli import cli
+from woundscore.cache.schema import LABEL_NAMES
+from woundscore.classify.cli import cli
 
 
 @pytest.fixture(scope="module")
 def setup(mini_release: Path, tiny_siglip_dir: Path, tmp_path_factory):
-    from cache.store import read_cache
-    from classify.train import train_on_set
-    from embed.run import run_embedding
-    from embed.sources import open_source
+    from woundscore.cache.store import read_cache
+    from woundscore.classify.train import train_on_set
+    from woundscore.embed.run import run_embedding
+    from woundscore.embed.sources import open_source
 
     work = tmp_path_factory.mktemp("predict")
     cache = work / "emb.h5"
@@ -39,7 +39,7 @@ def setup(mini_release: Path, tiny_siglip_dir: Path, tmp_path_factory):
 
 
 def test_predict_reproduces_the_cached_rows(setup, tiny_siglip_dir: Path) -> None:
-    from classify.scorer import WoundScorer
+    from woundscore.classify.scorer import WoundScorer
 
     es, model_dir, files = setup
     r = CliRunner().invoke(cli, ["predict", str(model_dir), *map(str, files.values()),
@@ -65,7 +65,7 @@ def test_predict_reproduces_the_cached_rows(setup, tiny_siglip_dir: Path) -> Non
 
 
 def test_api_score_matches_cli(setup, tiny_siglip_dir: Path) -> None:
-    from classify.scorer import WoundScorer
+    from woundscore.classify.scorer import WoundScorer
 
     es, model_dir, files = setup
     scorer = WoundScorer.load(model_dir, encoder=str(tiny_siglip_dir), device="cpu")
@@ -93,7 +93,7 @@ def test_unreadable_image_is_reported_and_the_rest_scored(setup, tiny_siglip_dir
 
 
 def test_another_encoder_is_refused(setup, tmp_path: Path) -> None:
-    from embed.tiny import build_tiny_siglip
+    from woundscore.embed.tiny import build_tiny_siglip
 
     _, model_dir, files = setup
     other = build_tiny_siglip(tmp_path / "tiny-siglip", seed=1)
@@ -107,9 +107,9 @@ def test_another_encoder_is_refused(setup, tmp_path: Path) -> None:
 
 
 def test_other_preprocessing_is_refused(setup, tiny_siglip_dir: Path) -> None:
-    from classify.artifacts import EncoderMismatchError
-    from classify.scorer import WoundScorer
-    from embed.encoder import load_encoder
+    from woundscore.classify.artifacts import EncoderMismatchError
+    from woundscore.classify.scorer import WoundScorer
+    from woundscore.embed.encoder import load_encoder
 
     _, model_dir, _ = setup
     enc = load_encoder(tiny_siglip_dir, device="cpu", fast_decode=True)

@@ -8,9 +8,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from cache.store import CacheWriter
-from compare.cli import cli
-from compare.predictions import HEADER
+from woundscore.cache.store import CacheWriter
+from woundscore.compare.cli import cli
+from woundscore.compare.predictions import HEADER
 from tests.test_report import make_set, write_external
 
 

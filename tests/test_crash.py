@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from embed.run import TEST_DELAY_ENV
+from woundscore.embed.run import TEST_DELAY_ENV
 
-PRELOAD = ["torch", "transformers", "transformers.models.siglip.modeling_siglip", "h5py", "embed.cli",
-           "embed.run", "embed.encoder", "embed.sources", "cache.store"]
+PRELOAD = ["torch", "transformers", "transformers.models.siglip.modeling_siglip", "h5py", "woundscore.embed.cli",
+           "woundscore.embed.run", "woundscore.embed.encoder", "woundscore.embed.sources", "woundscore.cache.store"]
 
 
 def _cli_child(args: list[str], log: str, delay: float) -> None:
@@ -43,7 +43,7 @@ def _cli_child(args: list[str], log: str, delay: float) -> None:
     # tqdm's default lock is a multiprocessing semaphore; a SIGKILLed child cannot unregister
     # it, and the resource tracker would warn about "leaked semaphores" at exit.
     tqdm.set_lock(threading.RLock())
-    from embed.cli import cli
+    from woundscore.embed.cli import cli
 
     try:
         cli.main(args=args, prog_name="wound-embed", standalone_mode=True)
@@ -79,7 +79,7 @@ def _run_args(source, out, model, batch_size=2):
 
 
 def _kill_and_resume(ctx, tmp_path, source, model, kills: int, seed: int, delay: float):
-    from cache.store import read_cache, read_failures, verify_cache
+    from woundscore.cache.store import read_cache, read_failures, verify_cache
 
     log = tmp_path / "log.txt"
     # the uninterrupted run, in the same kind of process
@@ -130,7 +130,7 @@ def test_sigkill_twenty_times_then_resume_equals_uninterrupted(ctx, tmp_path, mi
 
 
 def test_sigint_stops_after_the_batch_and_says_how_to_resume(ctx, tmp_path, mini_release, tiny_siglip_dir):
-    from cache.store import read_cache, verify_cache
+    from woundscore.cache.store import read_cache, verify_cache
 
     out = tmp_path / "int.h5"
     log = tmp_path / "int.txt"
@@ -158,7 +158,7 @@ def test_sigint_stops_after_the_batch_and_says_how_to_resume(ctx, tmp_path, mini
 
 def test_sigterm_is_a_graceful_stop_too(ctx, tmp_path, labels_csv_dir, tiny_siglip_dir):
     """A batch scheduler's SIGTERM (time limit) stops after the batch like Ctrl-C."""
-    from cache.store import read_cache, verify_cache
+    from woundscore.cache.store import read_cache, verify_cache
 
     out = tmp_path / "term.h5"
     log = tmp_path / "term.txt"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cache.schema import LABEL_NAMES
-from compare.demo import CHECKPOINT_DIR, DEMO_NOTICE, RELEASE_DIR, DemoSettings, _reusable, run_demo
+from woundscore.cache.schema import LABEL_NAMES
+from woundscore.compare.demo import CHECKPOINT_DIR, DEMO_NOTICE, RELEASE_DIR, DemoSettings, _reusable, run_demo
 
 N_IMAGES = 40  # the smallest size the CLI accepts: 28 train / 4 val / 8 test
 
@@ -55,7 +55,7 @@ def test_the_report_holds_all_four_methods(demo_runs) -> None:
     r, _, _, _, _ = demo_runs
     metrics = json.loads(r.report_files["metrics.json"].read_text())
     assert set(metrics["methods"]) == {"mlp", "probe", "zero-shot", "finetune"}, metrics.get("skipped")
-    from cache.store import read_cache
+    from woundscore.cache.store import read_cache
 
     n_test = int((read_cache(r.cache).split == "test").sum())
     assert metrics["answer"]["macro_delta"]["n"] == n_test
@@ -73,7 +73,7 @@ def test_every_output_says_random_weights_and_generated_images(demo_runs) -> Non
     provenance = json.loads((r.model_dir / "provenance.json").read_text())
     assert provenance["notice"] == DEMO_NOTICE
     assert r.prediction["model"]["notice"] == DEMO_NOTICE
-    from cache.store import read_cache
+    from woundscore.cache.store import read_cache
 
     assert read_cache(r.cache).provenance["notice"] == DEMO_NOTICE
     assert "random weights" in (r.checkpoint / "README.md").read_text().lower()
@@ -104,7 +104,7 @@ def test_printed_steps_and_next_command_work(demo_runs) -> None:
     assert r.next_command in printed
     argv = shlex.split(r.next_command)
     assert argv[:2] == ["wound-classify", "predict"]
-    from classify.cli import cli as classify_cli
+    from woundscore.classify.cli import cli as classify_cli
 
     res = CliRunner().invoke(classify_cli, argv[1:])
     assert res.exit_code == 0, res.output
@@ -125,7 +125,7 @@ def test_rerun_reuses_checkpoint_dataset_and_cache(demo_runs) -> None:
     assert second.embedded == 0 and second.skipped == N_IMAGES
     assert (second.checkpoint / "model.safetensors").stat().st_mtime_ns == weights_mtime
     assert "0 embedded, 40 skipped as already cached" in printed
-    from cache.store import read_cache
+    from woundscore.cache.store import read_cache
 
     assert len(read_cache(second.cache)) == N_IMAGES
     steps = [t.step for t in second.times]
@@ -144,7 +144,7 @@ def test_reuse_needs_same_settings_and_all_files(tmp_path: Path) -> None:
 
 
 def test_cli_demo_usage_errors() -> None:
-    from compare.cli import cli
+    from woundscore.compare.cli import cli
 
     res = CliRunner().invoke(cli, ["demo", "--images", "5"])
     assert res.exit_code == 2

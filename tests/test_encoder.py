@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from embed.encoder import (
+from woundscore.embed.encoder import (
     EncoderLoadError,
     NonFiniteEmbeddingError,
     cpu_has_native_bf16,
@@ -19,7 +19,7 @@ from embed.encoder import (
     local_revision,
     resolve_dtype,
 )
-from embed.preprocess import preprocess
+from woundscore.embed.preprocess import preprocess
 from tests.test_hostile_images import encode, jpeg, photo
 
 
@@ -52,7 +52,7 @@ def test_embed_images_takes_bytes_paths_and_pil_through_the_one_preprocessing(en
     p = tmp_path / "b.png"
     p.write_bytes(data[1])
     got = enc.embed_images([data[0], p, Image.open(tmp_path / "b.png")], batch_size=2)
-    from embed.preprocess import decode_image
+    from woundscore.embed.preprocess import decode_image
 
     pixels = torch.stack([preprocess(decode_image(d), enc.spec) for d in (data[0], data[1], data[1])])
     with torch.no_grad():
@@ -84,7 +84,7 @@ def test_provenance_records_revision_and_notice(enc, tiny_siglip_dir):
 
 
 def test_local_revision_follows_the_weights(tiny_siglip_dir, tmp_path):
-    from embed.tiny import build_tiny_siglip
+    from woundscore.embed.tiny import build_tiny_siglip
 
     same = build_tiny_siglip(tmp_path / "same", seed=0)
     other = build_tiny_siglip(tmp_path / "other", seed=1)
@@ -104,7 +104,7 @@ def test_missing_folder_error_text(tmp_path):
 
 
 def test_missing_folder_through_the_cli(tmp_path, labels_csv_dir):
-    from embed.cli import cli
+    from woundscore.embed.cli import cli
 
     r = CliRunner().invoke(cli, ["run", str(labels_csv_dir), "--out", str(tmp_path / "e.h5"),
                                  "--model", "./no/such/folder", "--quiet"])
@@ -222,8 +222,8 @@ def test_non_finite_even_in_float32_is_never_returned(tiny_siglip_dir):
 
 
 def test_run_never_writes_non_finite_rows(tiny_siglip_dir, labels_csv_dir, tmp_path):
-    from cache.store import read_cache, read_failures, verify_cache
-    from embed.run import run_embedding
+    from woundscore.cache.store import read_cache, read_failures, verify_cache
+    from woundscore.embed.run import run_embedding
 
     e32 = load_encoder(tiny_siglip_dir, device="cpu", dtype="float32")
     _poison(e32._model, rows=[0])  # the first image of every batch

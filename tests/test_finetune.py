@@ -10,9 +10,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cache.schema import LABEL_NAMES
-from compare.cli import cli
-from compare.prefix import SelectiveUnfreezeClassifier, UnfreezeError, compute_prefix
+from woundscore.cache.schema import LABEL_NAMES
+from woundscore.compare.cli import cli
+from woundscore.compare.prefix import SelectiveUnfreezeClassifier, UnfreezeError, compute_prefix
 
 
 @pytest.fixture(scope="module")
@@ -21,14 +21,14 @@ def tiny_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     try:
         return request.getfixturevalue("tiny_siglip_dir")
     except pytest.FixtureLookupError:
-        from embed.tiny import build_tiny_siglip
+        from woundscore.embed.tiny import build_tiny_siglip
 
         return build_tiny_siglip(tmp_path_factory.mktemp("tiny_ft"))
 
 
 @pytest.fixture(scope="module")
 def base_model(tiny_dir: Path):
-    from compare.finetune import load_classifier
+    from woundscore.compare.finetune import load_classifier
 
     model, _ = load_classifier(tiny_dir)
     return model
@@ -49,7 +49,7 @@ def _labels(n: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.mark.parametrize("pooling", ["mean", "attention"])
 def test_prefix_path_equals_plain_path_logits_loss_and_gradients(base_model, pooling: str) -> None:
-    from compare.finetune import MaskedBCELossFunc
+    from woundscore.compare.finetune import MaskedBCELossFunc
 
     torch.manual_seed(1)
     net = _fresh(base_model, unfreeze_last=1, pooling=pooling)
@@ -115,8 +115,8 @@ def test_unfreeze_selects_last_blocks_norm_head_and_classifier(base_model) -> No
 def test_a_vision_only_checkpoint_loads_as_the_same_classifier(tmp_path: Path) -> None:
     from transformers import SiglipVisionModel
 
-    from compare.finetune import load_classifier
-    from embed.tiny import build_tiny_siglip
+    from woundscore.compare.finetune import load_classifier
+    from woundscore.embed.tiny import build_tiny_siglip
 
     folder = build_tiny_siglip(tmp_path / "vision-only", with_text=False)
     net, ckpt = load_classifier(folder)
@@ -131,8 +131,8 @@ def test_a_vision_only_checkpoint_loads_as_the_same_classifier(tmp_path: Path) -
 
 
 def test_loss_is_the_classify_loss_and_accumulation_gives_the_full_batch_loss() -> None:
-    from classify.loss import masked_bce
-    from compare.finetune import MaskedBCELossFunc
+    from woundscore.classify.loss import masked_bce
+    from woundscore.compare.finetune import MaskedBCELossFunc
 
     pw = np.array([2.0, 1.0, 0.5, 4.0, 1.0, 3.0])
     fn = MaskedBCELossFunc(pw)
@@ -153,7 +153,7 @@ def test_loss_is_the_classify_loss_and_accumulation_gives_the_full_batch_loss() 
 
 
 def test_nan_guard_skips_then_stops_with_a_clear_message() -> None:
-    from compare.finetune import MaskedBCELossFunc, NonFiniteLossError
+    from woundscore.compare.finetune import MaskedBCELossFunc, NonFiniteLossError
 
     fn = MaskedBCELossFunc(np.ones(6), max_nonfinite=2)
     y = torch.ones(2, 6)
@@ -180,7 +180,7 @@ def test_nan_guard_skips_then_stops_with_a_clear_message() -> None:
 def test_val_metrics_mask_missing_and_leave_one_class_labels_out() -> None:
     from transformers import EvalPrediction
 
-    from compare.finetune import compute_metrics, masked_auc
+    from woundscore.compare.finetune import compute_metrics, masked_auc
 
     Y = np.array([[1, 0, 1, -1, 0, 1], [0, 0, 1, 1, 0, 0], [1, 0, -1, 0, 1, 1], [0, 0, 0, 0, -1, 0]])
     P = np.array([[0.9, 0.1, 0.8, 0.5, 0.2, 0.7], [0.2, 0.3, 0.4, 0.9, 0.1, 0.2],
@@ -200,7 +200,7 @@ def test_val_metrics_mask_missing_and_leave_one_class_labels_out() -> None:
 
 
 def test_model_card_holds_metrics_notice_and_settings() -> None:
-    from compare.finetune import build_model_card
+    from woundscore.compare.finetune import build_model_card
 
     per = {name: {"auc": 0.7 + 0.01 * i, "n": 137, "positives": 16 + i} for i, name in enumerate(LABEL_NAMES)}
     per["urgency"] = {"auc": None, "n": 137, "positives": 0}
@@ -222,9 +222,9 @@ def test_model_card_holds_metrics_notice_and_settings() -> None:
 
 
 def test_finetune_cli_end_to_end_prefix_equals_plain(tiny_dir: Path, mini_release: Path, tmp_path: Path) -> None:
-    from compare.finetune import finetune
-    from compare.predictions import read_predictions, read_predictions_meta
-    from embed.sources import open_source
+    from woundscore.compare.finetune import finetune
+    from woundscore.compare.predictions import read_predictions, read_predictions_meta
+    from woundscore.embed.sources import open_source
 
     out = tmp_path / "ft"
     (out / "trainer" / "checkpoint-99").mkdir(parents=True)  # an earlier run's: must not mix in
@@ -298,8 +298,8 @@ def test_finetune_refuses_too_many_blocks(tiny_dir: Path, mini_release: Path, tm
 
 
 def test_step_time_runs_both_paths_on_a_small_config() -> None:
-    from compare.finetune import step_time
-    from compare.prefix import medsiglip_vision_config
+    from woundscore.compare.finetune import step_time
+    from woundscore.compare.prefix import medsiglip_vision_config
 
     cfg = medsiglip_vision_config(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                                   num_attention_heads=2, patch_size=16, image_size=32)

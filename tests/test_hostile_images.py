@@ -169,7 +169,7 @@ def build_hostile_corpus(root: Path) -> tuple[dict[str, bytes], dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def hostile_run(tmp_path_factory, tiny_siglip_dir):
-    from embed.cli import cli
+    from woundscore.embed.cli import cli
 
     root = tmp_path_factory.mktemp("hostile")
     good, bad = build_hostile_corpus(root / "src")
@@ -180,7 +180,7 @@ def hostile_run(tmp_path_factory, tiny_siglip_dir):
 
 
 def test_hostile_corpus_run_reports_bad_images_and_keeps_the_good(hostile_run):
-    from cache.store import read_cache, read_failures, verify_cache
+    from woundscore.cache.store import read_cache, read_failures, verify_cache
 
     root, good, bad, out, result = hostile_run
     assert result.exit_code == 3, result.output  # some failed: documented code 3
@@ -199,8 +199,8 @@ def test_hostile_corpus_run_reports_bad_images_and_keeps_the_good(hostile_run):
 
 def test_hostile_good_images_equal_the_reference_embedding(hostile_run, tiny_siglip_dir):
     """Every odd-but-valid image is embedded exactly as the one preprocessing + encoder give."""
-    from cache.store import read_cache
-    from embed.encoder import load_encoder
+    from woundscore.cache.store import read_cache
+    from woundscore.embed.encoder import load_encoder
 
     root, good, bad, out, result = hostile_run
     es = read_cache(out)
@@ -214,7 +214,7 @@ def test_hostile_good_images_equal_the_reference_embedding(hostile_run, tiny_sig
 
 
 def test_hostile_rerun_skips_everything_and_still_reports_failures(hostile_run, tiny_siglip_dir):
-    from embed.run import run_embedding
+    from woundscore.embed.run import run_embedding
 
     root, good, bad, out, result = hostile_run
     s = run_embedding(root / "src", out, model=tiny_siglip_dir, batch_size=4, workers=0, quiet=True)
@@ -223,8 +223,8 @@ def test_hostile_rerun_skips_everything_and_still_reports_failures(hostile_run, 
 
 
 def test_strict_stops_at_first_failure(tmp_path, tiny_siglip_dir):
-    from cache.store import read_cache, read_failures
-    from embed.run import run_embedding
+    from woundscore.cache.store import read_cache, read_failures
+    from woundscore.embed.run import run_embedding
 
     root = tmp_path / "src"
     build_hostile_corpus(root)
@@ -243,8 +243,8 @@ def test_release_bad_base64_and_conflicting_image_are_reported(tmp_path, mini_re
     import json
     import shutil
 
-    from cache.store import read_cache, read_failures, verify_cache
-    from embed.run import run_embedding
+    from woundscore.cache.store import read_cache, read_failures, verify_cache
+    from woundscore.embed.run import run_embedding
 
     src = tmp_path / "rel"
     shutil.copytree(mini_release, src)
@@ -272,8 +272,8 @@ def test_release_bad_base64_and_conflicting_image_are_reported(tmp_path, mini_re
 
 
 def test_appending_with_another_encoder_is_refused(tmp_path, labels_csv_dir, tiny_siglip_dir):
-    from embed.cli import cli
-    from embed.tiny import build_tiny_siglip
+    from woundscore.embed.cli import cli
+    from woundscore.embed.tiny import build_tiny_siglip
 
     out = tmp_path / "e.h5"
     r = CliRunner().invoke(cli, ["run", str(labels_csv_dir), "--out", str(out), "--model", str(tiny_siglip_dir),

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from classify.loss import MaskedBCE, keras, masked_bce
+from woundscore.classify.loss import MaskedBCE, keras, masked_bce
 
 torch = pytest.importorskip("torch")
 

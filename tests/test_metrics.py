@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from compare import metrics as M
+from woundscore.compare import metrics as M
 
 LABELS = ("a", "b", "c")
 

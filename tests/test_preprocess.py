@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from embed.preprocess import (
+from woundscore.embed.preprocess import (
     ImageDecodeError,
     PreprocessConfigError,
     PreprocessSpec,

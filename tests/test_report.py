@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache.schema import LABEL_NAMES
-from cache.types import EmbeddingSet
-from compare.predictions import read_predictions, write_predictions
-from compare.report import ReportError, run_comparison
+from woundscore.cache.schema import LABEL_NAMES
+from woundscore.cache.types import EmbeddingSet
+from woundscore.compare.predictions import read_predictions, write_predictions
+from woundscore.compare.report import ReportError, run_comparison
 
 HOSTILE_ID = "<script>alert(1)</script>.jpg"
 HOSTILE_METHOD = "<img src=x onerror=alert(2)>"
@@ -344,7 +344,7 @@ def test_label_rows_follow_the_schema_order(trained):
 
 
 def test_zero_shot_scores_the_caches_own_test_images(tmp_path, mini_release, tiny_siglip_dir):
-    from embed.run import run_embedding
+    from woundscore.embed.run import run_embedding
 
     cache = tmp_path / "emb.h5"
     run_embedding(mini_release, cache, model=tiny_siglip_dir, quiet=True)
@@ -400,7 +400,7 @@ def test_tiny_test_split_reports_what_it_can_and_says_why_not_the_rest(tmp_path)
 
 
 def test_predictions_round_trip_exactly_with_sidecar(tmp_path):
-    from compare.predictions import read_predictions_meta
+    from woundscore.compare.predictions import read_predictions_meta
 
     rng = np.random.default_rng(0)
     P = rng.random((5, 6))
@@ -445,7 +445,7 @@ def test_predictions_round_trip_exactly_with_sidecar(tmp_path):
     ],
 )
 def test_bad_predictions_files_name_file_line_and_field(tmp_path, text, message):
-    from compare.predictions import PredictionsError
+    from woundscore.compare.predictions import PredictionsError
 
     p = tmp_path / "p.csv"
     p.write_text(text)
@@ -455,7 +455,7 @@ def test_bad_predictions_files_name_file_line_and_field(tmp_path, text, message)
 
 
 def test_write_predictions_refuses_bad_arrays(tmp_path):
-    from compare.predictions import PredictionsError
+    from woundscore.compare.predictions import PredictionsError
 
     with pytest.raises(PredictionsError, match=r"probabilities must have shape \(2, 6\), got \(2, 5\)"):
         write_predictions(tmp_path / "p.csv", ["a", "b"], np.zeros((2, 5)))

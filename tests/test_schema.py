@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from cache.schema import (
+from woundscore.cache.schema import (
     EXTRA_NAMES,
     FIELD_ALIASES,
     LABEL_NAMES,

@@ -13,9 +13,9 @@ SECRET = "hf_woundscoreTESTsecret0123456789"
 
 
 def test_token_never_printed_or_written(tmp_path: Path, mini_release: Path, tiny_siglip_dir: Path, monkeypatch) -> None:
-    from classify.cli import cli as classify_cli
-    from compare.cli import cli as compare_cli
-    from embed.cli import cli as embed_cli
+    from woundscore.classify.cli import cli as classify_cli
+    from woundscore.compare.cli import cli as compare_cli
+    from woundscore.embed.cli import cli as embed_cli
 
     monkeypatch.setenv("HF_TOKEN", SECRET)
     runner = CliRunner()

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cache.schema import LABEL_NAMES, LabelError, LabelValueError, encode_annotations
-from embed.sources import (
+from woundscore.cache.schema import LABEL_NAMES, LabelError, LabelValueError, encode_annotations
+from woundscore.embed.sources import (
     ImageReadError,
     Sample,
     SourceError,
@@ -21,7 +21,7 @@ from embed.sources import (
     open_source,
     read_release,
 )
-from embed.synthetic import make_release_images, write_release
+from woundscore.embed.synthetic import make_release_images, write_release
 
 B1 = base64.b64encode(b"\xff\xd8image-one").decode()
 B2 = base64.b64encode(b"\xff\xd8image-two").decode()

@@ -7,10 +7,10 @@ import json
 import numpy as np
 from click.testing import CliRunner
 
-from cache.schema import LABEL_NAMES, encode_annotations
-from embed.cli import cli
-from embed.sources import source_stats
-from embed.synthetic import ReleaseImage, make_release_images, write_release
+from woundscore.cache.schema import LABEL_NAMES, encode_annotations
+from woundscore.embed.cli import cli
+from woundscore.embed.sources import source_stats
+from woundscore.embed.synthetic import ReleaseImage, make_release_images, write_release
 from tests.fixtures_data import MINI_RELEASE_IMAGES
 
 

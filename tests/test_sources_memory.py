@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from embed.synthetic import make_large_release
+from woundscore.embed.synthetic import make_large_release
 
 REPO = Path(__file__).resolve().parents[1]
 
 MEASURE = """
 import json, resource, sys
-from embed.sources import open_source
+from woundscore.embed.sources import open_source
 import numpy
 def rss_kb():
     # VmHWM: this process's peak RSS in KiB. ru_maxrss would do, except that Linux carries the

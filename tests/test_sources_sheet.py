@@ -8,9 +8,9 @@ from collections import Counter
 import numpy as np
 from click.testing import CliRunner
 
-from cache.schema import LABEL_NAMES
-from embed.cli import cli
-from embed.sources import read_annotation_sheet, source_stats
+from woundscore.cache.schema import LABEL_NAMES
+from woundscore.embed.cli import cli
+from woundscore.embed.sources import read_annotation_sheet, source_stats
 
 # From the README's table "Counts over all 686 images" (pos, neg, missing).
 EXPECTED = {

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from cache.schema import LABEL_NAMES, encode_annotations
-from embed.sources import open_source
-from embed.synthetic import (
+from woundscore.cache.schema import LABEL_NAMES, encode_annotations
+from woundscore.embed.sources import open_source
+from woundscore.embed.synthetic import (
     URGENCY_TEXT,
     make_labels_csv_folder,
     make_release,
@@ -129,10 +129,10 @@ def test_make_release_default_size_reads(tmp_path: Path):
 
 def test_generated_release_marks_itself_and_the_cache_repeats_it(tmp_path, tiny_siglip_dir) -> None:
     """Whatever is made from generated images says so: the source's notice reaches the cache."""
-    from cache.store import read_cache
-    from embed.run import run_embedding
-    from embed.sources import open_source
-    from embed.synthetic import GENERATED_NOTICE, make_release
+    from woundscore.cache.store import read_cache
+    from woundscore.embed.run import run_embedding
+    from woundscore.embed.sources import open_source
+    from woundscore.embed.synthetic import GENERATED_NOTICE, make_release
 
     rel = make_release(tmp_path / "rel", 12, seed=1, image_size=(32, 32))
     assert open_source(rel).notice == GENERATED_NOTICE

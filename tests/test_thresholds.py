@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cache.schema import LABEL_NAMES
-from classify.thresholds import (
+from woundscore.cache.schema import LABEL_NAMES
+from woundscore.classify.thresholds import (
     ThresholdError,
     applied_thresholds,
     choose_thresholds,

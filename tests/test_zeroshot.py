@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from cache.schema import LABEL_NAMES
-from compare.cli import cli
-from compare.zeroshot import MAX_TEXT_LENGTH, PROMPTS, ZeroShotError, ZeroShotModel, tokenize_prompts
+from woundscore.cache.schema import LABEL_NAMES
+from woundscore.compare.cli import cli
+from woundscore.compare.zeroshot import MAX_TEXT_LENGTH, PROMPTS, ZeroShotError, ZeroShotModel, tokenize_prompts
 
 SHARED_TOKENIZER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medsiglip_tokenizer"
 
@@ -40,7 +40,7 @@ def test_prompt_table_covers_every_label_with_a_contrasting_pair() -> None:
 def test_real_prompts_tokenize_padded_to_64_within_the_vocabulary(where: str) -> None:
     from transformers import AutoTokenizer
 
-    from embed.tiny import ASSETS
+    from woundscore.embed.tiny import ASSETS
 
     folder = SHARED_TOKENIZER if where == "shared" else ASSETS
     if not (folder / "spiece.model").is_file():
@@ -64,8 +64,8 @@ def test_real_prompts_tokenize_padded_to_64_within_the_vocabulary(where: str) ->
 def test_scores_equal_softmax_over_siglip_pair_logits(zs_model: ZeroShotModel, tiny_siglip_dir: Path) -> None:
     from transformers import AutoTokenizer, SiglipModel
 
-    from compare.zeroshot import zero_shot_probabilities
-    from embed.preprocess import preprocess, resolve_spec
+    from woundscore.compare.zeroshot import zero_shot_probabilities
+    from woundscore.embed.preprocess import preprocess, resolve_spec
 
     images = _images(3)
     P = zero_shot_probabilities(zs_model, images, batch_size=2)
@@ -88,8 +88,8 @@ def test_scores_equal_softmax_over_siglip_pair_logits(zs_model: ZeroShotModel, t
 
 
 def test_source_scoring_by_split_and_by_cache_ids(zs_model: ZeroShotModel, mini_release: Path) -> None:
-    from compare.zeroshot import zero_shot_probabilities, zero_shot_source
-    from embed.sources import open_source
+    from woundscore.compare.zeroshot import zero_shot_probabilities, zero_shot_source
+    from woundscore.embed.sources import open_source
 
     test = [s for s in open_source(mini_release).samples() if s.split == "test"]
     res = zero_shot_source(mini_release, zs_model, split="test", batch_size=4)
@@ -108,8 +108,8 @@ def test_source_scoring_by_split_and_by_cache_ids(zs_model: ZeroShotModel, mini_
 def test_zero_shot_cli_writes_predictions_and_refuses_a_vision_only_checkpoint(
     tiny_siglip_dir: Path, mini_release: Path, tmp_path: Path
 ) -> None:
-    from compare.predictions import read_predictions, read_predictions_meta
-    from embed.tiny import build_tiny_siglip
+    from woundscore.compare.predictions import read_predictions, read_predictions_meta
+    from woundscore.embed.tiny import build_tiny_siglip
 
     out = tmp_path / "zs.csv"
     r = CliRunner().invoke(cli, ["zero-shot", str(mini_release), "--out", str(out), "--model", str(tiny_siglip_dir),

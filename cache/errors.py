@@ -1,0 +1,9 @@
+"""The one exception root: every error woundscore raises on purpose derives from it.
+
+Each command line catches ``WoundscoreError`` once and turns it into ``Error: <message>`` with a
+non-zero exit code; anything else is a bug and keeps its traceback.
+"""
+
+
+class WoundscoreError(Exception):
+    """Base of woundscore's named errors; the message names the file, row or value at fault."""
