@@ -35,6 +35,9 @@ from woundscore.cache.errors import WoundscoreError
 SCHEMA_VERSION = 1
 MISSING = -1
 
+#: The dataset's fixed splits, in report order ("" = a row without a split).
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
 #: The six labels, in the order of every ``(n, 6)`` array in the project.
 LABEL_NAMES: tuple[str, ...] = (
     "healing_status",
@@ -233,3 +236,17 @@ def pos_weight(Y: np.ndarray) -> np.ndarray:
     neg = (Y == 0).sum(axis=0).astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(pos > 0, neg / np.maximum(pos, 1), np.nan)
+
+
+def training_pos_weight(Y: np.ndarray) -> np.ndarray:
+    """(6,) :func:`pos_weight` with 1.0 where a label has no positive (its positive term is empty
+    then, so the weight does not matter): what the loss and the probe's class weights use."""
+    pw = pos_weight(Y)
+    return np.where(np.isfinite(pw), pw, 1.0)
+
+
+def label_counts(Y: np.ndarray) -> dict[str, dict[str, int]]:
+    """Per label of ``Y`` (n, 6): ``{"pos", "neg", "missing"}`` counts (missing = -1 entries)."""
+    Y = np.asarray(Y)
+    return {name: {"pos": int((Y[:, j] == 1).sum()), "neg": int((Y[:, j] == 0).sum()),
+                   "missing": int((Y[:, j] == MISSING).sum())} for j, name in enumerate(LABEL_NAMES)}

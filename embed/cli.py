@@ -6,7 +6,33 @@ Each command is a thin adapter over one library function; library errors become
 
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import click
+
+from woundscore.embed.runtime import DEFAULT_MODEL
+
+F = TypeVar("F", bound=Callable)
+
+
+def encoder_options(*, model_help: str = "Hub id (gated: accept the terms, then `hf auth login`) or a local "
+                                      "checkpoint folder.", dtype: bool = True) -> Callable[[F], F]:
+    """The --model/--revision/--device[/--dtype] options of every command that loads MedSigLIP."""
+    opts = [click.option("--model", default=DEFAULT_MODEL, show_default=True, help=model_help),
+            click.option("--revision", default=None, help="Hub branch, tag or commit (the commit loaded is recorded)."),
+            click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)]
+    if dtype:
+        opts.append(click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+                                 default="auto", show_default=True,
+                                 help="auto: bfloat16 on GPUs and CPUs with native bf16, float16 on older GPUs "
+                                      "(T4), else float32."))
+
+    def decorate(f: F) -> F:
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return decorate
 
 
 @click.group()
@@ -55,15 +81,9 @@ def stats_command(source: str, as_json: bool) -> None:
 @click.argument("source", type=click.Path(exists=True, path_type=str))
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="The cache (.h5) to create or append to.")
-@click.option("--model", default="google/medsiglip-448", show_default=True,
-              help="Hub id (gated: accept the terms, then `hf auth login`) or a local checkpoint folder.")
-@click.option("--revision", default=None, help="Hub branch, tag or commit (the commit loaded is recorded).")
+@encoder_options()
 @click.option("--batch-size", type=click.IntRange(min=1), default=None,
               help="Images per forward pass and per durable write [default: 32 on GPU, 4 on CPU].")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-              show_default=True,
-              help="auto: bfloat16 on GPUs and CPUs with native bf16, float16 on older GPUs (T4), else float32.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Decode/preprocess worker processes [default: cores-1, at most 4; 0 = in process].")
 @click.option("--strict", is_flag=True, help="Stop at the first image that cannot be embedded.")
