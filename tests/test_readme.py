@@ -18,7 +18,7 @@ def test_cli_reference_is_generated_from_help() -> None:
     text = README.read_text()
     assert START in text and END in text, "README lacks the CLI reference markers"
     section = text[text.index(START) : text.index(END) + len(END)]
-    assert section == render(), "README's CLI reference is stale: run `python -m tests.cli_reference`"
+    assert section == render(), "README's CLI reference is stale: run `python -m tests.cli_reference` (it rewrites the section)"
 
 
 def test_every_command_is_in_the_reference_with_an_example() -> None:
