@@ -50,7 +50,7 @@ import json, sys, time
 import numpy as np
 from woundscore.classify._keras import import_keras
 from woundscore.classify.loss import MaskedBCE
-from woundscore.classify.models import MLPClassifier, build_mlp, training_pos_weight
+from woundscore.classify.models import KerasMLPClassifier, build_mlp, training_pos_weight
 from woundscore.classify.synthetic import synthetic_embedding_set
 keras = import_keras()
 import torch
@@ -66,7 +66,7 @@ m.fit(tr.X, Y, batch_size=32, epochs=1, verbose=0)  # warm-up (builds the train 
 t = time.perf_counter()
 m.fit(tr.X, Y, batch_size=32, epochs=epochs, verbose=0, validation_data=(va.X, va.Y.astype("float32")))
 keras_s = (time.perf_counter() - t) / epochs
-ours = MLPClassifier(max_epochs=epochs + 1, patience=10**6, n_threads=int(sys.argv[2])).fit(tr.X, tr.Y, va.X, va.Y)
+ours = KerasMLPClassifier(max_epochs=epochs + 1, patience=10**6, n_threads=int(sys.argv[2])).fit(tr.X, tr.Y, va.X, va.Y)
 ours_s = sum(h["seconds"] for h in ours.history_[1:]) / epochs
 print(json.dumps({"keras_fit_epoch_s": keras_s, "ours_epoch_s": ours_s}))
 """

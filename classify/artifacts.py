@@ -147,17 +147,17 @@ def save_model_dir(
 ) -> Path:
     """Write a model folder atomically: built beside ``out_dir``, then renamed into place.
 
-    ``estimator`` is a fitted MLPClassifier (saved as model.keras) or LogisticProbe (probe.json).
+    ``estimator`` is a fitted KerasMLPClassifier (saved as model.keras) or LogisticProbe (probe.json).
     An existing non-empty ``out_dir`` is refused unless ``overwrite``; it is only replaced once the
     new folder is complete, so a failure leaves the old model as it was.
     """
-    from woundscore.classify.models import LogisticProbe, MLPClassifier
+    from woundscore.classify.models import LogisticProbe, KerasMLPClassifier
 
     out = check_writable(out_dir, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        if isinstance(estimator, MLPClassifier):
+        if isinstance(estimator, KerasMLPClassifier):
             with warnings.catch_warnings():  # numpy 2 nags about Keras's __array__; harmless
                 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"keras\.")
                 estimator.model_.save(tmp / KERAS_FILE)
@@ -267,7 +267,7 @@ def load_model_dir(path: str | os.PathLike) -> LoadedModel:
     if kind == "mlp":
         from woundscore.classify._keras import import_keras
         from woundscore.classify import loss as _loss  # noqa: F401  (registers woundscore>MaskedBCE)
-        from woundscore.classify.models import MLPClassifier
+        from woundscore.classify.models import KerasMLPClassifier
 
         keras = import_keras()
         f = p / KERAS_FILE
@@ -277,7 +277,7 @@ def load_model_dir(path: str | os.PathLike) -> LoadedModel:
             model = keras.models.load_model(f, safe_mode=True)
         except Exception as exc:  # keras raises ValueError/TypeError/OSError/zipfile errors
             raise ArtifactError(f"{f}: cannot load ({type(exc).__name__}: {exc})") from None
-        estimator: Any = MLPClassifier.from_keras(model, **prov.get("hyperparameters", {}))
+        estimator: Any = KerasMLPClassifier.from_keras(model, **prov.get("hyperparameters", {}))
     elif kind == "logreg":
         from woundscore.classify.models import ClassifierInputError, LogisticProbe
 

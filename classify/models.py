@@ -3,11 +3,11 @@
 ``__init__`` stores its arguments only; ``fit(X, Y, X_val=None, Y_val=None)`` returns self; fitted
 attributes end in ``_``; ``predict_proba(X)`` returns (n, 6) float64 probabilities.
 
-- :class:`MLPClassifier`: Google's data-efficient head on foundation-model embeddings: Dense(512,
+- :class:`KerasMLPClassifier`: Google's data-efficient head on foundation-model embeddings: Dense(512,
   relu, L2 1e-5 on kernel and bias) -> Dropout(0.05) -> Dense(256, relu, L2 1e-5) ->
   Dropout(0.10) -> Dense(6) logits, Adam 1e-4, batch 32, masked pos_weight BCE, early stopping on
   the validation macro ROC AUC with the best weights restored. A real Keras model (saved as
-  ``.keras``), trained by a tight torch loop (see ``MLPClassifier.fit``).
+  ``.keras``), trained by a tight torch loop (see ``KerasMLPClassifier.fit``).
 - :class:`LogisticProbe`: one L2-regularised logistic regression per label on that label's
   observed rows (scikit-learn, standardised inputs, class weight = pos_weight), weights exported
   as plain numbers (``to_dict`` / ``from_dict``): no pickle.
@@ -229,7 +229,7 @@ class _KerasAdam:
         return opt
 
 
-class MLPClassifier:
+class KerasMLPClassifier:
     """Keras MLP on embeddings, masked pos_weight BCE, early stopping on validation macro AUC.
 
     Args:
@@ -279,7 +279,7 @@ class MLPClassifier:
         return {k: getattr(self, k) for k in ("hidden", "dropout", "l2", "learning_rate", "batch_size",
                                               "max_epochs", "patience", "seed", "n_threads")}
 
-    def fit(self, X: Any, Y: Any, X_val: Any = None, Y_val: Any = None) -> "MLPClassifier":
+    def fit(self, X: Any, Y: Any, X_val: Any = None, Y_val: Any = None) -> "KerasMLPClassifier":
         """Train on (n, d) embeddings ``X`` and (n, 6) labels ``Y`` (1 / 0 / -1).
 
         Early stopping watches (X_val, Y_val); the best epoch's weights are restored (the saved
@@ -382,7 +382,7 @@ class MLPClassifier:
     def decision_function(self, X: Any) -> np.ndarray:
         """(n, d) -> (n, 6) float64 logits, computed by the Keras model (inference mode)."""
         if not hasattr(self, "model_"):
-            raise NotFittedError("MLPClassifier is not fitted: call fit first")
+            raise NotFittedError("KerasMLPClassifier is not fitted: call fit first")
         X, _ = _check_xy(X, None, n_features=self.n_features_in_)
         return keras_logits(self.model_, X)
 
@@ -391,7 +391,7 @@ class MLPClassifier:
         return _sigmoid(self.decision_function(X))
 
     @classmethod
-    def from_keras(cls, model: Any, **params: Any) -> "MLPClassifier":
+    def from_keras(cls, model: Any, **params: Any) -> "KerasMLPClassifier":
         """A fitted classifier around a loaded Keras model (artifacts.load_model_dir)."""
         self = cls(**params)
         self.model_ = model
@@ -571,7 +571,7 @@ class LogisticProbe:
 __all__ = [
     "ClassifierInputError",
     "LogisticProbe",
-    "MLPClassifier",
+    "KerasMLPClassifier",
     "NotFittedError",
     "build_mlp",
     "keras_logits",

@@ -40,15 +40,15 @@ class TrainResult:
 
 def make_estimator(model: str, *, seed: int = 0, max_epochs: int | None = None, patience: int | None = None,
                    on_epoch: Callable[[dict], None] | None = None, **params: Any) -> Any:
-    """An unfitted MLPClassifier ("mlp") or LogisticProbe ("logreg")."""
-    from woundscore.classify.models import LogisticProbe, MLPClassifier
+    """An unfitted KerasMLPClassifier ("mlp") or LogisticProbe ("logreg")."""
+    from woundscore.classify.models import LogisticProbe, KerasMLPClassifier
 
     if model == "mlp":
         if max_epochs is not None:
             params["max_epochs"] = max_epochs
         if patience is not None:
             params["patience"] = patience
-        return MLPClassifier(seed=seed, on_epoch=on_epoch, **params)
+        return KerasMLPClassifier(seed=seed, on_epoch=on_epoch, **params)
     if model == "logreg":
         return LogisticProbe(seed=seed, **params)
     raise TrainDataError(f"unknown model {model!r}; choose one of {', '.join(MODEL_KINDS)}")
@@ -75,7 +75,7 @@ def train_on_set(
         out_dir: the model folder to write (see classify.artifacts).
         model: "mlp" or "logreg". seed: seeds weights, dropout and shuffling.
         target_sensitivity: of the safety rule for urgency and infection_risk.
-        max_epochs, patience: MLP early stopping (defaults of MLPClassifier when None).
+        max_epochs, patience: MLP early stopping (defaults of KerasMLPClassifier when None).
         source: where ``es`` came from, for messages and provenance.
     """
     t0 = time.perf_counter()

@@ -366,7 +366,7 @@ def _make_probe(seed: int, params: Mapping[str, Any] | None) -> Callable[[], Any
 
 def _make_mlp(seed: int, params: Mapping[str, Any] | None) -> Callable[[], Any]:
     def make():
-        from woundscore.classify.models import MLPClassifier
+        from woundscore.classify.models import KerasMLPClassifier
 
         try:  # Keras (seconds to import) before the clock starts: train time is training
             from woundscore.classify._keras import import_keras
@@ -374,7 +374,7 @@ def _make_mlp(seed: int, params: Mapping[str, Any] | None) -> Callable[[], Any]:
             pass
         else:
             import_keras()
-        return MLPClassifier(**{"seed": seed, **(params or {})})
+        return KerasMLPClassifier(**{"seed": seed, **(params or {})})
 
     return make
 
@@ -430,7 +430,7 @@ def run_comparison(
         zero_shot: False skips zero-shot.
         n_boot, seed: bootstrap resamples and the seed of every random choice (training too).
         methods: which of ("probe", "mlp") to train here.
-        probe_params, mlp_params: extra constructor arguments of LogisticProbe / MLPClassifier.
+        probe_params, mlp_params: extra constructor arguments of LogisticProbe / KerasMLPClassifier.
 
     Raises:
         ReportError, compare.predictions.PredictionsError, cache errors. Predictions files are

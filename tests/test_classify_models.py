@@ -1,4 +1,4 @@
-"""MLPClassifier and LogisticProbe: sklearn face, planted signal learned, seeded reproducibility,
+"""KerasMLPClassifier and LogisticProbe: sklearn face, planted signal learned, seeded reproducibility,
 the fast training loop computes what the Keras model computes."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from woundscore.classify.metrics import macro_auc, roc_auc
 from woundscore.classify.models import (
     ClassifierInputError,
     LogisticProbe,
-    MLPClassifier,
+    KerasMLPClassifier,
     NotFittedError,
     _run_program,
     _torch_program,
@@ -33,16 +33,16 @@ def data():
 @pytest.fixture(scope="module")
 def mlp(data):
     tr, va, _ = data
-    return MLPClassifier(max_epochs=EPOCHS, patience=EPOCHS, seed=0).fit(tr.X, tr.Y, va.X, va.Y)
+    return KerasMLPClassifier(max_epochs=EPOCHS, patience=EPOCHS, seed=0).fit(tr.X, tr.Y, va.X, va.Y)
 
 
 def test_init_only_stores_arguments() -> None:
-    m = MLPClassifier(max_epochs=7, seed=5)
+    m = KerasMLPClassifier(max_epochs=7, seed=5)
     assert m.max_epochs == 7 and m.seed == 5
     assert not [k for k in vars(m) if k.endswith("_")]
-    params = inspect.signature(MLPClassifier).parameters
-    assert set(MLPClassifier().get_params()) <= set(params)
-    with pytest.raises(NotFittedError, match="MLPClassifier is not fitted: call fit first"):
+    params = inspect.signature(KerasMLPClassifier).parameters
+    assert set(KerasMLPClassifier().get_params()) <= set(params)
+    with pytest.raises(NotFittedError, match="KerasMLPClassifier is not fitted: call fit first"):
         m.predict_proba(np.zeros((1, 32), np.float32))
     with pytest.raises(NotFittedError, match="LogisticProbe is not fitted: call fit first"):
         LogisticProbe().predict_proba(np.zeros((1, 32), np.float32))
@@ -78,7 +78,7 @@ def test_pos_weight_is_neg_over_pos_of_observed_training_rows(mlp, data) -> None
 
 def test_same_seed_same_probabilities_other_seed_differs(data) -> None:
     tr, va, te = data
-    fit = lambda seed: MLPClassifier(max_epochs=3, seed=seed).fit(tr.X, tr.Y, va.X, va.Y).predict_proba(te.X)
+    fit = lambda seed: KerasMLPClassifier(max_epochs=3, seed=seed).fit(tr.X, tr.Y, va.X, va.Y).predict_proba(te.X)
     a, b, c = fit(11), fit(11), fit(12)
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
@@ -118,7 +118,7 @@ def test_architecture_is_googles_data_efficient_head(mlp) -> None:
 
 def test_without_validation_all_epochs_run(data) -> None:
     tr, _, _ = data
-    m = MLPClassifier(max_epochs=2).fit(tr.X, tr.Y)
+    m = KerasMLPClassifier(max_epochs=2).fit(tr.X, tr.Y)
     assert m.monitor_ == "none" and len(m.history_) == 2 and m.best_epoch_ == 2
 
 
@@ -150,15 +150,15 @@ def test_bad_inputs_name_the_argument_row_and_value(data) -> None:
     Y = tr.Y.copy()
     Y[4, 3] = 2
     with pytest.raises(ClassifierInputError, match=r"^Y row 4, label 'infection_risk': value 2 is not 1, 0 or -1$"):
-        MLPClassifier(max_epochs=1).fit(tr.X, Y)
+        KerasMLPClassifier(max_epochs=1).fit(tr.X, Y)
     X = tr.X.copy()
     X[7, 1] = np.nan
     with pytest.raises(ClassifierInputError, match=r"^X has a non-finite value at row 7, column 1$"):
         LogisticProbe().fit(X, tr.Y)
     with pytest.raises(ClassifierInputError, match=r"^X_val has 31 features, the model was fitted on 32$"):
-        MLPClassifier(max_epochs=1).fit(tr.X, tr.Y, va.X[:, :31], va.Y)
+        KerasMLPClassifier(max_epochs=1).fit(tr.X, tr.Y, va.X[:, :31], va.Y)
     with pytest.raises(ClassifierInputError, match=r"^pass both X_val and Y_val, or neither$"):
-        MLPClassifier(max_epochs=1).fit(tr.X, tr.Y, va.X)
+        KerasMLPClassifier(max_epochs=1).fit(tr.X, tr.Y, va.X)
 
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # Keras get/set_weights on numpy 2
