@@ -1,7 +1,7 @@
 """woundscore: a phone photo of a surgical wound -> six calibrated clinical scores.
 
-The repository root is this package (``pyproject.toml`` maps it), so the four stage folders install
-as ``woundscore.cache`` <- ``woundscore.embed`` <- ``woundscore.classify`` <- ``woundscore.compare``.
+The four stage folders at the repository root install under this package (``pyproject.toml`` maps them):
+``woundscore.cache`` <- ``woundscore.embed`` <- ``woundscore.classify`` <- ``woundscore.compare``.
 
 Public names::
 
