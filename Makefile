@@ -11,7 +11,7 @@ DEMO_OUT ?= demo_out
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install --upgrade pip 'setuptools>=68'  # the wheel test builds without isolation
 	$(PY) -m pip install $(TORCH_PINS)
 	$(PY) -m pip install -e '.[test]'
 	touch $@
