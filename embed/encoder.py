@@ -11,23 +11,25 @@ Never ``trust_remote_code``; weights only from ``*.safetensors`` (no pickle).
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import hashlib
-import json
 import logging
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from woundscore.cache.errors import WoundscoreError
+from woundscore.cache.util import package_versions
 from woundscore.embed.preprocess import PreprocessSpec, load_image, preprocess, resolve_spec
-from woundscore.embed.runtime import (DEFAULT_MODEL, EncoderLoadError, checkpoint_notice, cpu_has_native_bf16, default_batch_size,
-                                      quiet_transformers, resolve_device, resolve_dtype)
+# Re-exported: callers import these from the encoder (one implementation, in runtime).
+from woundscore.embed.runtime import (DEFAULT_MODEL, EncoderLoadError, checkpoint_notice, cpu_has_native_bf16,
+                                      default_batch_size, quiet_transformers, resolve_device, resolve_dtype)
 
+# torch, transformers and huggingface_hub are imported inside the functions that need them:
+# the readers and `--help` must not pay for them, and tests patch huggingface_hub's functions.
 if TYPE_CHECKING:
     import torch
     from PIL import Image
@@ -49,9 +51,6 @@ class NonFiniteEmbeddingError(WoundscoreError):
     """The encoder produced NaN/inf even in float32 (the rows are never written)."""
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
 @dataclass(frozen=True)
 class Checkpoint:
     """A resolved checkpoint folder. ``revision``: hub commit hash, or "local:<hash>"."""
@@ -70,8 +69,7 @@ def local_revision(folder: Path) -> str:
     """"local:" + sha256 (16 hex) of config.json and every weights file, so the same files give
     the same revision on any machine and any change of weights gives another one."""
     h = hashlib.sha256()
-    files = [folder / "config.json"] + sorted(folder.glob("*.safetensors"))
-    for f in files:
+    for f in [folder / "config.json"] + sorted(folder.glob("*.safetensors")):
         if not f.is_file():
             continue
         h.update(f.name.encode() + b"\0")
@@ -83,13 +81,8 @@ def local_revision(folder: Path) -> str:
 
 def _hub_error_message(model: str, err: Exception, *, offline: bool, cache_dir: str) -> str:
     from huggingface_hub import get_token
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
 
     page = f"https://huggingface.co/{model}"
     has_token = get_token() is not None
@@ -129,14 +122,10 @@ def _hub_error_message(model: str, err: Exception, *, offline: bool, cache_dir: 
     return f"cannot load {model}: {type(err).__name__}: {err}. " + OFFLINE_HINT
 
 
-def resolve_checkpoint(
-    model: str | Path = DEFAULT_MODEL,
-    revision: str | None = None,
-    *,
-    config_only: bool = False,
-    cache_dir: str | Path | None = None,
-) -> Checkpoint:
-    """A local folder as is, or a hub id downloaded (or found in the HF cache).
+def resolve_checkpoint(model: str | Path = DEFAULT_MODEL, revision: str | None = None, *, config_only: bool = False,
+                       cache_dir: str | Path | None = None) -> Checkpoint:
+    """A local folder as is, or a hub id downloaded (or found in the HF cache); ``config_only``
+    fetches only the config files (enough for :func:`embed.preprocess.resolve_spec`).
 
     Raises EncoderLoadError with what to do (missing folder, gated model, no token, offline).
     """
@@ -159,16 +148,10 @@ def resolve_checkpoint(
     offline = bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
     cdir = str(cache_dir) if cache_dir is not None else constants.HF_HUB_CACHE
     try:
-        path = snapshot_download(
-            model_str,
-            revision=revision,
-            cache_dir=cdir,
-            allow_patterns=_CONFIG_FILES if config_only else _EMBED_FILES,
-            local_files_only=offline,
-        )
+        path = Path(snapshot_download(model_str, revision=revision, cache_dir=cdir, local_files_only=offline,
+                                      allow_patterns=_CONFIG_FILES if config_only else _EMBED_FILES))
     except Exception as e:  # every hub failure becomes one actionable message
         raise EncoderLoadError(_hub_error_message(model_str, e, offline=offline, cache_dir=cdir)) from None
-    path = Path(path)
     # Snapshot folders are named by the commit hash: that is the revision actually loaded.
     return Checkpoint(path, model_str, path.name, "hub")
 
@@ -178,13 +161,8 @@ def _load_vision_tower(folder: Path, dtype: "torch.dtype", device: str):
 
     try:
         with quiet_transformers():
-            model, info = SiglipVisionModel.from_pretrained(
-                folder,
-                dtype=dtype,
-                attn_implementation="sdpa",
-                use_safetensors=True,
-                output_loading_info=True,
-            )
+            model, info = SiglipVisionModel.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa",
+                                                            use_safetensors=True, output_loading_info=True)
     except Exception as e:
         raise EncoderLoadError(f"cannot load the vision tower from {folder}: {type(e).__name__}: {e}") from None
     missing = sorted(info.get("missing_keys") or [])
@@ -196,25 +174,6 @@ def _load_vision_tower(folder: Path, dtype: "torch.dtype", device: str):
     if not getattr(model.config, "vision_use_head", True):
         raise EncoderLoadError(f"{folder}: the vision config has no attention-pooling head (vision_use_head=false)")
     return model.to(device).eval()
-
-
-# ----------------------------------------------------------------------------- the encoder
-
-
-def _versions() -> dict[str, str]:
-    import PIL
-    import torch
-    import transformers
-
-    out = {"torch": torch.__version__, "transformers": transformers.__version__, "pillow": PIL.__version__,
-           "numpy": np.__version__, "python": platform.python_version()}
-    try:
-        from importlib.metadata import version
-
-        out["woundscore"] = version("woundscore")
-    except Exception:
-        pass
-    return out
 
 
 class ImageEncoder:
@@ -229,37 +188,20 @@ class ImageEncoder:
         fp32_redone: number of batches redone in float32 after non-finite output.
     """
 
-    def __init__(
-        self,
-        model: Any,
-        spec: PreprocessSpec,
-        *,
-        model_id: str,
-        revision: str,
-        device: str = "cpu",
-        checkpoint_dir: Path | None = None,
-        notice: str | None = None,
-    ) -> None:
-        self._model = model
-        self.spec = spec
-        self.model_id = model_id
-        self.revision = revision
-        self.device = device
+    def __init__(self, model: Any, spec: PreprocessSpec, *, model_id: str, revision: str, device: str = "cpu",
+                 checkpoint_dir: Path | None = None, notice: str | None = None) -> None:
+        self._model, self.spec, self.model_id, self.revision, self.device = model, spec, model_id, revision, device
         self.dtype = next(model.parameters()).dtype
         self.dim = int(model.config.hidden_size)
-        self.checkpoint_dir = checkpoint_dir
-        self.notice = notice
+        self.checkpoint_dir, self.notice = checkpoint_dir, notice
         self.fp32_redone = 0
-        self._fp32_model = model if self.dtype == _torch().float32 else None
+        self._fp32_model = model if self.dtype == _float32() else None
 
-    # -- forward ---------------------------------------------------------------------------
     def _fp32(self):
         if self._fp32_model is None:
             if self.checkpoint_dir is not None:  # reload: the fp32 weights, not upcast bf16 ones
-                self._fp32_model = _load_vision_tower(self.checkpoint_dir, _torch().float32, self.device)
+                self._fp32_model = _load_vision_tower(self.checkpoint_dir, _float32(), self.device)
             else:
-                import copy
-
                 self._fp32_model = copy.deepcopy(self._model).float()
         return self._fp32_model
 
@@ -280,10 +222,8 @@ class ImageEncoder:
         feats = self._forward(self._model, pixel_values, self.device)
         finite = torch.isfinite(feats).all(dim=1)
         if not bool(finite.all()) and self.dtype != torch.float32:
-            log.warning(
-                "non-finite embedding in %s for %d of %d images: batch redone in float32",
-                str(self.dtype).replace("torch.", ""), int((~finite).sum()), len(finite),
-            )
+            log.warning("non-finite embedding in %s for %d of %d images: batch redone in float32",
+                        str(self.dtype).replace("torch.", ""), int((~finite).sum()), len(finite))
             self.fp32_redone += 1
             feats = self._forward(self._fp32(), pixel_values, self.device)
             finite = torch.isfinite(feats).all(dim=1)
@@ -298,13 +238,10 @@ class ImageEncoder:
             )
         return feats
 
-    def embed_images(
-        self, images: Sequence["bytes | str | Path | Image.Image"], *, batch_size: int | None = None
-    ) -> np.ndarray:
+    def embed_images(self, images: Sequence["bytes | str | Path | Image.Image"], *,
+                     batch_size: int | None = None) -> np.ndarray:
         """Images (bytes, paths or PIL images) -> (n, d) float32, through the one preprocessing.
-
-        Raises ImageDecodeError naming the file for an image that cannot be decoded.
-        """
+        Raises ImageDecodeError naming the file for an image that cannot be decoded."""
         import torch
 
         bs = batch_size or default_batch_size(self.device)
@@ -322,39 +259,24 @@ class ImageEncoder:
             import torch
 
             dev = f"{dev} ({torch.cuda.get_device_name(torch.device(dev))})"
-        p: dict[str, Any] = {
-            "encoder_id": self.model_id,
-            "encoder_revision": self.revision,
-            "embedding_dim": self.dim,
-            "preprocessing": self.spec.to_dict(),
-            "compute_dtype": str(self.dtype).replace("torch.", ""),
-            "device": dev,
-            "versions": _versions(),
-        }
-        if self.notice:
-            p["notice"] = self.notice
-        return p
+        p: dict[str, Any] = {"encoder_id": self.model_id, "encoder_revision": self.revision, "embedding_dim": self.dim,
+                             "preprocessing": self.spec.to_dict(), "compute_dtype": str(self.dtype).replace("torch.", ""),
+                             "device": dev, "versions": package_versions()}
+        return {**p, "notice": self.notice} if self.notice else p
 
     def __repr__(self) -> str:
         return (f"ImageEncoder({self.model_id!r}, revision={self.revision!r}, dim={self.dim}, "
                 f"dtype={self.dtype}, device={self.device!r}, size={self.spec.size})")
 
 
-def _torch():
+def _float32() -> "torch.dtype":
     import torch
 
-    return torch
+    return torch.float32
 
 
-def load_encoder(
-    model: str | Path = DEFAULT_MODEL,
-    revision: str | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    *,
-    fast_decode: bool = False,
-    cache_dir: str | Path | None = None,
-) -> ImageEncoder:
+def load_encoder(model: str | Path = DEFAULT_MODEL, revision: str | None = None, device: str = "auto",
+                 dtype: str = "auto", *, fast_decode: bool = False, cache_dir: str | Path | None = None) -> ImageEncoder:
     """Load the vision tower (+ attention-pooling head) of a SigLIP checkpoint.
 
     Args:
@@ -378,17 +300,6 @@ def load_encoder(
                         checkpoint_dir=ckpt.path, notice=checkpoint_notice(ckpt.path))
 
 
-__all__ = [
-    "DEFAULT_MODEL",
-    "Checkpoint",
-    "EncoderLoadError",
-    "ImageEncoder",
-    "NonFiniteEmbeddingError",
-    "cpu_has_native_bf16",
-    "default_batch_size",
-    "load_encoder",
-    "local_revision",
-    "resolve_checkpoint",
-    "resolve_device",
-    "resolve_dtype",
-]
+__all__ = ["DEFAULT_MODEL", "Checkpoint", "EncoderLoadError", "ImageEncoder", "NonFiniteEmbeddingError",
+           "cpu_has_native_bf16", "default_batch_size", "load_encoder", "local_revision", "resolve_checkpoint",
+           "resolve_device", "resolve_dtype"]

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 from PIL import Image, ImageOps
+
 from woundscore.cache.errors import WoundscoreError
 
 if TYPE_CHECKING:  # torch is imported lazily: `--help` and the readers must not pay for it
@@ -171,18 +172,18 @@ def _processor_config_in(folder: Path) -> tuple[dict[str, Any], str] | None:
     return None
 
 
-def resolve_spec(model: str | Path, revision: str | None = None) -> PreprocessSpec:
-    """The spec of a checkpoint: a local folder, or a hub id (downloads only the small config).
+def resolve_spec(config: str | Path | Mapping[str, Any]) -> PreprocessSpec:
+    """The spec of a checkpoint folder (its ``preprocessor_config.json``, or the image processor
+    nested in ``processor_config.json``), or of an image-processor config dict.
 
-    Raises PreprocessConfigError when the checkpoint has no image processor config.
+    Only reads a config: for a hub id, the caller resolves the folder first (e.g.
+    ``embed.encoder.resolve_checkpoint(id, config_only=True).path``).
+    Raises PreprocessConfigError when there is no image processor config.
     """
-    folder = Path(model).expanduser()
-    if not folder.is_dir():
-        # Deferred import: embed.encoder owns the hub access and its error messages.
-        from woundscore.embed.encoder import resolve_checkpoint
-
-        folder = resolve_checkpoint(str(model), revision, config_only=True).path
-    found = _processor_config_in(folder)
+    if isinstance(config, Mapping):
+        return spec_from_processor_config(config)
+    folder = Path(config).expanduser()
+    found = _processor_config_in(folder) if folder.is_dir() else None
     if found is None:
         raise PreprocessConfigError(
             f"{folder}: no preprocessor_config.json or processor_config.json with an image "
@@ -268,14 +269,8 @@ def normalize_image(im: Image.Image) -> Image.Image:
     return to_rgb(im)
 
 
-def decode_image(
-    data: bytes,
-    *,
-    origin: str = "<bytes>",
-    fast_decode: bool = False,
-    target_size: tuple[int, int] | None = None,
-    max_pixels: int = MAX_PIXELS,
-) -> Image.Image:
+def decode_image(data: bytes, *, origin: str = "<bytes>", fast_decode: bool = False,
+                 target_size: tuple[int, int] | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Image bytes -> fully decoded RGB image, EXIF-oriented.
 
     Args:
@@ -370,18 +365,6 @@ def preprocess_bytes(data: bytes, spec: PreprocessSpec, *, origin: str = "<bytes
     return preprocess(im, spec)
 
 
-__all__ = [
-    "MAX_PIXELS",
-    "ImageDecodeError",
-    "PreprocessConfigError",
-    "PreprocessSpec",
-    "decode_image",
-    "load_image",
-    "normalize_image",
-    "pad_to_square",
-    "preprocess",
-    "preprocess_bytes",
-    "resolve_spec",
-    "spec_from_processor_config",
-    "to_rgb",
-]
+__all__ = ["MAX_PIXELS", "ImageDecodeError", "PreprocessConfigError", "PreprocessSpec", "decode_image", "load_image",
+           "normalize_image", "pad_to_square", "preprocess", "preprocess_bytes", "resolve_spec",
+           "spec_from_processor_config", "to_rgb"]
