@@ -2,8 +2,8 @@
 
 Real MedSigLIP-448 vision architecture with RANDOM weights (cost does not depend on weight values),
 SiglipForImageClassification head (6 labels), AdamW on the trainable part, timed by
-``compare.prefix.step_time`` (the same SelectiveUnfreezeClassifier the fine-tune trains; it needs
-only torch and transformers, so it runs on a bare GPU box too).
+:func:`step_time` here (the same SelectiveUnfreezeClassifier the fine-tune trains; it needs only
+torch, transformers and the woundscore package, so it runs on a bare GPU box too).
 
   plain   every step: patch embedding + 27 blocks forward, backward through the last N
   prefix  once per image: patch embedding + first 27-N blocks (the cache); every step: last N
@@ -23,12 +23,105 @@ import argparse
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 warnings.filterwarnings("ignore")
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    """Measured seconds of one training step (forward + backward + AdamW) of ``batch`` images.
+
+    ``prefix_s_per_image`` is the one-time cost of the frozen part per image (0 for the plain path).
+    """
+
+    use_prefix: bool
+    unfreeze_last: int
+    batch: int
+    device: str
+    dtype: str
+    step_s: float
+    prefix_s_per_image: float
+    steps_timed: int
+
+    def epoch_s(self, n_images: int, epochs: int = 1) -> float:
+        """Seconds per epoch over ``n_images`` averaged over ``epochs`` (the prefix pass paid once)."""
+        steps = -(-n_images // self.batch)
+        return steps * self.step_s + self.prefix_s_per_image * n_images / max(epochs, 1)
+
+
+def step_time(model_config: Any = None, *, unfreeze_last: int = 4, batch: int = 4, use_prefix: bool = True,
+              pooling: str = "mean", device: str = "cpu", dtype: str = "float32", steps: int = 2, warmup: int = 1,
+              seed: int = 0) -> StepTiming:
+    """Time fine-tune steps on a randomly initialised SigLIP vision classifier.
+
+    Args:
+        model_config: a ``SiglipVisionConfig`` (default: ``embed.tiny.medsiglip_config``'s vision
+            tower) or a ``SiglipConfig``; weights are random (cost does not depend on their values).
+        use_prefix: train on precomputed prefix states (the cache) instead of pixels.
+        dtype: "float32", or "bfloat16"/"float16" for autocast mixed precision as the Trainer does.
+        steps, warmup: timed steps after ``warmup`` untimed ones.
+    """
+    # torch/transformers here: `--help` and the tables need neither.
+    import torch
+    from transformers import SiglipConfig, SiglipForImageClassification, SiglipVisionConfig
+
+    from woundscore.compare.prefix import SelectiveUnfreezeClassifier, compute_prefix
+    from woundscore.embed.runtime import quiet_transformers
+    from woundscore.embed.tiny import medsiglip_config
+
+    if model_config is None:
+        model_config = medsiglip_config(with_text=False)
+    vc = model_config if isinstance(model_config, SiglipVisionConfig) else model_config.vision_config
+    with quiet_transformers():  # the unused default text config warns about its token ids
+        config = SiglipConfig(vision_config=vc.to_dict(), num_labels=6, problem_type="multi_label_classification")
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    base = SiglipForImageClassification(config).to(dev)
+    model = SelectiveUnfreezeClassifier(base, unfreeze_last=unfreeze_last, pooling=pooling).train()
+    amp = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    pixels = torch.randn(batch, 3, vc.image_size, vc.image_size, device=dev)
+    labels = torch.randint(0, 2, (batch, 6), device=dev).float()
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    prefix_s = 0.0
+    inputs = {"pixel_values": pixels}
+    if use_prefix:
+        sync()
+        t0 = time.perf_counter()
+        inputs = {"prefix_states": compute_prefix(model, [pixels], n=batch, device=dev, autocast_dtype=amp,
+                                                  store_device=dev)}
+        sync()
+        prefix_s = (time.perf_counter() - t0) / batch
+
+    def one_step() -> None:
+        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(**inputs).logits
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        one_step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        one_step()
+    sync()
+    return StepTiming(use_prefix=use_prefix, unfreeze_last=unfreeze_last, batch=batch, device=str(dev), dtype=dtype,
+                      step_s=(time.perf_counter() - t0) / max(steps, 1), prefix_s_per_image=prefix_s,
+                      steps_timed=steps)
 
 
 def theory(L: int, N: int, epochs: int) -> dict[str, float]:
@@ -65,10 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if N >= L:  # --smoke has 4 blocks: keep a frozen prefix to cache
         N = max(1, L // 2)
     print("  " + C.RANDOM_NOTE)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo, for compare.prefix
-    from woundscore.compare.prefix import step_time  # the fine-tune's own model: one implementation
-
-    impl = "compare.prefix.step_time (SelectiveUnfreezeClassifier, SiglipForImageClassification)"
+    impl = "bench_finetune_step.step_time (compare.prefix.SelectiveUnfreezeClassifier, SiglipForImageClassification)"
     print(f"  implementation: {impl}")
     print(f"  architecture: {'SMOKE' if args.smoke else 'MedSigLIP-448 vision'} {L} blocks, last {N} trainable; "
           f"batch {args.batch}; {args.steps} timed steps after {args.warmup} warm-up; {args.device} {args.dtype}"

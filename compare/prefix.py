@@ -12,7 +12,7 @@ Cost model (MedSigLIP: 27 blocks; backward of a block ~ 2x its forward): a plain
 ~27 + 2N block-forwards, a prefix step ~3N, so N=4 bounds the per-step speed-up at
 (27 + 8) / 12 ~ 2.9x, minus the one-time prefix pass (27 - N block-forwards per image).
 
-Measured on one H200 (real architecture, random weights, N=4, ``step_time``): per step plain /
+Measured on one H200 (real architecture, random weights, N=4, ``bench/bench_finetune_step.py``): per step plain /
 prefix = 2.2x at bf16 batch 4 (31 vs 14.5 ms: batch 4 leaves the GPU launch-bound), 3.2x at bf16
 batch 8, 3.0x at fp32 batch 4; per epoch over 5 epochs with the prefix pass paid once, 1.7-2.2x.
 Equality: exact (bit for bit) in float32 on CPU (tests) and for the tiny model on GPU in bf16 and
@@ -35,13 +35,11 @@ and trains that head too.
 
 from __future__ import annotations
 
-import contextlib
-import time
-from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Literal
+from typing import Any, Iterable, Literal
 
-import torch
+import torch  # this module is the torch boundary of the fine-tune: imported only when one runs
 from torch import nn
+
 from woundscore.cache.errors import WoundscoreError
 
 POOLINGS = ("mean", "attention")
@@ -50,26 +48,6 @@ Pooling = Literal["mean", "attention"]
 
 class UnfreezeError(WoundscoreError, ValueError):
     """An unfreeze setting the model cannot satisfy (too many blocks, unknown pooling, dropout)."""
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Errors only and no progress bars from transformers while loading or saving a checkpoint.
-
-    Loading a full SigLIP checkpoint as a classifier reports the text tower as "unexpected" and
-    the new classifier as "missing" (both are the point), and the per-tensor bars are noise.
-    """
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def _output_cls():
@@ -243,137 +221,3 @@ def compute_prefix(
     if out is None or i != n:
         raise ValueError(f"compute_prefix: expected {n} images, got {i}")
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Step-time helper for bench/ (real architecture, random weights)
-
-
-def medsiglip_vision_config(**overrides: Any):
-    """SiglipVisionConfig of MedSigLIP-448 (So400m/14 at 448): 1152 hidden, 27 blocks, 1024 tokens."""
-    from transformers import SiglipVisionConfig
-
-    kw = dict(
-        hidden_size=1152,
-        intermediate_size=4304,
-        num_hidden_layers=27,
-        num_attention_heads=16,
-        patch_size=14,
-        image_size=448,
-        hidden_act="gelu_pytorch_tanh",
-        layer_norm_eps=1e-6,
-    )
-    kw.update(overrides)
-    return SiglipVisionConfig(**kw)
-
-
-@dataclass(frozen=True)
-class StepTiming:
-    """Measured seconds of one training step (forward + backward + AdamW) of ``batch`` images.
-
-    ``prefix_s_per_image`` is the one-time cost of the frozen part per image (0 for the plain path).
-    """
-
-    use_prefix: bool
-    unfreeze_last: int
-    batch: int
-    device: str
-    dtype: str
-    step_s: float
-    prefix_s_per_image: float
-    steps_timed: int
-
-    def epoch_s(self, n_images: int, epochs: int = 1) -> float:
-        """Seconds per epoch over ``n_images`` averaged over ``epochs`` (the prefix pass paid once)."""
-        steps = -(-n_images // self.batch)
-        return steps * self.step_s + self.prefix_s_per_image * n_images / max(epochs, 1)
-
-
-def step_time(
-    model_config: Any = None,
-    *,
-    unfreeze_last: int = 4,
-    batch: int = 4,
-    use_prefix: bool = True,
-    pooling: Pooling = "mean",
-    device: str = "cpu",
-    dtype: str = "float32",
-    steps: int = 2,
-    warmup: int = 1,
-    seed: int = 0,
-) -> StepTiming:
-    """Time fine-tune steps on a randomly initialised SigLIP vision classifier.
-
-    Args:
-        model_config: a ``SiglipVisionConfig`` (default :func:`medsiglip_vision_config`) or a
-            ``SiglipConfig``; weights are random (cost does not depend on their values).
-        use_prefix: train on precomputed prefix states (the cache) instead of pixels.
-        dtype: "float32", or "bfloat16"/"float16" for autocast mixed precision as the Trainer does.
-        steps, warmup: timed steps after ``warmup`` untimed ones.
-
-    Returns:
-        :class:`StepTiming` (seconds per step; the prefix pass per image for ``use_prefix``).
-    """
-    from transformers import SiglipConfig, SiglipForImageClassification, SiglipVisionConfig
-
-    if model_config is None:
-        model_config = medsiglip_vision_config()
-    if isinstance(model_config, SiglipVisionConfig):
-        vc = model_config
-    else:
-        vc = model_config.vision_config
-    with quiet_transformers():  # the unused default text config warns about its token ids
-        config = SiglipConfig(vision_config=vc.to_dict(), num_labels=6, problem_type="multi_label_classification")
-    config._attn_implementation = "sdpa"
-    torch.manual_seed(seed)
-    dev = torch.device(device)
-    base = SiglipForImageClassification(config).to(dev)
-    model = SelectiveUnfreezeClassifier(base, unfreeze_last=unfreeze_last, pooling=pooling).train()
-    amp = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-6)
-    pixels = torch.randn(batch, 3, vc.image_size, vc.image_size, device=dev)
-    labels = torch.randint(0, 2, (batch, 6), device=dev).float()
-
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    prefix_s = 0.0
-    inputs: dict[str, torch.Tensor]
-    if use_prefix:
-        sync()
-        t0 = time.perf_counter()
-        states = compute_prefix(model, [pixels], n=batch, device=dev, autocast_dtype=amp, store_device=dev)
-        sync()
-        prefix_s = (time.perf_counter() - t0) / batch
-        inputs = {"prefix_states": states}
-    else:
-        inputs = {"pixel_values": pixels}
-
-    def one_step() -> None:
-        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(**inputs).logits
-            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
-    for _ in range(warmup):
-        one_step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        one_step()
-    sync()
-    step_s = (time.perf_counter() - t0) / max(steps, 1)
-    return StepTiming(
-        use_prefix=use_prefix,
-        unfreeze_last=unfreeze_last,
-        batch=batch,
-        device=str(dev),
-        dtype=dtype,
-        step_s=step_s,
-        prefix_s_per_image=prefix_s,
-        steps_timed=steps,
-    )

@@ -14,6 +14,9 @@ shows it).
 
 Text: the checkpoint's own SentencePiece tokenizer, ``padding="max_length"``, ``max_length=64``
 (how SigLIP was trained; other padding changes the text embedding).
+
+torch and transformers are imported inside the functions: the report imports this module to
+score zero-shot only when asked.
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ import numpy as np
 
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.schema import LABEL_NAMES
+from woundscore.compare.predictions import write_predictions
+from woundscore.embed.encoder import resolve_checkpoint
+from woundscore.embed.preprocess import load_image, preprocess, preprocess_bytes, resolve_spec
+from woundscore.embed.runtime import DEFAULT_MODEL, checkpoint_notice, quiet_transformers, resolve_device
+from woundscore.embed.sources import open_source
+from woundscore.embed.tiny import ASSETS
 
 #: Per label (in ``LABEL_NAMES`` order): (positive prompt, negative prompt). Clinically worded
 #: after the SurgWound annotation questions; the negative prompt mirrors the positive one so that
@@ -115,17 +124,8 @@ class ZeroShotModel:
         import torch
         from transformers import AutoModel, AutoTokenizer
 
-        from woundscore.embed.encoder import EncoderLoadError, resolve_checkpoint
-        from woundscore.embed.preprocess import resolve_spec
-        from woundscore.embed.tiny import ASSETS
-
-        dev = _device(device)
-        try:
-            ckpt = resolve_checkpoint(str(model), revision)
-        except EncoderLoadError as e:
-            raise ZeroShotError(str(e)) from e
-        from woundscore.compare.prefix import quiet_transformers
-
+        dev = resolve_device(device)
+        ckpt = resolve_checkpoint(str(model), revision)
         try:
             with quiet_transformers():
                 net = AutoModel.from_pretrained(str(ckpt.path), attn_implementation="sdpa")
@@ -169,8 +169,8 @@ class ZeroShotModel:
             scale=scale,
             model_id=ckpt.model_id,
             revision=ckpt.revision,
-            notice=_notice(ckpt.path),
-            autocast_dtype=torch.bfloat16 if dev == "cuda" and torch.cuda.is_bf16_supported() else None,
+            notice=checkpoint_notice(ckpt.path),
+            autocast_dtype=torch.bfloat16 if dev != "cpu" and torch.cuda.is_bf16_supported() else None,
             prompts=table,
         )
 
@@ -187,25 +187,6 @@ class ZeroShotModel:
         img = img / img.norm(dim=-1, keepdim=True)
         diff = img @ self.text_pos.T - img @ self.text_neg.T  # (b, 6) cos_pos - cos_neg
         return torch.sigmoid(self.scale * diff).cpu().numpy().astype(np.float64)
-
-
-def _notice(folder: Path) -> str | None:
-    import json
-
-    try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("woundscore_notice") or None
-    except (OSError, ValueError):
-        return None
-
-
-def _device(device: str) -> str:
-    import torch
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise ZeroShotError(f"device must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ZeroShotError("--device cuda was asked for, but torch sees no CUDA GPU")
-    return "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
 
 
 def _as_model(model: Any, device: str, revision: str | None) -> ZeroShotModel:
@@ -236,8 +217,6 @@ def zero_shot_probabilities(
     """
     import torch
 
-    from woundscore.embed.preprocess import load_image, preprocess
-
     zs = _as_model(model, device, revision)
     out = []
     for start in range(0, len(images), batch_size):
@@ -259,6 +238,48 @@ class ZeroShotResult:
     meta: dict[str, Any]
 
 
+def _select(samples: list[Any], source: Any, split: str | None, ids: Sequence[str] | None) -> list[Any]:
+    """The samples of ``split`` (all with None), or those with the given image ids in their order."""
+    if ids is None:
+        chosen = [s for s in samples if split is None or s.split == split]
+    else:
+        by_id = {s.image_id: s for s in samples}
+        missing = [i for i in ids if str(i) not in by_id]
+        if missing:
+            raise ZeroShotError(f"{source}: {len(missing)} image id(s) not in the source, e.g. {missing[0]!r}")
+        chosen = [by_id[str(i)] for i in ids]
+    if not chosen:
+        raise ZeroShotError(f"{source}: no images in split {split!r}")
+    return chosen
+
+
+def _score(zs: ZeroShotModel, chosen: list[Any], batch_size: int, quiet: bool,
+           ) -> tuple[list[str], np.ndarray, list[dict[str, str]], float]:
+    """(scored ids, (n, 6) probabilities, skipped [{"image_id", "reason"}], seconds in the model)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    kept_ids: list[str] = []
+    probs: list[np.ndarray] = []
+    skipped: list[dict[str, str]] = []
+    score_s = 0.0
+    with tqdm(total=len(chosen), desc="zero-shot", unit="img", disable=quiet) as bar:
+        for start in range(0, len(chosen), batch_size):
+            pixels = []
+            for s in chosen[start : start + batch_size]:
+                try:
+                    pixels.append(preprocess_bytes(s.read_bytes(), zs.spec, origin=s.origin))
+                    kept_ids.append(s.image_id)
+                except Exception as e:  # noqa: BLE001 - ImageReadError / ImageDecodeError
+                    skipped.append({"image_id": s.image_id, "reason": str(e) or type(e).__name__})
+            if pixels:
+                t0 = time.perf_counter()
+                probs.append(zs.probabilities_from_pixels(torch.stack(pixels)))
+                score_s += time.perf_counter() - t0
+            bar.update(len(chosen[start : start + batch_size]))
+    return kept_ids, np.concatenate(probs) if probs else np.zeros((0, len(LABEL_NAMES))), skipped, score_s
+
+
 def zero_shot_source(
     source: str | os.PathLike,
     model: "str | os.PathLike | ZeroShotModel",
@@ -277,50 +298,12 @@ def zero_shot_source(
     Raises:
         ZeroShotError (unknown ids, empty selection), embed.sources.SourceError.
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    from woundscore.embed.preprocess import preprocess_bytes
-    from woundscore.embed.sources import open_source
-
     src = open_source(source)
-    samples = src.samples()
-    if ids is not None:
-        by_id = {s.image_id: s for s in samples}
-        missing = [i for i in ids if str(i) not in by_id]
-        if missing:
-            raise ZeroShotError(
-                f"{src.path}: {len(missing)} image id(s) not in the source, e.g. {missing[0]!r}"
-            )
-        chosen = [by_id[str(i)] for i in ids]
-    else:
-        chosen = [s for s in samples if split is None or s.split == split]
-    if not chosen:
-        raise ZeroShotError(f"{src.path}: no images in split {split!r}")
+    chosen = _select(src.samples(), src.path, split, ids)
     t_load = time.perf_counter()
     zs = _as_model(model, device, revision)
     load_s = time.perf_counter() - t_load
-    kept_ids: list[str] = []
-    probs: list[np.ndarray] = []
-    skipped: list[dict[str, str]] = []
-    score_s = 0.0
-    bar = tqdm(total=len(chosen), desc="zero-shot", unit="img", disable=quiet)
-    for start in range(0, len(chosen), batch_size):
-        pixels, names = [], []
-        for s in chosen[start : start + batch_size]:
-            try:
-                pixels.append(preprocess_bytes(s.read_bytes(), zs.spec, origin=s.origin))
-                names.append(s.image_id)
-            except Exception as e:  # noqa: BLE001 - ImageReadError / ImageDecodeError
-                skipped.append({"image_id": s.image_id, "reason": str(e) or type(e).__name__})
-        if pixels:
-            t0 = time.perf_counter()
-            probs.append(zs.probabilities_from_pixels(torch.stack(pixels)))
-            score_s += time.perf_counter() - t0
-            kept_ids.extend(names)
-        bar.update(len(chosen[start : start + batch_size]))
-    bar.close()
-    P = np.concatenate(probs) if probs else np.zeros((0, len(LABEL_NAMES)))
+    kept_ids, P, skipped, score_s = _score(zs, chosen, batch_size, quiet)
     meta = {
         "method": "zero-shot MedSigLIP (positive vs negative prompt per label)",
         "train_seconds": 0.0,
@@ -346,7 +329,7 @@ def run_zero_shot(
     source: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    model: str | os.PathLike = "google/medsiglip-448",
+    model: str | os.PathLike = DEFAULT_MODEL,
     split: str = "test",
     device: str = "auto",
     batch_size: int = 8,
@@ -354,8 +337,6 @@ def run_zero_shot(
     quiet: bool = False,
 ) -> ZeroShotResult:
     """Score a split of ``source`` and write ``out`` (predictions CSV) + its ``.json`` sidecar."""
-    from woundscore.compare.predictions import write_predictions
-
     res = zero_shot_source(
         source, model, split=split, device=device, batch_size=batch_size, revision=revision, quiet=quiet
     )

@@ -297,12 +297,19 @@ def test_finetune_refuses_too_many_blocks(tiny_dir: Path, mini_release: Path, tm
     )
 
 
-def test_step_time_runs_both_paths_on_a_small_config() -> None:
-    from woundscore.compare.finetune import step_time
-    from woundscore.compare.prefix import medsiglip_vision_config
+def test_step_time_runs_both_paths_on_a_small_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/bench_finetune_step.py's step timer (bench-only code, not part of the package)."""
+    import importlib
+    import sys
 
-    cfg = medsiglip_vision_config(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                                  num_attention_heads=2, patch_size=16, image_size=32)
+    from transformers import SiglipVisionConfig
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))
+    monkeypatch.delitem(sys.modules, "bench_finetune_step", raising=False)
+    step_time = importlib.import_module("bench_finetune_step").step_time
+
+    cfg = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                             patch_size=16, image_size=32)
     plain = step_time(cfg, unfreeze_last=1, batch=2, use_prefix=False, steps=1, warmup=0)
     cached = step_time(cfg, unfreeze_last=1, batch=2, use_prefix=True, steps=1, warmup=0)
     assert plain.step_s > 0 and plain.prefix_s_per_image == 0.0
