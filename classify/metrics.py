@@ -1,10 +1,8 @@
-"""Simple, pure evaluation helpers over arrays (numpy in, plain Python out).
+"""Point estimates over arrays (numpy in, plain Python out): ROC AUC, macro AUC, sensitivity and
+specificity, on ``sklearn.metrics``. ``compare.metrics`` has the bootstrap CIs.
 
-The ROC AUC here is the Mann-Whitney statistic with average ranks for ties, which is exactly what
-``sklearn.metrics.roc_auc_score`` returns for binary labels (tests compare the two). It is
-computed here rather than imported because scikit-learn (with scipy) costs ~2 s to import, and
-training the MLP must finish in a few seconds including imports; early stopping calls it every
-epoch. ``compare.metrics`` has the bootstrap CIs; these are the point estimates.
+scikit-learn is imported inside the functions: it costs about a second (scipy), and the CLI's
+``--help`` should not pay it.
 """
 
 from __future__ import annotations
@@ -16,55 +14,43 @@ import numpy as np
 from woundscore.cache.schema import LABEL_NAMES, MISSING
 
 
-def roc_auc(y: np.ndarray, scores: np.ndarray) -> float | None:
+def roc_auc(y: np.ndarray, scores: np.ndarray, *, sample_weight: np.ndarray | None = None) -> float | None:
     """Binary ROC AUC of ``scores`` (n,) against ``y`` (n,) in {0, 1}; None with one class.
 
-    Ties count one half (average ranks), as in scikit-learn.
+    Ties count one half. ``sample_weight`` (n,) as in ``sklearn.metrics.roc_auc_score`` (rows of
+    weight 0 do not count as a class being present).
     """
+    from sklearn.metrics import roc_auc_score
+
     y = np.asarray(y).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    n_pos = int((y == 1).sum())
-    n_neg = int(y.size - n_pos)
-    if n_pos == 0 or n_neg == 0:
+    present = y if sample_weight is None else y[np.asarray(sample_weight).ravel() > 0]
+    if not ((present == 1).any() and (present == 0).any()):
         return None
-    order = np.argsort(s, kind="mergesort")
-    s_sorted = s[order]
-    # average 1-based rank of each run of equal scores
-    boundaries = np.flatnonzero(np.diff(s_sorted)) + 1
-    starts = np.concatenate(([0], boundaries))
-    ends = np.concatenate((boundaries, [s.size]))
-    run_rank = (starts + ends + 1) / 2.0
-    ranks = np.empty(s.size, dtype=np.float64)
-    ranks[order] = np.repeat(run_rank, ends - starts)
-    u = ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
+    return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64).ravel(), sample_weight=sample_weight))
 
 
 def macro_auc(Y: np.ndarray, P: np.ndarray) -> float | None:
-    """Mean ROC AUC over labels (columns) with both classes observed; -1 entries ignored.
+    """Mean ROC AUC over the labels (columns) with both classes observed; -1 entries ignored.
 
-    Args:
-        Y: (n, L) 1 / 0 / -1. P: (n, L) scores.
-    Returns:
-        The mean, or None when no label has both classes.
+    ``Y`` (n, L) 1 / 0 / -1, ``P`` (n, L) scores. None when no label has both classes.
     """
-    aucs = []
-    for j in range(Y.shape[1]):
-        m = Y[:, j] != MISSING
-        a = roc_auc(Y[m, j], P[m, j])
-        if a is not None:
-            aucs.append(a)
+    observed = np.asarray(Y) != MISSING
+    aucs = [roc_auc(Y[observed[:, j], j], P[observed[:, j], j]) for j in range(Y.shape[1])]
+    aucs = [a for a in aucs if a is not None]
     return float(np.mean(aucs)) if aucs else None
 
 
 def sens_spec(y: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float | None, float | None]:
-    """(sensitivity, specificity) of the rule ``score >= threshold``; None where undefined."""
+    """(sensitivity, specificity) of the rule ``score >= threshold`` over ``y`` (n,) in {0, 1}
+    (other values are left out); None where a class is absent."""
+    from sklearn.metrics import confusion_matrix
+
     y = np.asarray(y).ravel()
-    flag = np.asarray(scores).ravel() >= threshold
-    pos, neg = y == 1, y == 0
-    sens = float(flag[pos].mean()) if pos.any() else None
-    spec = float((~flag[neg]).mean()) if neg.any() else None
-    return sens, spec
+    if y.size == 0:
+        return None, None
+    flag = (np.asarray(scores).ravel() >= threshold).astype(y.dtype)
+    (tn, fp), (fn, tp) = confusion_matrix(y, flag, labels=[0, 1])
+    return (float(tp / (tp + fn)) if tp + fn else None, float(tn / (tn + fp)) if tn + fp else None)
 
 
 def evaluate(

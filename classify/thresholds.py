@@ -24,6 +24,7 @@ import numpy as np
 
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.schema import LABEL_NAMES, MISSING
+from woundscore.classify.metrics import sens_spec
 
 SAFETY_LABELS: tuple[str, ...] = ("infection_risk", "urgency")
 DEFAULT_TARGET_SENSITIVITY = 0.90
@@ -40,26 +41,17 @@ def sensitivity_rule(target: float) -> str:
     return f"sensitivity>={target:.2f}"
 
 
-def _counts_at_thresholds(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct scores t (descending) and, for each, #positives and #negatives with p >= t."""
-    order = np.argsort(-p, kind="mergesort")
-    ps, ys = p[order], y[order]
-    tp = np.cumsum(ys == 1)
-    fp = np.cumsum(ys == 0)
-    last_of_run = np.r_[np.flatnonzero(np.diff(ps)), ps.size - 1]  # p >= t takes whole tie runs
-    return ps[last_of_run], tp[last_of_run], fp[last_of_run]
-
-
 def youden_threshold(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     """(threshold, J) maximising sensitivity + specificity - 1 over the distinct scores.
 
     ``y`` (n,) in {0, 1} with both classes present, ``p`` (n,) scores. Ties: highest threshold.
     """
-    t, tp, fp = _counts_at_thresholds(y, p)
-    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
-    j = tp / n_pos - fp / n_neg
+    from sklearn.metrics import roc_curve  # heavy (scipy); only when thresholds are chosen
+
+    fpr, tpr, t = roc_curve(y, p, drop_intermediate=False)
+    j = (tpr - fpr)[1:]  # [0] is sklearn's "flag nothing" point at +inf
     k = int(np.argmax(j))  # first maximum in descending-threshold order = highest threshold
-    return float(t[k]), float(j[k])
+    return float(t[1:][k]), float(j[k])
 
 
 def sensitivity_threshold(y: np.ndarray, p: np.ndarray, target: float) -> float:
@@ -126,17 +118,9 @@ def choose_thresholds(
                 rules[sens_rule] = sensitivity_threshold(y, p, target_sensitivity)
             applied = sens_rule if safety else RULE_YOUDEN
         value = float(rules[applied])  # type: ignore[arg-type]
-        flag = p >= value
-        out["labels"][name] = {
-            "n": int(m.sum()),
-            "positives": n_pos,
-            "rules": rules,
-            "applied": applied,
-            "value": value,
-            "sensitivity": float(flag[y == 1].mean()) if n_pos else None,
-            "specificity": float((~flag[y == 0]).mean()) if n_neg else None,
-            "note": note,
-        }
+        sens, spec = sens_spec(y, p, value)
+        out["labels"][name] = {"n": int(m.sum()), "positives": n_pos, "rules": rules, "applied": applied,
+                               "value": value, "sensitivity": sens, "specificity": spec, "note": note}
     return out
 
 

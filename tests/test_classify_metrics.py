@@ -1,4 +1,5 @@
-"""classify.metrics: the numpy ROC AUC equals scikit-learn's (ties included); evaluate()."""
+"""classify.metrics: ROC AUC as scikit-learn's (ties, weights, one class -> None); sensitivity and
+specificity against hand-counted values; evaluate()."""
 
 from __future__ import annotations
 
@@ -27,6 +28,26 @@ def test_auc_on_continuous_scores_equals_sklearn() -> None:
     y = rng.integers(0, 2, 500)
     s = rng.random(500) + 0.3 * y
     assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+def test_auc_with_sample_weight_equals_sklearn_and_weight_zero_rows_do_not_count() -> None:
+    y = np.array([1, 0, 1, 0, 1, 0])
+    s = np.array([0.9, 0.8, 0.3, 0.1, 0.5, 0.6])
+    w = np.array([2, 1, 0, 3, 1, 1])
+    assert roc_auc(y, s, sample_weight=w) == pytest.approx(roc_auc_score(y, s, sample_weight=w), abs=1e-12)
+    assert roc_auc(y, s, sample_weight=np.array([1, 0, 1, 0, 1, 0])) is None  # only positives weigh
+
+
+def test_sensitivity_and_specificity_against_hand_counts() -> None:
+    # positives 0.9, 0.8 | 0.2: 2 of 3 flagged at 0.5; negatives 0.7 flagged, 0.1 x3 not: 3 of 4 kept
+    y = np.array([1, 1, 1, 0, 0, 0, 0, -1])
+    s = np.array([0.9, 0.8, 0.2, 0.7, 0.1, 0.1, 0.1, 0.99])  # the -1 row is left out
+    sens, spec = sens_spec(y, s, 0.5)
+    assert sens == pytest.approx(2 / 3) and spec == pytest.approx(3 / 4)  # not the FPR (1/4)
+    assert sens_spec(y, s, 0.8) == (pytest.approx(2 / 3), 1.0)  # >=: 0.8 itself is flagged
+    assert sens_spec(np.array([1, 1]), np.array([0.1, 0.9]), 0.5) == (0.5, None)
+    assert sens_spec(np.array([0, 0, 0]), np.array([0.1, 0.9, 0.6]), 0.5) == (None, pytest.approx(1 / 3))
+    assert sens_spec(np.array([], dtype=int), np.array([]), 0.5) == (None, None)
 
 
 def test_evaluate_per_label_and_macro() -> None:
