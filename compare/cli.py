@@ -1,15 +1,32 @@
 """`wound-compare`: Benchmark the MLP against a probe, zero-shot and a fine-tune; write the report.
 
-Each command is a thin adapter over one library function; library errors become
-`click.ClickException` (exit 1), usage errors exit 2.
+Each command is a thin adapter over one library function; library errors (``WoundscoreError``)
+become `Error: <message>` in one place (:class:`_Group`), usage errors exit 2. The library is
+imported inside the command bodies so that `wound-compare --help` stays fast.
 """
 
 from __future__ import annotations
 
 import click
 
+from woundscore.cache.errors import WoundscoreError
+from woundscore.embed.cli import encoder_options
 
-@click.group()
+
+class _Group(click.Group):
+    """Turns a ``WoundscoreError`` of any command into `Error: <message>` with exit code 1, or the
+    error's own ``exit_code`` (3: the fine-tune's loss stayed NaN/inf)."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except WoundscoreError as e:
+            err = click.ClickException(str(e))
+            err.exit_code = getattr(e, "exit_code", 1)
+            raise err from None
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="woundscore")
 def cli() -> None:
     """Benchmark the MLP against a probe, zero-shot and a fine-tune; write the report."""
@@ -75,19 +92,13 @@ def run_cmd(
     Exit codes: 0 report written; 1 the comparison could not run (the
     message says why; nothing is written); 2 usage error.
     """
-    from woundscore.cache.schema import LabelError
-    from woundscore.cache.types import CacheError
-    from woundscore.compare.predictions import PredictionsError
-    from woundscore.compare.report import ReportError, run_comparison
+    from woundscore.compare.report import run_comparison
 
-    try:
-        result = run_comparison(
-            cache, out_dir, source=source, model=model, finetune_dir=finetune_dir,
-            predictions=predictions, zero_shot=zero_shot, n_boot=n_boot, seed=seed, quiet=quiet,
-            methods=tuple(m for m in dict.fromkeys(train) if m != "none"),
-        )
-    except (ReportError, PredictionsError, CacheError, LabelError) as e:
-        raise click.ClickException(str(e)) from e
+    result = run_comparison(
+        cache, out_dir, source=source, model=model, finetune_dir=finetune_dir,
+        predictions=predictions, zero_shot=zero_shot, n_boot=n_boot, seed=seed, quiet=quiet,
+        methods=tuple(m for m in dict.fromkeys(train) if m != "none"),
+    )
     click.echo(result.metrics["answer"]["text"])
     click.echo(f"report: {result.files['report.html']}")
     click.echo(f"        {result.files['report.md']}")
@@ -96,19 +107,11 @@ def run_cmd(
 # --- finetune / zero-shot (FINETUNE) ----------------------------------------------------------
 
 
-class _LossStopped(click.ClickException):
-    """Exit code 3: the fine-tune stopped because the loss stayed NaN/inf."""
-
-    exit_code = 3
-
-
 @cli.command("finetune")
 @click.argument("source", type=click.Path(exists=True, path_type=str))
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Folder for predictions.csv (+ .json cost sidecar), model/ and trainer/ (TensorBoard logs).")
-@click.option("--model", default="google/medsiglip-448", show_default=True,
-              help="Hub id (gated: accept the terms, then `hf auth login`) or a local checkpoint folder.")
-@click.option("--revision", default=None, help="Hub branch, tag or commit.")
+@encoder_options(dtype=False)
 @click.option("--unfreeze-last", type=click.IntRange(min=0), default=4, show_default=True,
               help="Train the last N encoder blocks (+ post-layernorm, head with --pooling attention, classifier).")
 @click.option("--pooling", type=click.Choice(["mean", "attention"]), default="mean", show_default=True,
@@ -121,7 +124,7 @@ class _LossStopped(click.ClickException):
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-5, show_default=True)
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Stop after N optimizer steps (smoke tests); evaluates and saves then.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+# not encoder_options' --dtype: training's auto is float32 on every CPU (embedding uses bf16 where native)
 @click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
               show_default=True, help="auto: bfloat16 on GPUs that have it, float16 on T4-class GPUs, float32 on CPU.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
@@ -153,22 +156,12 @@ def finetune_command(source: str, out: str, model: str, revision: str | None, un
     Exit codes: 0 done; 1 the source, model or settings cannot be used (the message says why);
     2 usage error; 3 stopped because the loss stayed NaN/inf (try --dtype float32 or a lower --lr).
     """
-    # Imported here so that `wound-compare --help` stays fast.
-    from woundscore.cache.schema import LabelError
-    from woundscore.compare.finetune import FineTuneError, NonFiniteLossError, finetune
-    from woundscore.compare.predictions import PredictionsError
-    from woundscore.embed.preprocess import PreprocessConfigError
-    from woundscore.embed.sources import SourceError
+    from woundscore.compare.finetune import finetune
 
-    try:
-        res = finetune(source, out, model=model, revision=revision, unfreeze_last=unfreeze_last, pooling=pooling,
-                       epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, max_steps=max_steps,
-                       device=device, dtype=dtype, workers=workers, prefix_cache=not no_prefix_cache,
-                       push_to_hub=push_to_hub, seed=seed, quiet=quiet)
-    except NonFiniteLossError as e:
-        raise _LossStopped(str(e)) from None
-    except (FineTuneError, SourceError, LabelError, PreprocessConfigError, PredictionsError) as e:
-        raise click.ClickException(str(e)) from None
+    res = finetune(source, out, model=model, revision=revision, unfreeze_last=unfreeze_last, pooling=pooling,
+                   epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, max_steps=max_steps,
+                   device=device, dtype=dtype, workers=workers, prefix_cache=not no_prefix_cache,
+                   push_to_hub=push_to_hub, seed=seed, quiet=quiet)
     macro = res.test_metrics["macro_auc"]
     click.echo(
         f"{res.predictions_path}: {len(res.ids)} test images (+ {len(res.val_ids)} val rows for thresholds), "
@@ -183,12 +176,9 @@ def finetune_command(source: str, out: str, model: str, revision: str | None, un
 @click.argument("source", type=click.Path(exists=True, path_type=str))
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="Predictions CSV to write (a .json cost sidecar goes next to it).")
-@click.option("--model", default="google/medsiglip-448", show_default=True,
-              help="Full SigLIP checkpoint (vision + text tower): hub id or local folder.")
-@click.option("--revision", default=None, help="Hub branch, tag or commit.")
+@encoder_options(model_help="Full SigLIP checkpoint (vision + text tower): hub id or local folder.", dtype=False)
 @click.option("--split", default="test", show_default=True, help="Which split of SOURCE to score.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def zero_shot_command(source: str, out: str, model: str, revision: str | None, split: str, batch_size: int,
                       device: str, quiet: bool) -> None:
@@ -206,17 +196,10 @@ def zero_shot_command(source: str, out: str, model: str, revision: str | None, s
     \b
     Exit codes: 0 done; 1 the source or model cannot be used (the message says why); 2 usage error.
     """
-    from woundscore.cache.schema import LabelError
-    from woundscore.compare.predictions import PredictionsError
-    from woundscore.compare.zeroshot import ZeroShotError, run_zero_shot
-    from woundscore.embed.preprocess import PreprocessConfigError
-    from woundscore.embed.sources import SourceError
+    from woundscore.compare.zeroshot import run_zero_shot
 
-    try:
-        res = run_zero_shot(source, out, model=model, revision=revision, split=split, device=device,
-                            batch_size=batch_size, quiet=quiet)
-    except (ZeroShotError, SourceError, LabelError, PreprocessConfigError, PredictionsError) as e:
-        raise click.ClickException(str(e)) from None
+    res = run_zero_shot(source, out, model=model, revision=revision, split=split, device=device,
+                        batch_size=batch_size, quiet=quiet)
     skipped = f", {len(res.skipped)} skipped (see the .json sidecar)" if res.skipped else ""
     click.echo(f"{out}: {len(res.ids)} images scored zero-shot{skipped}")
 
@@ -251,12 +234,10 @@ def demo_command(out_dir: str, n_images: int, seed: int, quiet: bool) -> None:
     Exit codes: 0 done; 1 a step failed (the message names the step); 2 usage error;
     130 interrupted (Ctrl-C): rerun the same command, finished steps are reused.
     """
-    from woundscore.compare.demo import DemoError, run_demo
+    from woundscore.compare.demo import run_demo
 
     try:
         run_demo(out_dir, n_images=n_images, seed=seed, quiet=quiet, echo=click.echo)
-    except DemoError as e:
-        raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
         click.echo("\ninterrupted: rerun the same command (the checkpoint, dataset and cache made so far are reused)",
                    err=True)
