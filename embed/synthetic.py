@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from woundscore.cache.schema import LABEL_NAMES
-from woundscore.embed.sources import NOTICE_FILE  # the marker file the readers look for
+from woundscore.embed.samples import NOTICE_FILE  # the marker file the readers look for
 
 #: What a generated release says about itself (written to NOTICE_FILE, repeated by every artifact).
 GENERATED_NOTICE = ("generated images (embed.synthetic), not SurgWound photos: "
@@ -42,14 +42,9 @@ GENERATED_NOTICE = ("generated images (embed.synthetic), not SurgWound photos: "
 
 #: Release field names (new names) per canonical key, in the order records are written.
 FIELD_TITLES: dict[str, str] = {
-    "location": "Wound Location",
-    "healing_status": "Healing Status",
-    "closure_method": "Closure Method",
-    "exudate": "Exudate Type",
-    "erythema": "Erythema",
-    "edema": "Edema",
-    "infection_risk": "Infection Risk Assessment",
-    "urgency": "Urgency Level",
+    "location": "Wound Location", "healing_status": "Healing Status", "closure_method": "Closure Method",
+    "exudate": "Exudate Type", "erythema": "Erythema", "edema": "Edema",
+    "infection_risk": "Infection Risk Assessment", "urgency": "Urgency Level",
 }
 #: The annotation sheet's older names, still accepted by the reader.
 OLD_FIELD_TITLES: dict[str, str] = {"healing_status": "Wound Status", "exudate": "Exudate Characteristics"}
@@ -64,24 +59,21 @@ CLOSURES = ("Sutures", "Invisible", "Adhesives", "Staples")
 EXUDATES = ("Serous", "Sanguineous", "Purulent", "Seropurulent")
 
 OPTIONS: dict[str, list[str]] = {
-    "location": list(LOCATIONS),
-    "healing_status": ["Healed", "Not Healed"],
-    "closure_method": list(CLOSURES),
-    "exudate": ["Non-existent", *EXUDATES],
-    "erythema": ["Existent", "Non-existent"],
-    "edema": ["Existent", "Non-existent"],
-    "infection_risk": ["Low", "Medium", "High"],
+    "location": list(LOCATIONS), "healing_status": ["Healed", "Not Healed"], "closure_method": list(CLOSURES),
+    "exudate": ["Non-existent", *EXUDATES], "erythema": ["Existent", "Non-existent"],
+    "edema": ["Existent", "Non-existent"], "infection_risk": ["Low", "Medium", "High"],
     "urgency": list(URGENCY_TEXT.values()),
 }
+_WOUND = "the surgical wound in this image"
 QUESTIONS: dict[str, str] = {
-    "location": "Where on the body is the surgical wound in this image located?",
-    "healing_status": "What is the healing status of the surgical wound in this image?",
-    "closure_method": "Which closure method was used for the surgical wound in this image?",
-    "exudate": "What type of exudate does the surgical wound in this image show?",
-    "erythema": "Is erythema present around the surgical wound in this image?",
-    "edema": "Is edema present around the surgical wound in this image?",
-    "infection_risk": "What is the infection risk of the surgical wound in this image?",
-    "urgency": "What level of urgency does the surgical wound in this image require?",
+    "location": f"Where on the body is {_WOUND} located?",
+    "healing_status": f"What is the healing status of {_WOUND}?",
+    "closure_method": f"Which closure method was used for {_WOUND}?",
+    "exudate": f"What type of exudate does {_WOUND} show?",
+    "erythema": f"Is erythema present around {_WOUND}?",
+    "edema": f"Is edema present around {_WOUND}?",
+    "infection_risk": f"What is the infection risk of {_WOUND}?",
+    "urgency": f"What level of urgency does {_WOUND} require?",
 }
 REPORT_QUESTION = "Write a medical report describing the surgical wound in this image."
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.10, "test": 0.20}  # SurgWound: 480 / 69 / 137
@@ -89,16 +81,13 @@ SPLIT_FRACTIONS = {"train": 0.70, "val": 0.10, "test": 0.20}  # SurgWound: 480 /
 # Share of images with no record for a field (SurgWound's "Uncertain" rates).
 UNSURE_RATE = {"location": 0.24, "closure_method": 0.28, "exudate": 0.09, "erythema": 0.04, "edema": 0.19}
 
-_SKIN = np.array(
-    [(241, 194, 167), (224, 172, 138), (198, 134, 103), (161, 102, 72), (120, 78, 55), (92, 60, 42)],
-    dtype=np.float32,
-)
-_EXUDATE_RGB = {
-    "Serous": (236, 218, 140),
-    "Purulent": (214, 204, 70),
-    "Seropurulent": (228, 194, 96),
-    "Sanguineous": (128, 24, 28),
-}
+_SKIN = np.array([(241, 194, 167), (224, 172, 138), (198, 134, 103), (161, 102, 72), (120, 78, 55), (92, 60, 42)],
+                 dtype=np.float32)
+_EXUDATE_RGB = {"Serous": (236, 218, 140), "Purulent": (214, 204, 70), "Seropurulent": (228, 194, 96),
+                "Sanguineous": (128, 24, 28)}
+# Closure marks across the incision: (half length, colour, width), in units of the image's short side.
+_CLOSURE_MARK = {"Sutures": (0.05, (30, 30, 60), 0.008), "Staples": (0.035, (170, 172, 178), 0.012),
+                 "Adhesives": (0.09, (240, 236, 225), 0.025)}
 
 
 @dataclass
@@ -127,27 +116,16 @@ class _Truth:
     unsure: set[str] = field(default_factory=set)
 
     def answers(self) -> dict[str, str]:
-        a = {
-            "location": self.location,
-            "healing_status": self.healing,
-            "closure_method": self.closure,
-            "exudate": self.exudate,
-            "erythema": "Existent" if self.erythema else "Non-existent",
-            "edema": "Existent" if self.edema else "Non-existent",
-            "infection_risk": self.infection,
-            "urgency": URGENCY_TEXT[self.urgency],
-        }
+        a = {"location": self.location, "healing_status": self.healing, "closure_method": self.closure,
+             "exudate": self.exudate, "erythema": "Existent" if self.erythema else "Non-existent",
+             "edema": "Existent" if self.edema else "Non-existent", "infection_risk": self.infection,
+             "urgency": URGENCY_TEXT[self.urgency]}
         return {k: v for k, v in a.items() if k not in self.unsure}
 
-    def binary(self, key: str) -> int:
-        return {
-            "healing_status": self.healing == "Not Healed",
-            "erythema": self.erythema,
-            "edema": self.edema,
-            "infection_risk": self.infection != "Low",
-            "urgency": self.urgency != "Green",
-            "exudate": self.exudate != "Non-existent",
-        }[key]
+    def binary(self, key: str) -> bool:
+        return {"healing_status": self.healing == "Not Healed", "erythema": self.erythema, "edema": self.edema,
+                "infection_risk": self.infection != "Low", "urgency": self.urgency != "Green",
+                "exudate": self.exudate != "Non-existent"}[key]
 
     def set_binary(self, key: str, value: bool, rng: np.random.Generator) -> None:
         if key == "healing_status":
@@ -162,10 +140,6 @@ class _Truth:
             self.urgency = ("Red" if rng.random() < 0.2 else "Yellow") if value else "Green"
         elif key == "exudate":
             self.exudate = str(rng.choice(EXUDATES)) if value else "Non-existent"
-
-
-# ----------------------------------------------------------------------------------------------
-# Labels
 
 
 def split_sizes(n_images: int) -> dict[str, int]:
@@ -192,16 +166,12 @@ def _draw_truths(n: int, rng: np.random.Generator) -> list[_Truth]:
             urgency = "Yellow" if rng.random() < 0.5 else "Green"
         else:
             urgency = "Yellow" if rng.random() < 0.015 else "Green"
-        t = _Truth(
-            healing="Not Healed" if z + 0.8 * e[0] > 0.3 else "Healed",
-            erythema=bool(erythema),
-            edema=bool(0.7 * z + 0.7 * e[2] > 1.05),
-            exudate=str(rng.choice(EXUDATES, p=[0.38, 0.30, 0.20, 0.12])) if exudate_pos else "Non-existent",
-            infection=infection,
-            urgency=urgency,
-            location=str(rng.choice(LOCATIONS, p=[0.34, 0.21, 0.14, 0.13, 0.06, 0.07, 0.05])),
-            closure=str(rng.choice(CLOSURES, p=[0.66, 0.22, 0.07, 0.05])),
-        )
+        t = _Truth(healing="Not Healed" if z + 0.8 * e[0] > 0.3 else "Healed", erythema=bool(erythema),
+                   edema=bool(0.7 * z + 0.7 * e[2] > 1.05),
+                   exudate=str(rng.choice(EXUDATES, p=[0.38, 0.30, 0.20, 0.12])) if exudate_pos else "Non-existent",
+                   infection=infection, urgency=urgency,
+                   location=str(rng.choice(LOCATIONS, p=[0.34, 0.21, 0.14, 0.13, 0.06, 0.07, 0.05])),
+                   closure=str(rng.choice(CLOSURES, p=[0.66, 0.22, 0.07, 0.05])))
         t.unsure = {k for k, rate in UNSURE_RATE.items() if rng.random() < rate}
         out.append(t)
     return out
@@ -220,10 +190,6 @@ def _enforce_minimum(truths: list[_Truth], k: int, rng: np.random.Generator) -> 
             if need > 0:
                 for i in rng.permutation(len(others))[:need]:
                     others[i].set_binary(key, want, rng)
-
-
-# ----------------------------------------------------------------------------------------------
-# Drawing
 
 
 def _segment_distance(xx: np.ndarray, yy: np.ndarray, p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
@@ -282,17 +248,13 @@ def draw_wound(t: _Truth, size: tuple[int, int], rng: np.random.Generator, *, no
         _blend(img, _EXUDATE_RGB[t.exudate], 1.3 * blob)
     # Closure marks across the line.
     normal = np.array([-direction[1], direction[0]], dtype=np.float32)
-    if t.closure in ("Sutures", "Staples", "Adhesives"):
+    if t.closure in _CLOSURE_MARK:
+        half_mark, colour, width = _CLOSURE_MARK[t.closure]
         n_marks = int(rng.integers(4, 8))
         for j in range(n_marks):
             c = p0 + (j + 0.5) / n_marks * (p1 - p0)
-            if t.closure == "Sutures":
-                a, b, colour, width = c - 0.05 * s * normal, c + 0.05 * s * normal, (30, 30, 60), 0.008 * s
-            elif t.closure == "Staples":
-                a, b, colour, width = c - 0.035 * s * normal, c + 0.035 * s * normal, (170, 172, 178), 0.012 * s
-            else:
-                a, b, colour, width = c - 0.09 * s * normal, c + 0.09 * s * normal, (240, 236, 225), 0.025 * s
-            _blend(img, colour, np.exp(-((_segment_distance(xx, yy, a, b) / max(width, 0.5)) ** 2)))
+            a, b = c - half_mark * s * normal, c + half_mark * s * normal
+            _blend(img, colour, np.exp(-((_segment_distance(xx, yy, a, b) / max(width * s, 0.5)) ** 2)))
     if noise:
         img += rng.normal(0, noise, img.shape).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)
@@ -323,10 +285,6 @@ def _report(t: _Truth) -> str:
     return text
 
 
-# ----------------------------------------------------------------------------------------------
-# Writing
-
-
 def _title(key: str, field_names: str, rng: np.random.Generator) -> str:
     if key in OLD_FIELD_TITLES and (field_names == "old" or (field_names == "mixed" and rng.random() < 0.5)):
         return OLD_FIELD_TITLES[key]
@@ -337,47 +295,18 @@ def release_records(img: ReleaseImage, b64: str, *, field_names: str = "new",
                     rng: np.random.Generator | None = None) -> tuple[list[dict], list[dict]]:
     """The question records and report records of one image, in the release's format."""
     rng = rng if rng is not None else np.random.default_rng(0)
-    questions = []
-    for key in FIELD_TITLES:
-        if key not in img.answers:
-            continue  # unsure: no record, as in the release
-        questions.append(
-            {
-                "id": f"{img.name}_{FIELD_TITLES[key].lower().replace(' ', '_')}",
-                "image_name": img.name,
-                "field": _title(key, field_names, rng),
-                "task_type": "multi_choice",
-                "image": b64,
-                "question": QUESTIONS[key],
-                "options": OPTIONS[key],
-                "answer": img.answers[key],
-            }
-        )
-    reports = []
-    if img.report is not None:
-        reports.append(
-            {
-                "id": f"{img.name}_medical_report",
-                "image_name": img.name,
-                "field": "Medical Report",
-                "task_type": "report_generation",
-                "image": b64,
-                "question": REPORT_QUESTION,
-                "answer": img.report,
-            }
-        )
+    questions = [{"id": f"{img.name}_{FIELD_TITLES[key].lower().replace(' ', '_')}", "image_name": img.name,
+                  "field": _title(key, field_names, rng), "task_type": "multi_choice", "image": b64,
+                  "question": QUESTIONS[key], "options": OPTIONS[key], "answer": img.answers[key]}
+                 for key in FIELD_TITLES if key in img.answers]  # unsure: no record, as in the release
+    reports = [] if img.report is None else [
+        {"id": f"{img.name}_medical_report", "image_name": img.name, "field": "Medical Report",
+         "task_type": "report_generation", "image": b64, "question": REPORT_QUESTION, "answer": img.report}]
     return questions, reports
 
 
-def write_release(
-    out_dir: str | os.PathLike,
-    images: Iterable[ReleaseImage],
-    *,
-    field_names: str = "new",
-    shuffle_seed: int | None = None,
-    indent: int | None = None,
-    seed: int = 0,
-) -> Path:
+def write_release(out_dir: str | os.PathLike, images: Iterable[ReleaseImage], *, field_names: str = "new",
+                  shuffle_seed: int | None = None, indent: int | None = None, seed: int = 0) -> Path:
     """Write ``images`` as the six release files ``{train,val,test}_{question,report}.json``.
 
     Args:
@@ -419,15 +348,8 @@ def _write_array(path: Path, records: list[dict], indent: int | None) -> None:
     os.replace(tmp, path)
 
 
-def make_release_images(
-    n_images: int = 100,
-    *,
-    seed: int = 0,
-    image_size: tuple[int, int] = (128, 128),
-    noise: float = 4.0,
-    quality: int = 90,
-    min_per_split: int = 2,
-) -> list[ReleaseImage]:
+def make_release_images(n_images: int = 100, *, seed: int = 0, image_size: tuple[int, int] = (128, 128),
+                        noise: float = 4.0, quality: int = 90, min_per_split: int = 2) -> list[ReleaseImage]:
     """Draw ``n_images`` labelled wound pictures (see the module docstring), split 70/10/20."""
     rng = np.random.default_rng(seed)
     truths = _draw_truths(n_images, rng)
@@ -436,35 +358,15 @@ def make_release_images(
     order = rng.permutation(n_images)  # image numbers are shuffled across splits, as in SurgWound
     for split in SPLIT_FRACTIONS:
         _enforce_minimum([truths[i] for i in range(n_images) if splits[i] == split], min_per_split, rng)
-    out = []
-    for i, t in enumerate(truths):
-        pixels = draw_wound(t, image_size, np.random.default_rng([seed, i]), noise=noise)
-        out.append(
-            ReleaseImage(
-                name=f"{int(order[i]) + 1}.jpg",
-                split=splits[i],
-                image=_jpeg(pixels, quality),
-                answers=t.answers(),
-                report=_report(t),
-            )
-        )
-    return out
+    return [ReleaseImage(name=f"{int(order[i]) + 1}.jpg", split=splits[i], answers=t.answers(), report=_report(t),
+                         image=_jpeg(draw_wound(t, image_size, np.random.default_rng([seed, i]), noise=noise), quality))
+            for i, t in enumerate(truths)]
 
 
-def make_release(
-    out_dir: str | os.PathLike,
-    n_images: int = 100,
-    *,
-    seed: int = 0,
-    image_size: tuple[int, int] = (128, 128),
-    field_names: str = "new",
-    shuffle_records: bool = False,
-    indent: int | None = None,
-    noise: float = 4.0,
-    quality: int = 90,
-    min_per_split: int = 2,
-    notice: str = GENERATED_NOTICE,
-) -> Path:
+def make_release(out_dir: str | os.PathLike, n_images: int = 100, *, seed: int = 0,
+                 image_size: tuple[int, int] = (128, 128), field_names: str = "new", shuffle_records: bool = False,
+                 indent: int | None = None, noise: float = 4.0, quality: int = 90, min_per_split: int = 2,
+                 notice: str = GENERATED_NOTICE) -> Path:
     """Write a generated release (six JSON files, real format) to ``out_dir`` and return it.
 
     The folder also gets ``NOTICE_FILE`` holding ``notice``, which the readers expose as
@@ -478,24 +380,16 @@ def make_release(
         noise: per-pixel noise std (raise it to make larger JPEGs).
         min_per_split: at least this many positives and negatives per label and split.
     """
-    images = make_release_images(
-        n_images, seed=seed, image_size=image_size, noise=noise, quality=quality, min_per_split=min_per_split
-    )
-    out = write_release(
-        out_dir, images, field_names=field_names, shuffle_seed=seed if shuffle_records else None,
-        indent=indent, seed=seed,
-    )
+    images = make_release_images(n_images, seed=seed, image_size=image_size, noise=noise, quality=quality,
+                                 min_per_split=min_per_split)
+    out = write_release(out_dir, images, field_names=field_names, shuffle_seed=seed if shuffle_records else None,
+                        indent=indent, seed=seed)
     (out / NOTICE_FILE).write_text(notice + "\n", encoding="utf-8")
     return out
 
 
-def make_large_release(
-    out_dir: str | os.PathLike,
-    target_mb: float = 450.0,
-    *,
-    seed: int = 0,
-    image_size: tuple[int, int] = (768, 768),
-) -> Path:
+def make_large_release(out_dir: str | os.PathLike, target_mb: float = 450.0, *, seed: int = 0,
+                       image_size: tuple[int, int] = (768, 768)) -> Path:
     """A release of about ``target_mb`` MB (the real one is 452 MB) for memory tests and benchmarks.
 
     Each wound is drawn at 128 px, enlarged to ``image_size`` and covered in pixel noise so that
@@ -520,13 +414,8 @@ def _noisy_jpeg(jpeg: bytes, size: tuple[int, int], rng: np.random.Generator) ->
     return _jpeg(np.clip(big.astype(np.int16) + noise - 24, 0, 255).astype(np.uint8), quality=92)
 
 
-def make_labels_csv_folder(
-    out_dir: str | os.PathLike,
-    n_images: int = 24,
-    *,
-    seed: int = 0,
-    image_size: tuple[int, int] = (96, 96),
-) -> Path:
+def make_labels_csv_folder(out_dir: str | os.PathLike, n_images: int = 24, *, seed: int = 0,
+                           image_size: tuple[int, int] = (96, 96)) -> Path:
     """Write a ``labels.csv`` + ``images/`` folder (the seed's format) and return it.
 
     Unsure values are written as ``Uncertain`` or left empty; urgency as the full string.
@@ -540,12 +429,8 @@ def make_labels_csv_folder(
             "location", "closure_method"]
     rows = []
     for img in make_release_images(n_images, seed=seed, image_size=image_size):
-        name = img.name
-        (out / "images" / name).write_bytes(img.image)
-        row = [name, img.split]
-        for key in keys:
-            row.append(img.answers.get(key, "Uncertain" if rng.random() < 0.5 else ""))
-        rows.append(row)
+        (out / "images" / img.name).write_bytes(img.image)
+        rows.append([img.name, img.split] + [img.answers.get(k, "Uncertain" if rng.random() < 0.5 else "") for k in keys])
     with open(out / "labels.csv", "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(columns)
