@@ -1,4 +1,4 @@
-"""Benchmark the HDF5 embedding cache (cache.store) on a realistic size.
+"""Benchmark the HDF5 embedding cache (woundscore.cache) on a realistic size.
 
     .venv/bin/python bench/bench_cache.py              # 100k x 1152 float32 (~460 MB), < 3 min
     .venv/bin/python bench/bench_cache.py --rows 10000 # quick run
@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from woundscore.cache.store import CacheWriter, merge_caches, read_cache  # noqa: E402
+from woundscore.cache import CacheWriter, merge_caches, read_cache  # noqa: E402
 
 DIM = 1152
 PROV = {

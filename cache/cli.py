@@ -1,17 +1,32 @@
 """`wound-cache`: The self-describing HDF5 embedding cache: inspect, verify, merge.
 
-Each command is a thin adapter over one library function; library errors become
-`click.ClickException` (exit 1), usage errors exit 2.
+Each command is a thin adapter over one library function; library errors (WoundscoreError) become
+`click.ClickException` (exit 1) in one place, usage errors exit 2.
 """
 
 from __future__ import annotations
 
+import json
+
 import click
+
+from woundscore.cache import cache_info, format_info, merge_caches, verify_cache
+from woundscore.cache.errors import WoundscoreError
 
 _CACHE = click.Path(exists=True, dir_okay=False, path_type=str)
 
 
-@click.group()
+class _Group(click.Group):
+    """Turns every WoundscoreError of a command into ``Error: <message>``, exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except WoundscoreError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="woundscore")
 def cli() -> None:
     """The self-describing HDF5 embedding cache: inspect, verify, merge."""
@@ -34,15 +49,7 @@ def info_command(cache: str, as_json: bool) -> None:
     \b
     Exit codes: 0 done; 1 CACHE is not a readable cache; 2 usage error.
     """
-    import json
-
-    from woundscore.cache.store import cache_info, format_info
-    from woundscore.cache.types import CacheError
-
-    try:
-        info = cache_info(cache)
-    except CacheError as e:
-        raise click.ClickException(str(e)) from None
+    info = cache_info(cache)
     click.echo(json.dumps(info, indent=2) if as_json else format_info(info))
 
 
@@ -60,8 +67,6 @@ def verify_command(cache: str) -> None:
     \b
     Exit codes: 0 no problem; 1 problems found (listed) or CACHE unreadable; 2 usage error.
     """
-    from woundscore.cache.store import cache_info, verify_cache
-
     problems = verify_cache(cache)
     if problems:
         for p in problems:
@@ -99,13 +104,7 @@ def merge_command(parts: tuple[str, ...], out: str, overwrite: bool) -> None:
     Exit codes: 0 merged; 1 shards differ, a shard is still being written,
     OUT exists (use --overwrite) or cannot be written; 2 usage error.
     """
-    from woundscore.cache.store import merge_caches
-    from woundscore.cache.types import CacheError
-
-    try:
-        summary = merge_caches(list(parts), out, overwrite=overwrite)
-    except CacheError as e:
-        raise click.ClickException(str(e)) from None
+    summary = merge_caches(list(parts), out, overwrite=overwrite)
     click.echo(
         f"Merged {summary['shards']} shard(s): {summary['rows']} rows"
         f" ({summary['duplicates']} duplicate(s) skipped) -> {out}"

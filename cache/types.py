@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+import os
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,21 @@ class CacheMismatchError(CacheError):
 
 class CacheLockedError(CacheError):
     """Another live process holds the cache's writer lock."""
+
+
+class CacheWriteError(CacheError):
+    """The cache could not be written (disk full, unwritable folder ...). Nothing was changed."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path, self.reason = str(path), reason
+        super().__init__(
+            f"{path}: cannot write the cache ({reason}); the existing cache is unchanged. "
+            "Free some space or choose another output, then rerun to resume."
+        )
+
+
+class CacheValueError(CacheError, ValueError):
+    """Rows offered to ``append`` are malformed (shape, label value, hash, NaN ...)."""
 
 
 @dataclass(frozen=True)
@@ -89,4 +105,5 @@ class EmbeddingSet:
         return self.select(self.split == split)
 
 
-__all__ = ["CacheError", "CacheLockedError", "CacheMismatchError", "EmbeddingSet", "LABEL_NAMES"]
+__all__ = ["CacheError", "CacheLockedError", "CacheMismatchError", "CacheValueError", "CacheWriteError",
+           "EmbeddingSet", "LABEL_NAMES"]

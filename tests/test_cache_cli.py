@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from woundscore.cache.cli import cli
-from woundscore.cache.store import CacheWriter
+from woundscore.cache import CacheWriter
 from tests.test_cache_helpers import DIM, PROV, make_rows
 
 

@@ -1,4 +1,4 @@
-"""cache.store: round trip, resume, crash safety (SIGKILL), single writer, mismatch, disk full,
+"""The cache (woundscore.cache: layout, writer, parts, guarded, read, merge): round trip, resume, crash safety (SIGKILL), single writer, mismatch, disk full,
 read while writing, merge, verify. Tiny arrays (d = 8); subprocesses only where a real process
 must die or hold a lock."""
 
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from woundscore.cache.schema import EXTRA_NAMES, LABEL_NAMES, SCHEMA
-from woundscore.cache.store import (
+from woundscore.cache import (
     CacheValueError,
     CacheWriteError,
     CacheWriter,
@@ -87,10 +87,10 @@ def test_round_trip_keeps_rows_dtypes_and_provenance(tmp_path):
 
 def test_file_is_readable_with_plain_h5py_as_documented(tmp_path):
     """The example in the module docstring (README material) runs against a real cache."""
-    import woundscore.cache.store as store
+    import woundscore.cache.layout as layout
 
     path = write_cache(tmp_path / "embeddings.h5", 0, 6)
-    example = store.__doc__.split("Reading it without this package::")[1].split("Crash safety")[0]
+    example = layout.__doc__.split("Reading it without this package::")[1].split("A cache of an interrupted run")[0]
     code = "\n".join(line[4:] for line in example.strip("\n").splitlines())
     cwd = os.getcwd()
     os.chdir(tmp_path)
@@ -266,7 +266,7 @@ def test_other_dtype_or_device_is_allowed_and_recorded(tmp_path):
 
 HOLDER = """
 import sys, time
-from woundscore.cache.store import CacheWriter
+from woundscore.cache import CacheWriter
 from tests.test_cache_helpers import PROV, make_rows
 w = CacheWriter(sys.argv[1], PROV)
 w.append(**make_rows(0, 4))
@@ -317,7 +317,7 @@ def test_second_writer_in_the_same_process_is_refused_until_the_first_closes(tmp
 
 APPENDER = """
 import os, signal, sys
-import woundscore.cache.store as store
+import woundscore.cache.writer as writer
 from tests.test_cache_helpers import PROV, resume
 path, stop, crash = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 calls = {"replace": 0}
@@ -329,12 +329,12 @@ def replace(src, dst):  # die at a chosen step of a write
     if crash == "before-main-rename" and ".parts" not in str(src) and calls["replace"] > 1:
         os.kill(os.getpid(), signal.SIGKILL)
     real_replace(src, dst)
-store.os.replace = replace
+writer.os.replace = replace
 if crash == "before-parts-removed":
     def remove(*a, **k):
         os.kill(os.getpid(), signal.SIGKILL)
-    store._remove_parts = remove
-w = store.CacheWriter(path, PROV)
+    writer.remove_parts = remove
+w = writer.CacheWriter(path, PROV)
 resume(w, stop, report=lambda idx: print("done", " ".join(map(str, idx)), flush=True))
 w.close()
 print("closed", flush=True)
@@ -399,7 +399,7 @@ def test_kill9_at_20_random_moments(tmp_path):
 
 CTRL_C = """
 import sys, time
-from woundscore.cache.store import CacheWriter
+from woundscore.cache import CacheWriter
 from tests.test_cache_helpers import PROV, make_rows
 with CacheWriter(sys.argv[1], PROV) as w:
     for a in range(0, 1000, 2):
@@ -441,7 +441,7 @@ def test_consolidate_cache_folds_an_interrupted_runs_batches(tmp_path):
 CYCLER = """
 import sys
 import numpy as np
-from woundscore.cache.store import CacheWriter
+from woundscore.cache import CacheWriter
 from tests.test_cache_helpers import PROV, make_rows
 path = sys.argv[1]
 n = 0
@@ -477,7 +477,7 @@ def test_readers_see_only_complete_batches_while_a_writer_appends_and_consolidat
 FILLER = """
 import resource, signal, sys
 import numpy as np
-from woundscore.cache.store import CacheWriteError, CacheWriter
+from woundscore.cache import CacheWriteError, CacheWriter
 from tests.test_cache_helpers import PROV, make_rows
 path, limit, start = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 sizes = [int(x) for x in sys.argv[4].split(",")]
@@ -535,18 +535,18 @@ def test_disk_full_during_a_batch_keeps_the_earlier_batches(tmp_path):
 def test_disk_full_via_enospc_from_h5py_leaves_the_cache_untouched(tmp_path, monkeypatch):
     import errno
 
-    import woundscore.cache.store as store
+    from woundscore.cache.guarded import GuardedFile
 
     path = write_cache(tmp_path / "c.h5", 0, 4)
     before = file_digest(path)
-    real_write = store._GuardedFile.write
+    real_write = GuardedFile.write
 
     def full(self, data):  # the disk fills up after the first few KB
         if self.pos > 2048:
             self.error = self.error or OSError(errno.ENOSPC, "No space left on device")
         return real_write(self, data)
 
-    monkeypatch.setattr(store._GuardedFile, "write", full)
+    monkeypatch.setattr(GuardedFile, "write", full)
     w = CacheWriter(path, PROV)
     w.append(**make_rows(4, 8))
     with pytest.raises(CacheWriteError) as e:

@@ -25,7 +25,7 @@ import pytest
 from woundscore.embed.run import TEST_DELAY_ENV
 
 PRELOAD = ["torch", "transformers", "transformers.models.siglip.modeling_siglip", "h5py", "woundscore.embed.cli",
-           "woundscore.embed.run", "woundscore.embed.encoder", "woundscore.embed.sources", "woundscore.cache.store"]
+           "woundscore.embed.run", "woundscore.embed.encoder", "woundscore.embed.sources", "woundscore.cache"]
 
 
 def _cli_child(args: list[str], log: str, delay: float) -> None:
@@ -79,7 +79,7 @@ def _run_args(source, out, model, batch_size=2):
 
 
 def _kill_and_resume(ctx, tmp_path, source, model, kills: int, seed: int, delay: float):
-    from woundscore.cache.store import read_cache, read_failures, verify_cache
+    from woundscore.cache import read_cache, read_failures, verify_cache
 
     log = tmp_path / "log.txt"
     # the uninterrupted run, in the same kind of process
@@ -130,7 +130,7 @@ def test_sigkill_twenty_times_then_resume_equals_uninterrupted(ctx, tmp_path, mi
 
 
 def test_sigint_stops_after_the_batch_and_says_how_to_resume(ctx, tmp_path, mini_release, tiny_siglip_dir):
-    from woundscore.cache.store import read_cache, verify_cache
+    from woundscore.cache import read_cache, verify_cache
 
     out = tmp_path / "int.h5"
     log = tmp_path / "int.txt"
@@ -158,7 +158,7 @@ def test_sigint_stops_after_the_batch_and_says_how_to_resume(ctx, tmp_path, mini
 
 def test_sigterm_is_a_graceful_stop_too(ctx, tmp_path, labels_csv_dir, tiny_siglip_dir):
     """A batch scheduler's SIGTERM (time limit) stops after the batch like Ctrl-C."""
-    from woundscore.cache.store import read_cache, verify_cache
+    from woundscore.cache import read_cache, verify_cache
 
     out = tmp_path / "term.h5"
     log = tmp_path / "term.txt"
