@@ -34,8 +34,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from woundscore.cache import CacheValueError, CacheWriter
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.schema import EXTRA_NAMES, LABEL_NAMES
+from woundscore.embed.encoder import ImageEncoder, load_encoder
+from woundscore.embed.preprocess import ImageDecodeError, preprocess_bytes
+from woundscore.embed.runtime import DEFAULT_MODEL, default_batch_size
+from woundscore.embed.samples import ImageReadError, Sample
+from woundscore.embed.sources import Source, open_source
+
+# torch (DataLoader) and tqdm are imported where a run starts: `wound-embed --help` must not pay.
 
 log = logging.getLogger("embed")
 
@@ -133,7 +141,7 @@ def chunk_indices(n: int, batch_size: int, rank: int = 0, world: int = 1) -> lis
 class _ChunkDataset:
     """Map-style dataset whose item k is a whole chunk, read, hashed and preprocessed in a worker."""
 
-    def __init__(self, samples: Sequence[Any], chunks: list[list[int]], spec: Any, known: set[str]) -> None:
+    def __init__(self, samples: Sequence[Sample], chunks: list[list[int]], spec: Any, known: set[str]) -> None:
         self.samples, self.chunks, self.spec, self.known = samples, chunks, spec, known
 
     def __len__(self) -> int:
@@ -141,9 +149,6 @@ class _ChunkDataset:
 
     def __getitem__(self, k: int) -> dict[str, Any]:
         import torch
-
-        from woundscore.embed.preprocess import ImageDecodeError, preprocess_bytes
-        from woundscore.embed.sources import ImageReadError
 
         ok, shas, pixels, skipped, failed = [], [], [], [], []
         for i in self.chunks[k]:
@@ -182,6 +187,14 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
+def _loader(dataset: _ChunkDataset, workers: int, pin_memory: bool) -> Any:
+    from torch.utils.data import DataLoader
+
+    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
+                      worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None,
+                      persistent_workers=False, pin_memory=pin_memory)
+
+
 # ----------------------------------------------------------------------------- main side
 
 
@@ -189,9 +202,8 @@ class _StopOnSigint:
     """First Ctrl-C (or SIGTERM, e.g. a batch scheduler's time limit): finish the current batch,
     then stop. A second one: stop at once (the cache keeps every batch already written)."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self) -> None:
         self.requested = False
-        self.quiet = quiet
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
@@ -215,39 +227,58 @@ class _StopOnSigint:
             signal.signal(sig, old)
 
 
-def _append(writer: Any, summary: EmbedSummary, samples: Sequence[Any], idx: list[int], shas: list[str],
-            feats: np.ndarray, extra_names: list[str]) -> int:
-    """Append one batch (one durable write). A row the cache refuses (an image id already stored
-    with other bytes: the file changed since) becomes a failure instead of ending the run."""
-    from woundscore.cache.store import CacheValueError
+class _Batches:
+    """Writes the worker's chunks to the cache, one durable append each, and counts in the summary."""
 
-    def rows(sel: list[int]) -> tuple:
-        batch = [samples[idx[j]] for j in sel]
+    def __init__(self, writer: CacheWriter, enc: ImageEncoder, samples: Sequence[Sample], summary: EmbedSummary) -> None:
+        self.writer, self.enc, self.samples, self.summary = writer, enc, samples, summary
+        self.extra_names = list(dict.fromkeys(list(EXTRA_NAMES) + [k for s in samples for k in s.extras]))
+
+    def fail(self, i: int, reason: str) -> None:
+        self.writer.record_failure(self.samples[i].image_id, reason)
+        self.summary.failed.append((self.samples[i].image_id, reason))
+
+    def write(self, item: dict[str, Any]) -> None:
+        """Embed one worker item (ok rows' pixels), never writing NaN/inf, and append it."""
+        for i, reason in item["failed"]:
+            self.fail(i, reason)
+        self.summary.skipped += len(item["skipped"])
+        ok, shas = list(item["ok"]), list(item["sha"])
+        feats = np.zeros((0, self.enc.dim), np.float32)
+        if item["pixels"] is not None:
+            feats, finite = self.enc.embed_pixels_checked(item["pixels"])
+            for j in np.flatnonzero(~finite):  # name the image
+                self.fail(ok[j], f"{self.samples[ok[j]].origin}: non-finite embedding even in float32")
+            keep = np.flatnonzero(finite)
+            ok, shas, feats = [ok[j] for j in keep], [shas[j] for j in keep], feats[keep]
+        if ok or item["failed"]:
+            written = self._append(ok, shas, feats)
+            self.summary.embedded += written
+            self.summary.duplicates += len(ok) - written
+
+    def _append(self, idx: list[int], shas: list[str], feats: np.ndarray) -> int:
+        """One durable write. A row the cache refuses (an image id already stored with other
+        bytes: the file changed since) becomes a failure instead of ending the run."""
+        try:
+            return self._put(idx, shas, feats, list(range(len(idx))))
+        except CacheValueError:
+            if not idx:
+                raise
+        written = 0
+        for j in range(len(idx)):  # rare: find the refused row(s); vectors are unchanged
+            try:
+                written += self._put(idx, shas, feats, [j])
+            except CacheValueError as e:
+                self.fail(idx[j], f"{self.samples[idx[j]].origin}: {str(e).split(': ', 1)[-1]}")
+        return written
+
+    def _put(self, idx: list[int], shas: list[str], feats: np.ndarray, sel: list[int]) -> int:
+        batch = [self.samples[idx[j]] for j in sel]
         labels = (np.stack([s.labels for s in batch]).astype(np.int8) if batch
                   else np.zeros((0, len(LABEL_NAMES)), np.int8))
-        return ([s.image_id for s in batch], [shas[j] for j in sel], [s.split for s in batch], labels,
-                {name: [s.extras.get(name, "") for s in batch] for name in extra_names},
-                feats[sel], np.asarray([idx[j] for j in sel], dtype=np.int64))
-
-    def put(sel: list[int]) -> int:
-        ids, sha, split, labels, extras, X, order = rows(sel)
-        return writer.append(ids, sha, split, labels, extras, X, order=order)
-
-    try:
-        return put(list(range(len(idx))))
-    except CacheValueError:
-        if not idx:
-            raise
-    written = 0
-    for j in range(len(idx)):  # rare: find the refused row(s); vectors are unchanged
-        try:
-            written += put([j])
-        except CacheValueError as e:
-            s = samples[idx[j]]
-            reason = f"{s.origin}: {str(e).split(': ', 1)[-1]}"
-            writer.record_failure(s.image_id, reason)
-            summary.failed.append((s.image_id, reason))
-    return written
+        extras = {name: [s.extras.get(name, "") for s in batch] for name in self.extra_names}
+        return self.writer.append([s.image_id for s in batch], [shas[j] for j in sel], [s.split for s in batch],
+                                  labels, extras, feats[sel], order=np.asarray([idx[j] for j in sel], dtype=np.int64))
 
 
 def _resume_command() -> str:
@@ -260,23 +291,44 @@ def _resume_command() -> str:
     return " ".join(shlex.quote(a) for a in argv)
 
 
-def run_embedding(
-    source: str | Path,
-    out: str | Path,
-    *,
-    model: str | Path = "google/medsiglip-448",
-    revision: str | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    workers: int | None = None,
-    strict: bool = False,
-    overwrite: bool = False,
-    quiet: bool = False,
-    fast_decode: bool = False,
-    encoder: Any = None,
-    shard: tuple[int, int] | None = None,
-) -> EmbedSummary:
+def _provenance(enc: ImageEncoder, src: Source) -> dict[str, Any]:
+    provenance = enc.provenance()
+    # generated images (the source's marker) and random weights (the checkpoint's) both say so
+    notice = "; ".join(dict.fromkeys(n for n in (provenance.get("notice"), src.notice) if n))
+    return {**provenance, "notice": notice} if notice else provenance
+
+
+def _embed_chunks(batches: _Batches, chunks: list[list[int]], *, workers: int, strict: bool, quiet: bool) -> None:
+    """Run the chunks through the decode workers and the encoder until done, --strict or Ctrl-C."""
+    from tqdm import tqdm
+
+    summary, enc = batches.summary, batches.enc
+    delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
+    loader = _loader(_ChunkDataset(batches.samples, chunks, enc.spec, batches.writer.known_hashes()), workers,
+                     enc.device.startswith("cuda"))
+    where = f" rank {summary.rank}" if summary.world > 1 else ""
+    bar = tqdm(total=summary.total, unit="img", desc=f"embedding{where}", disable=quiet, dynamic_ncols=True,
+               smoothing=0.1)
+    with _StopOnSigint() as stop, bar:
+        for item in loader:
+            batches.write(item)
+            bar.update(len(chunks[item["k"]]))
+            if delay:
+                time.sleep(delay)
+            if strict and summary.failed:
+                summary.stopped_strict = True
+                break
+            if stop.requested:
+                summary.interrupted = True
+                break
+        del loader  # shuts the workers down before the cache is consolidated
+
+
+def run_embedding(source: str | Path, out: str | Path, *, model: str | Path = DEFAULT_MODEL,
+                  revision: str | None = None, batch_size: int | None = None, device: str = "auto",
+                  dtype: str = "auto", workers: int | None = None, strict: bool = False, overwrite: bool = False,
+                  quiet: bool = False, fast_decode: bool = False, encoder: ImageEncoder | None = None,
+                  shard: tuple[int, int] | None = None) -> EmbedSummary:
     """Embed every image of ``source`` into the cache ``out`` (resumable, sharded, crash-safe).
 
     Args:
@@ -294,13 +346,6 @@ def run_embedding(
     Raises:
         SourceError / LabelError (before anything is embedded), EncoderLoadError, CacheError.
     """
-    from torch.utils.data import DataLoader
-    from tqdm import tqdm
-
-    from woundscore.cache.store import CacheWriter
-    from woundscore.embed.encoder import default_batch_size, load_encoder
-    from woundscore.embed.sources import open_source
-
     t0 = time.perf_counter()
     rank, world = shard if shard is not None else shard_from_env()
     # Labels first: a label problem is an error before any model is loaded or anything written.
@@ -310,63 +355,14 @@ def run_embedding(
     bs = int(batch_size or default_batch_size(enc.device))
     if bs < 1:
         raise EmbedRunError(f"batch size must be >= 1, got {bs}")
-    nw = default_workers() if workers is None else int(workers)
-    target = part_path(out, rank, world)
-    chunks = chunk_indices(len(samples), bs, rank, world)
-    mine = sum(len(c) for c in chunks)
-    summary = EmbedSummary(source=str(source), out=str(target), total=mine, rank=rank, world=world,
-                           compute_dtype=str(enc.dtype).replace("torch.", ""), resume_command=_resume_command())
-    delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
+    chunks, target = chunk_indices(len(samples), bs, rank, world), part_path(out, rank, world)
+    summary = EmbedSummary(source=str(source), out=str(target), total=sum(map(len, chunks)),
+                           rank=rank, world=world, compute_dtype=str(enc.dtype).replace("torch.", ""),
+                           resume_command=_resume_command())
     redone_before = enc.fp32_redone
-    extra_names = list(dict.fromkeys(list(EXTRA_NAMES) + [k for s in samples for k in s.extras]))
-
-    provenance = enc.provenance()
-    # generated images (the source's marker) and random weights (the checkpoint's) both say so
-    notice = "; ".join(dict.fromkeys(n for n in (provenance.get("notice"), src.notice) if n))
-    if notice:
-        provenance["notice"] = notice
-    with CacheWriter(target, provenance, overwrite=overwrite) as writer:
-        known = writer.known_hashes()
-        dataset = _ChunkDataset(samples, chunks, enc.spec, known)
-        loader = DataLoader(
-            dataset, batch_size=None, shuffle=False, num_workers=nw, collate_fn=_identity,
-            worker_init_fn=_worker_init if nw else None, prefetch_factor=2 if nw else None,
-            persistent_workers=False, pin_memory=enc.device.startswith("cuda"),
-        )
-        bar = tqdm(total=mine, unit="img", desc=f"embedding{f' rank {rank}' if world > 1 else ''}",
-                   disable=quiet, dynamic_ncols=True, smoothing=0.1)
-        with _StopOnSigint(quiet) as stop, bar:
-            for item in loader:
-                for i, reason in item["failed"]:
-                    writer.record_failure(samples[i].image_id, reason)
-                    summary.failed.append((samples[i].image_id, reason))
-                summary.skipped += len(item["skipped"])
-                ok = list(item["ok"])
-                feats = np.zeros((0, enc.dim), np.float32)
-                shas = list(item["sha"])
-                if item["pixels"] is not None:
-                    feats, finite = enc.embed_pixels_checked(item["pixels"])
-                    for j in np.flatnonzero(~finite):  # never write NaN/inf; name the image
-                        s = samples[ok[j]]
-                        reason = f"{s.origin}: non-finite embedding even in float32"
-                        writer.record_failure(s.image_id, reason)
-                        summary.failed.append((s.image_id, reason))
-                    keep = np.flatnonzero(finite)
-                    ok, shas, feats = [ok[j] for j in keep], [shas[j] for j in keep], feats[keep]
-                if ok or item["failed"]:
-                    written = _append(writer, summary, samples, ok, shas, feats, extra_names)
-                    summary.embedded += written
-                    summary.duplicates += len(ok) - written
-                bar.update(len(chunks[item["k"]]))
-                if delay:
-                    time.sleep(delay)
-                if strict and summary.failed:
-                    summary.stopped_strict = True
-                    break
-                if stop.requested:
-                    summary.interrupted = True
-                    break
-            del loader  # shuts the workers down before the cache is consolidated
+    with CacheWriter(target, _provenance(enc, src), overwrite=overwrite) as writer:
+        _embed_chunks(_Batches(writer, enc, samples, summary), chunks, strict=strict, quiet=quiet,
+                      workers=default_workers() if workers is None else int(workers))
     summary.fp32_redone = enc.fp32_redone - redone_before
     summary.wall_s = time.perf_counter() - t0
     if world > 1 and not summary.interrupted:
@@ -375,16 +371,5 @@ def run_embedding(
     return summary
 
 
-__all__ = [
-    "EXIT_INTERRUPTED",
-    "EXIT_OK",
-    "EXIT_SOME_FAILED",
-    "EmbedRunError",
-    "EmbedSummary",
-    "TEST_DELAY_ENV",
-    "chunk_indices",
-    "default_workers",
-    "part_path",
-    "run_embedding",
-    "shard_from_env",
-]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SOME_FAILED", "EmbedRunError", "EmbedSummary", "TEST_DELAY_ENV",
+           "chunk_indices", "default_workers", "part_path", "run_embedding", "shard_from_env"]
