@@ -12,10 +12,10 @@ what the method cost, under the keys of ``META_KEYS``. The report reads it when 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.schema import LABEL_NAMES
+from woundscore.cache.util import atomic_write_text
 
 HEADER: tuple[str, ...] = ("image_id",) + LABEL_NAMES
 
@@ -49,6 +50,44 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return Path(path).with_suffix(".json")
 
 
+def _check_header(path: Path, header: list[str] | None) -> list[int]:
+    """The column index of each of ``HEADER`` in the file's header row; PredictionsError if unusable."""
+    if header is None:
+        raise PredictionsError(f"{path}: empty file; expected the header {','.join(HEADER)}")
+    header = [h.strip() for h in header]
+    unknown = [h for h in header if h not in HEADER]
+    missing = [h for h in HEADER if h not in header]
+    duplicate = len(set(header)) != len(header)
+    if unknown or missing or duplicate:
+        parts = [f"missing column(s) {', '.join(missing)}"] if missing else []
+        parts += [f"unknown column(s) {', '.join(unknown)}"] if unknown else []
+        parts += ["duplicate column(s)"] if duplicate else []
+        raise PredictionsError(f"{path}: line 1: bad header ({'; '.join(parts)}); expected {','.join(HEADER)}")
+    return [header.index(h) for h in HEADER]
+
+
+def _parse_row(path: Path, line_no: int, row: list[str], col: list[int], n_fields: int) -> tuple[str, list[float]]:
+    """(image id, six probabilities) of one data row; PredictionsError naming line and field."""
+    if len(row) != n_fields:
+        raise PredictionsError(f"{path}: line {line_no}: {len(row)} fields, header has {n_fields}")
+    image_id = row[col[0]].strip()
+    if not image_id:
+        raise PredictionsError(f"{path}: line {line_no}: empty image_id")
+    values = []
+    for name, c in zip(LABEL_NAMES, col[1:]):
+        text = row[c].strip()
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        if not (0.0 <= v <= 1.0):  # also catches NaN
+            raise PredictionsError(
+                f"{path}: line {line_no}: image {image_id!r}: {name}={text!r} is not a probability in [0, 1]"
+            )
+        values.append(v)
+    return image_id, values
+
+
 def read_predictions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read a predictions CSV.
 
@@ -68,59 +107,20 @@ def read_predictions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     with handle:
         reader = csv.reader(handle)
         header = next(reader, None)
-        if header is None:
-            raise PredictionsError(f"{path}: empty file; expected the header {','.join(HEADER)}")
-        header = [h.strip() for h in header]
-        unknown = [h for h in header if h not in HEADER]
-        missing = [h for h in HEADER if h not in header]
-        if unknown or missing or len(set(header)) != len(header):
-            parts = []
-            if missing:
-                parts.append(f"missing column(s) {', '.join(missing)}")
-            if unknown:
-                parts.append(f"unknown column(s) {', '.join(unknown)}")
-            if len(set(header)) != len(header):
-                parts.append("duplicate column(s)")
-            raise PredictionsError(
-                f"{path}: line 1: bad header ({'; '.join(parts)}); expected {','.join(HEADER)}"
-            )
-        col = [header.index(h) for h in HEADER]
-        ids: list[str] = []
-        rows: list[list[float]] = []
+        col = _check_header(path, header)
         seen: dict[str, int] = {}
+        rows: list[list[float]] = []
         for line_no, row in enumerate(reader, start=2):
             if not row or all(not c.strip() for c in row):
                 continue  # tolerate blank lines (e.g. a trailing newline)
-            if len(row) != len(header):
-                raise PredictionsError(
-                    f"{path}: line {line_no}: {len(row)} fields, header has {len(header)}"
-                )
-            image_id = row[col[0]].strip()
-            if not image_id:
-                raise PredictionsError(f"{path}: line {line_no}: empty image_id")
+            image_id, values = _parse_row(path, line_no, row, col, len(header))
             if image_id in seen:
-                raise PredictionsError(
-                    f"{path}: line {line_no}: image_id {image_id!r} already on line {seen[image_id]}"
-                )
+                raise PredictionsError(f"{path}: line {line_no}: image_id {image_id!r} already on line {seen[image_id]}")
             seen[image_id] = line_no
-            values = []
-            for name, c in zip(LABEL_NAMES, col[1:]):
-                text = row[c].strip()
-                try:
-                    v = float(text)
-                except ValueError:
-                    v = math.nan
-                if not (0.0 <= v <= 1.0):  # also catches NaN
-                    raise PredictionsError(
-                        f"{path}: line {line_no}: image {image_id!r}: {name}={text!r} "
-                        "is not a probability in [0, 1]"
-                    )
-                values.append(v)
-            ids.append(image_id)
             rows.append(values)
-    if not ids:
+    if not seen:
         raise PredictionsError(f"{path}: no prediction rows after the header")
-    return np.asarray(ids, dtype=str), np.asarray(rows, dtype=np.float64).reshape(-1, len(LABEL_NAMES))
+    return np.asarray(list(seen), dtype=str), np.asarray(rows, dtype=np.float64).reshape(-1, len(LABEL_NAMES))
 
 
 def write_predictions(
@@ -177,8 +177,6 @@ def read_predictions_meta(path: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def _csv_text(ids: list[str], P: np.ndarray) -> str:
-    import io
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(HEADER)
@@ -186,19 +184,6 @@ def _csv_text(ids: list[str], P: np.ndarray) -> str:
         # repr-precision floats: a read-back gives the identical array
         w.writerow([i] + [repr(float(v)) for v in row])
     return buf.getvalue()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be read by others
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 __all__ = [

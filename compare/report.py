@@ -35,7 +35,8 @@ import numpy as np
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.types import EmbeddingSet
 from woundscore.compare import metrics as M
-from woundscore.compare.predictions import atomic_write_text, read_predictions, read_predictions_meta
+from woundscore.cache.util import atomic_write_text
+from woundscore.compare.predictions import read_predictions, read_predictions_meta
 
 PROBE, MLP, ZERO_SHOT, FINETUNE = "probe", "mlp", "zero-shot", "finetune"
 RESERVED_NAMES = (PROBE, MLP, ZERO_SHOT, FINETUNE)
