@@ -54,15 +54,8 @@ from woundscore.embed.runtime import DEFAULT_MODEL, peak_memory, quiet_transform
 from woundscore.embed.sources import open_source
 
 #: The seed's Trainer arguments (the defaults of :func:`finetune` and of the CLI).
-SEED_ARGS: dict[str, Any] = {
-    "epochs": 5,
-    "batch_size": 4,
-    "grad_accum": 16,
-    "lr": 5e-5,
-    "weight_decay": 0.01,
-    "warmup_steps": 10,
-    "lr_scheduler_type": "cosine",
-}
+SEED_ARGS: dict[str, Any] = {"epochs": 5, "batch_size": 4, "grad_accum": 16, "lr": 5e-5, "weight_decay": 0.01,
+                             "warmup_steps": 10, "lr_scheduler_type": "cosine"}
 _AMP = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -157,11 +150,8 @@ def _split_samples(samples: Sequence[Any], source: Any) -> dict[str, list[Any]]:
             out[s.split].append(s)
     for name, items in out.items():
         if not items:
-            why = {
-                "train": "nothing to train on",
-                "val": "the best epoch is chosen by validation macro AUC",
-                "test": "the report compares methods on the test split",
-            }[name]
+            why = {"train": "nothing to train on", "val": "the best epoch is chosen by validation macro AUC",
+                   "test": "the report compares methods on the test split"}[name]
             counts = ", ".join(f"{k}={len(v)}" for k, v in out.items())
             raise FineTuneError(f"{source}: no '{name}' images ({counts}); the fine-tune needs all three splits: {why}")
     return out
@@ -298,36 +288,22 @@ def _sidecar(*, st: _Settings, data: _Data, net: SelectiveUnfreezeClassifier, tr
     return {
         "method": f"SigLIP fine-tune, last {st.unfreeze_last} of {len(net.vision.encoder.layers)} blocks, "
                   f"{st.pooling} pooling",
-        "train_seconds": round(train_seconds, 3),
-        "peak_memory_mb": round(peak_mb, 1),
-        "memory_kind": memory_kind,
-        "trainable_params": trainable,
-        "total_params": total,
-        "device": device_name,
+        "train_seconds": round(train_seconds, 3), "peak_memory_mb": round(peak_mb, 1), "memory_kind": memory_kind,
+        "trainable_params": trainable, "total_params": total, "device": device_name,
         "inference_ms_per_image": round(1000.0 * infer_s / max(len(data.samples["test"]), 1), 3),
         "notes": (("prefix cache (frozen part computed once); " if st.prefix_cache else "")
                   + f"{st.dtype}; best val macro AUC {best_val if best_val is None else round(best_val, 4)}"),
-        "dtype": st.dtype,
-        "model": model,
-        "revision": ckpt.revision,
-        "unfreeze_last": st.unfreeze_last,
-        "pooling": st.pooling,
-        "epochs": st.epochs,
-        "max_steps": st.max_steps,
-        "global_steps": int(trainer.state.global_step),
-        "prefix_cache": st.prefix_cache,
+        "dtype": st.dtype, "model": model, "revision": ckpt.revision,
+        **{k: getattr(st, k) for k in ("unfreeze_last", "pooling", "epochs", "max_steps")},
+        "global_steps": int(trainer.state.global_step), "prefix_cache": st.prefix_cache,
         "scan_seconds": round(data.scan_seconds, 3),  # the pass before training, in train_seconds
         "prefix_cache_mb": round(data.prefix_bytes / 2**20, 1) if st.prefix_cache else None,
-        "best_val_macro_auc": best_val,
-        "test_macro_auc": test_metrics["macro_auc"],
+        "best_val_macro_auc": best_val, "test_macro_auc": test_metrics["macro_auc"],
         "nonfinite_batches_skipped": loss_func.nonfinite_total,
         **{f"n_{s}": len(data.samples[s]) for s in ("train", "val", "test")},
         "rows": "test then val images (val rows let the report choose thresholds on val)",
-        "skipped_images": data.skipped,
-        "preprocessing": spec.to_dict() if hasattr(spec, "to_dict") else None,
-        "label_schema": SCHEMA.to_json(),
-        "versions": package_versions(),
-        "notice": notice,
+        "skipped_images": data.skipped, "preprocessing": spec.to_dict() if hasattr(spec, "to_dict") else None,
+        "label_schema": SCHEMA.to_json(), "versions": package_versions(), "notice": notice,
     }
 
 

@@ -153,19 +153,14 @@ class SelectiveUnfreezeClassifier(nn.Module):
         pooled = h.mean(dim=1) if self.pooling == "mean" else self.vision.head(h)
         return self.classifier(pooled)
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor | None = None,
-        prefix_states: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> Any:
+    def forward(self, pixel_values: torch.Tensor | None = None, prefix_states: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> Any:
         if (pixel_values is None) == (prefix_states is None):
             raise ValueError("pass exactly one of pixel_values or prefix_states")
         if prefix_states is not None:
-            if prefix_states.dtype != self.vision.post_layernorm.weight.dtype and not torch.is_autocast_enabled(
-                prefix_states.device.type
-            ):
-                prefix_states = prefix_states.to(self.vision.post_layernorm.weight.dtype)
+            weight_dtype = self.vision.post_layernorm.weight.dtype
+            if prefix_states.dtype != weight_dtype and not torch.is_autocast_enabled(prefix_states.device.type):
+                prefix_states = prefix_states.to(weight_dtype)
             logits = self._tail(prefix_states)
         elif self.pooling == "mean":
             # The plain path is the seed's model itself, so the prefix path is checked against it.
@@ -175,17 +170,10 @@ class SelectiveUnfreezeClassifier(nn.Module):
         return _output_cls()(logits=logits)
 
 
-def compute_prefix(
-    model: SelectiveUnfreezeClassifier,
-    batches: Iterable[torch.Tensor],
-    *,
-    n: int,
-    device: torch.device | str = "cpu",
-    autocast_dtype: torch.dtype | None = None,
-    store_dtype: torch.dtype | None = None,
-    store_device: torch.device | str = "cpu",
-    progress: Any = None,
-) -> torch.Tensor:
+def compute_prefix(model: SelectiveUnfreezeClassifier, batches: Iterable[torch.Tensor], *, n: int,
+                   device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
+                   store_dtype: torch.dtype | None = None, store_device: torch.device | str = "cpu",
+                   progress: Any = None) -> torch.Tensor:
     """Run the frozen part once over ``n`` images given as pixel batches.
 
     Args:
@@ -193,9 +181,9 @@ def compute_prefix(
         autocast_dtype: torch.bfloat16 / torch.float16 to run under autocast as the Trainer will
             (so the cached states equal what the plain path computes), None for no autocast.
         store_dtype: dtype of the cache; None keeps what the blocks output (float32 residual stream).
+        progress: a tqdm-like bar, updated per image.
 
-    Returns:
-        (n, T, D) tensor on ``store_device``.
+    Returns (n, T, D) states on ``store_device``.
     """
     device = torch.device(device)
     was_training = model.training
@@ -205,9 +193,8 @@ def compute_prefix(
     try:
         for pixels in batches:
             pixels = pixels.to(device, non_blocking=True)
-            with torch.inference_mode(), torch.autocast(
-                device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None
-            ):
+            with torch.inference_mode(), torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                                        enabled=autocast_dtype is not None):
                 h = model.prefix(pixels)
             if out is None:
                 out = torch.empty((n, *h.shape[1:]), dtype=store_dtype or h.dtype, device=store_device)

@@ -43,30 +43,18 @@ from woundscore.embed.tiny import ASSETS
 #: after the SurgWound annotation questions; the negative prompt mirrors the positive one so that
 #: the pair differs in the finding only.
 PROMPTS: dict[str, tuple[str, str]] = {
-    "healing_status": (
-        "a photo of a surgical incision that has not healed, with open or separated wound edges",
-        "a photo of a surgical incision that has healed, with closed wound edges",
-    ),
-    "erythema": (
-        "a photo of a surgical wound with redness around the incision",
-        "a photo of a surgical wound without redness around the incision",
-    ),
-    "edema": (
-        "a photo of a surgical wound with swelling of the surrounding skin",
-        "a photo of a surgical wound without swelling of the surrounding skin",
-    ),
-    "infection_risk": (
-        "a photo of a surgical wound with signs of infection",
-        "a photo of a surgical wound without signs of infection",
-    ),
-    "urgency": (
-        "a photo of a surgical wound that needs prompt medical attention",
-        "a photo of a surgical wound that needs only routine home care",
-    ),
-    "exudate": (
-        "a photo of a surgical wound with fluid, blood or pus draining from the incision",
-        "a photo of a dry surgical wound without any drainage",
-    ),
+    "healing_status": ("a photo of a surgical incision that has not healed, with open or separated wound edges",
+                       "a photo of a surgical incision that has healed, with closed wound edges"),
+    "erythema": ("a photo of a surgical wound with redness around the incision",
+                 "a photo of a surgical wound without redness around the incision"),
+    "edema": ("a photo of a surgical wound with swelling of the surrounding skin",
+              "a photo of a surgical wound without swelling of the surrounding skin"),
+    "infection_risk": ("a photo of a surgical wound with signs of infection",
+                       "a photo of a surgical wound without signs of infection"),
+    "urgency": ("a photo of a surgical wound that needs prompt medical attention",
+                "a photo of a surgical wound that needs only routine home care"),
+    "exudate": ("a photo of a surgical wound with fluid, blood or pus draining from the incision",
+                "a photo of a dry surgical wound without any drainage"),
 }
 
 #: SigLIP's text length at training time.
@@ -111,15 +99,9 @@ class ZeroShotModel:
     prompts: dict[str, tuple[str, str]] = field(default_factory=lambda: dict(PROMPTS))
 
     @classmethod
-    def from_pretrained(
-        cls,
-        model: str | os.PathLike,
-        *,
-        revision: str | None = None,
-        tokenizer: str | os.PathLike | None = None,
-        device: str = "auto",
-        prompts: dict[str, tuple[str, str]] | None = None,
-    ) -> "ZeroShotModel":
+    def from_pretrained(cls, model: str | os.PathLike, *, revision: str | None = None,
+                        tokenizer: str | os.PathLike | None = None, device: str = "auto",
+                        prompts: dict[str, tuple[str, str]] | None = None) -> "ZeroShotModel":
         """Load a full SigLIP checkpoint (both towers) and its tokenizer from a folder or hub id."""
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -160,29 +142,18 @@ class ZeroShotModel:
             t = t / t.norm(dim=-1, keepdim=True)
             scale = float(net.logit_scale.exp().item())
         n = len(LABEL_NAMES)
-        return cls(
-            model=net,
-            spec=resolve_spec(ckpt.path),
-            device=dev,
-            text_pos=t[:n],
-            text_neg=t[n:],
-            scale=scale,
-            model_id=ckpt.model_id,
-            revision=ckpt.revision,
-            notice=checkpoint_notice(ckpt.path),
-            autocast_dtype=torch.bfloat16 if dev != "cpu" and torch.cuda.is_bf16_supported() else None,
-            prompts=table,
-        )
+        return cls(model=net, spec=resolve_spec(ckpt.path), device=dev, text_pos=t[:n], text_neg=t[n:], scale=scale,
+                   model_id=ckpt.model_id, revision=ckpt.revision, notice=checkpoint_notice(ckpt.path),
+                   autocast_dtype=torch.bfloat16 if dev != "cpu" and torch.cuda.is_bf16_supported() else None,
+                   prompts=table)
 
     def probabilities_from_pixels(self, pixel_values: Any) -> np.ndarray:
         """(b, 3, H, W) preprocessed pixels -> (b, 6) p(label) = sigmoid(scale * (cos_pos - cos_neg))."""
         import torch
 
-        with torch.inference_mode(), torch.autocast(
-            torch.device(self.device).type,
-            dtype=self.autocast_dtype or torch.float32,
-            enabled=self.autocast_dtype is not None,
-        ):
+        amp = self.autocast_dtype
+        with torch.inference_mode(), torch.autocast(torch.device(self.device).type, enabled=amp is not None,
+                                                    dtype=amp or torch.float32):
             img = _pooled(self.model.get_image_features(pixel_values=pixel_values.to(self.device))).float()
         img = img / img.norm(dim=-1, keepdim=True)
         diff = img @ self.text_pos.T - img @ self.text_neg.T  # (b, 6) cos_pos - cos_neg
@@ -195,25 +166,16 @@ def _as_model(model: Any, device: str, revision: str | None) -> ZeroShotModel:
     return ZeroShotModel.from_pretrained(model, revision=revision, device=device)
 
 
-def zero_shot_probabilities(
-    model: "str | os.PathLike | ZeroShotModel",
-    images: Sequence[Any],
-    *,
-    device: str = "auto",
-    batch_size: int = 8,
-    revision: str | None = None,
-) -> np.ndarray:
+def zero_shot_probabilities(model: "str | os.PathLike | ZeroShotModel", images: Sequence[Any], *, device: str = "auto",
+                            batch_size: int = 8, revision: str | None = None) -> np.ndarray:
     """Zero-shot p(label) for images.
 
     Args:
         model: hub id / folder of a full SigLIP checkpoint, or a loaded :class:`ZeroShotModel`.
         images: bytes, paths or PIL images (decoded and preprocessed by ``embed.preprocess``).
 
-    Returns:
-        (n, 6) float64 probabilities in ``LABEL_NAMES`` order.
-
-    Raises:
-        ZeroShotError; embed.preprocess.ImageDecodeError for an unreadable image.
+    Returns (n, 6) float64 probabilities in ``LABEL_NAMES`` order. Raises ZeroShotError, or
+    embed.preprocess.ImageDecodeError for an unreadable image.
     """
     import torch
 
@@ -280,23 +242,13 @@ def _score(zs: ZeroShotModel, chosen: list[Any], batch_size: int, quiet: bool,
     return kept_ids, np.concatenate(probs) if probs else np.zeros((0, len(LABEL_NAMES))), skipped, score_s
 
 
-def zero_shot_source(
-    source: str | os.PathLike,
-    model: "str | os.PathLike | ZeroShotModel",
-    *,
-    split: str | None = "test",
-    ids: Sequence[str] | None = None,
-    device: str = "auto",
-    batch_size: int = 8,
-    revision: str | None = None,
-    quiet: bool = True,
-) -> ZeroShotResult:
+def zero_shot_source(source: str | os.PathLike, model: "str | os.PathLike | ZeroShotModel", *,
+                     split: str | None = "test", ids: Sequence[str] | None = None, device: str = "auto",
+                     batch_size: int = 8, revision: str | None = None, quiet: bool = True) -> ZeroShotResult:
     """Zero-shot scores for the images of a source (one split, or the given image ids, e.g. a cache's).
 
-    Unreadable images are skipped and listed in ``skipped`` (never scored as 0).
-
-    Raises:
-        ZeroShotError (unknown ids, empty selection), embed.sources.SourceError.
+    Unreadable images are skipped and listed in ``skipped`` (never scored as 0). Raises
+    ZeroShotError (unknown ids, empty selection), embed.sources.SourceError.
     """
     src = open_source(source)
     chosen = _select(src.samples(), src.path, split, ids)
@@ -325,21 +277,12 @@ def zero_shot_source(
     return ZeroShotResult(ids=np.asarray(kept_ids, dtype=str), P=P, skipped=skipped, meta=meta)
 
 
-def run_zero_shot(
-    source: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    model: str | os.PathLike = DEFAULT_MODEL,
-    split: str = "test",
-    device: str = "auto",
-    batch_size: int = 8,
-    revision: str | None = None,
-    quiet: bool = False,
-) -> ZeroShotResult:
+def run_zero_shot(source: str | os.PathLike, out: str | os.PathLike, *, model: str | os.PathLike = DEFAULT_MODEL,
+                  split: str = "test", device: str = "auto", batch_size: int = 8, revision: str | None = None,
+                  quiet: bool = False) -> ZeroShotResult:
     """Score a split of ``source`` and write ``out`` (predictions CSV) + its ``.json`` sidecar."""
-    res = zero_shot_source(
-        source, model, split=split, device=device, batch_size=batch_size, revision=revision, quiet=quiet
-    )
+    res = zero_shot_source(source, model, split=split, device=device, batch_size=batch_size, revision=revision,
+                           quiet=quiet)
     if len(res.ids) == 0:
         raise ZeroShotError(f"{source}: every image of split {split!r} failed to load; nothing written")
     write_predictions(Path(out), res.ids, res.P, meta=res.meta)
