@@ -1,15 +1,20 @@
 """`wound-embed`: Stage one: read a SurgWound source and embed its images into the cache.
 
-Each command is a thin adapter over one library function; library errors become
-`click.ClickException` (exit 1), usage errors exit 2.
+Each command is a thin adapter over one library function; library errors (``WoundscoreError``)
+become ``Error: <message>`` (exit 1) in one place, usage errors exit 2. The library is imported in
+the command bodies so that ``wound-embed --help`` stays fast.
 """
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+import json
+import logging
+import sys
+from typing import Any, Callable, TypeVar
 
 import click
 
+from woundscore.cache.errors import WoundscoreError
 from woundscore.embed.runtime import DEFAULT_MODEL
 
 F = TypeVar("F", bound=Callable)
@@ -35,7 +40,17 @@ def encoder_options(*, model_help: str = "Hub id (gated: accept the terms, then 
     return decorate
 
 
-@click.group()
+class _Group(click.Group):
+    """Turns every WoundscoreError of a command into ``Error: <message>``, exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except WoundscoreError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="woundscore")
 def cli() -> None:
     """Stage one: read a SurgWound source and embed its images into the cache."""
@@ -61,16 +76,9 @@ def stats_command(source: str, as_json: bool) -> None:
     Exit codes: 0 done; 1 the source cannot be read or has a label problem
     (the message names the file, record or row, field and value); 2 usage error.
     """
-    # Imported here so that `wound-embed --help` stays fast.
-    import json
+    from woundscore.embed.sources import format_stats, source_stats
 
-    from woundscore.cache.schema import LabelError
-    from woundscore.embed.sources import SourceError, format_stats, source_stats
-
-    try:
-        stats = source_stats(source)
-    except (SourceError, LabelError) as e:
-        raise click.ClickException(str(e)) from None
+    stats = source_stats(source)
     if as_json:
         click.echo(json.dumps(stats, indent=2))
     else:
@@ -119,17 +127,9 @@ def run_command(source: str, out: str, model: str, revision: str | None, batch_s
     labels, model, cache: nothing written is lost); 2 usage error; 130 interrupted (Ctrl-C or
     SIGTERM, after the current batch): rerun the same command to resume.
     """
-    import logging
-    import sys
+    from woundscore.embed.run import run_embedding
 
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
-    from woundscore.cache.schema import LabelError
-    from woundscore.cache.types import CacheError
-    from woundscore.embed.encoder import EncoderLoadError
-    from woundscore.embed.preprocess import PreprocessConfigError
-    from woundscore.embed.run import EmbedRunError, run_embedding
-    from woundscore.embed.sources import SourceError
-
     try:
         summary = run_embedding(source, out, model=model, revision=revision, batch_size=batch_size, device=device,
                                 dtype=dtype, workers=workers, strict=strict, overwrite=overwrite, quiet=quiet,
@@ -137,8 +137,6 @@ def run_command(source: str, out: str, model: str, revision: str | None, batch_s
     except KeyboardInterrupt:
         click.echo("\ninterrupted: every batch already written is kept; rerun the same command to resume", err=True)
         raise SystemExit(130) from None
-    except (SourceError, LabelError, EncoderLoadError, PreprocessConfigError, CacheError, EmbedRunError) as e:
-        raise click.ClickException(str(e)) from None
     if not quiet or summary.exit_code:
         click.echo(summary.format(), err=bool(summary.exit_code))
     raise SystemExit(summary.exit_code)
