@@ -1,52 +1,14 @@
-"""The cache's HDF5 layout: rows in memory, strings, provenance attributes, identity comparison.
+"""The cache's HDF5 layout (``LAYOUT_VERSION`` 1): rows in memory, strings, provenance attributes.
 
-File layout (``LAYOUT_VERSION`` 1). Row ``i`` of every root dataset describes the same image.
-
-=====================  ==============  ===================================================
-path                   shape, dtype    content
-=====================  ==============  ===================================================
-``/embeddings``        (n, d) float32  pooled image features; chunked (~1 MiB chunks of
-                                       whole rows), ``maxshape=(None, d)``, uncompressed
-``/image_id``          (n,) utf-8 str  image name as in the source, e.g. ``"76.jpg"``
-``/sha256``            (n,) utf-8 str  hex digest of the image bytes (resume key)
-``/split``             (n,) utf-8 str  ``"train"`` / ``"val"`` / ``"test"`` / ``""``
-``/labels``            (n, 6) int8     1 / 0 / -1 (missing); columns in attr ``columns``
-``/order``             (n,) int64      row's position in the source listing (sort key)
-``/extras/<name>``     (n,) utf-8 str  raw annotations, one per ``cache.schema.EXTRA_NAMES``
-                                       ("" when unsure or absent)
-``/failures/image_id`` (m,) utf-8 str  images that could not be embedded ...
-``/failures/reason``   (m,) utf-8 str  ... and why (file and reason)
-``/runs``              (k,) utf-8 str  one JSON object per writer run (pid, host, command,
-                                       dtype, device, versions, rows added, status)
-=====================  ==============  ===================================================
-
-The per-row string columns are fixed-length UTF-8 (length = the longest value, NUL padded; they
-read far faster than variable-length strings); ``failures`` and ``runs`` are variable-length.
-``Dataset.asstr()`` decodes both.
-
-File attributes: ``layout_version`` (int), ``encoder_id``, ``encoder_revision`` ("" when
-unknown), ``embedding_dim`` (int), ``preprocessing`` (JSON), ``compute_dtype``, ``device``,
-``label_schema`` (``SCHEMA.to_json()``), ``versions`` (JSON of package versions), ``created``,
-``updated`` (ISO 8601 UTC), ``order_kind`` (``"source"`` when every row's ``order`` came from the
-caller, else ``"append"``), ``parts_merged_upto`` (int, see ``cache.writer``), ``provenance_extra``
-(JSON of any other provenance keys) and, optionally, ``notice`` (e.g. a demo banner). Rows of a
-consolidated file are sorted by ``order`` (ties keep append order).
-
-Reading it without this package::
-
-    import h5py, json
-    with h5py.File("embeddings.h5", "r") as f:
-        X = f["embeddings"][()]                        # (n, 1152) float32
-        ids = f["image_id"].asstr()[()]                # (n,) object array of str
-        Y = f["labels"][()]                            # (n, 6) int8, -1 = missing
-        names = list(f["labels"].attrs["columns"])     # the six label names, in order
-        split = f["split"].asstr()[()]
-        location = f["extras/location"].asstr()[()]
-        prep = json.loads(f.attrs["preprocessing"])    # resize / mean / std of the encoder
-        print(f.attrs["encoder_id"], f.attrs["encoder_revision"], X.shape, prep)
-
-A cache of an interrupted run also has batches in ``<cache>.parts/``: use ``read_cache`` (or
-``consolidate_cache``) before reading such a cache with plain h5py.
+The README's "The cache file" lists every dataset and attribute and shows how to read a cache
+with plain h5py (a test runs that example). Beyond it: the per-row string columns are
+fixed-length UTF-8 (NUL padded; they read far faster than variable-length strings), ``failures``
+and ``runs`` variable-length, both decoded by ``Dataset.asstr()``. Rows of a consolidated file
+are sorted by ``order`` (ties keep append order); ``order_kind`` is ``"source"`` when every
+row's ``order`` came from the caller, else ``"append"``; ``parts_merged_upto`` is explained in
+``cache.writer``; ``provenance_extra`` holds any other provenance keys as JSON. A cache of an
+interrupted run also has batches in ``<cache>.parts/``: read it with ``read_cache`` (or run
+``consolidate_cache``) before using plain h5py.
 """
 
 from __future__ import annotations

@@ -51,15 +51,15 @@ class _Retry(Exception):
     """The main file was replaced (a writer consolidated) while it was read."""
 
 
-def load(path: str | os.PathLike, *, with_x: bool = True, strict_parts: bool = False) -> Loaded:
+def load(path: str | os.PathLike, *, with_x: bool = True) -> Loaded:
     """Read main file + complete parts (``rows.X`` None unless ``with_x``); retries while a writer
-    consolidates. Damaged parts are listed in ``bad_parts`` (CacheError if ``strict_parts``)."""
+    consolidates. Damaged parts are skipped and listed in ``bad_parts``."""
     path = Path(path)
     if not path.exists():
         raise CacheError(f"{path}: no such cache")
     for _ in range(20):
         try:
-            return _load_once(path, with_x=with_x, strict_parts=strict_parts)
+            return _load_once(path, with_x=with_x)
         except _Retry:
             continue
     raise CacheError(f"{path}: the cache kept changing while it was read; try again")
@@ -72,7 +72,7 @@ def _inode(path: Path) -> int:
         raise _Retry() from None
 
 
-def _read_parts(path: Path, after: int, strict: bool) -> tuple[list[Part], list[str]]:
+def _read_parts(path: Path, after: int) -> tuple[list[Part], list[str]]:
     parts, bad = [], []
     for _, p in list_parts(path, after):
         try:
@@ -80,24 +80,30 @@ def _read_parts(path: Path, after: int, strict: bool) -> tuple[list[Part], list[
         except FileNotFoundError:
             raise _Retry() from None  # consolidated meanwhile
         except CacheError as exc:
-            if strict:
-                raise
             bad.append(str(exc))
     return parts, bad
 
 
-def _load_once(path: Path, *, with_x: bool, strict_parts: bool) -> Loaded:
-    ino = _inode(path)
+def _open(path: Path) -> h5py.File:
+    """``path`` opened for reading; CacheError if it is not HDF5 (FileNotFoundError passes)."""
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except FileNotFoundError:
-        raise _Retry() from None
+        raise
     except OSError as exc:
         raise CacheError(f"{path}: cannot open as an HDF5 embedding cache ({reason(exc)})") from None
+
+
+def _load_once(path: Path, *, with_x: bool) -> Loaded:
+    ino = _inode(path)
+    try:
+        f = _open(path)
+    except FileNotFoundError:
+        raise _Retry() from None  # replaced between stat and open
     with f:
         check_layout(f, path)
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        parts, bad = _read_parts(path, int(attrs.get("parts_merged_upto", 0)), strict_parts)
+        parts, bad = _read_parts(path, int(attrs.get("parts_merged_upto", 0)))
         if _inode(path) != ino:
             raise _Retry()  # main replaced while we listed parts: start over
         emb = f["embeddings"]
@@ -173,12 +179,9 @@ def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise CacheError(f"{path}: no such cache")
-    try:
-        with h5py.File(path, "r") as f:
-            check_layout(f, path)
-            return provenance_from_attrs(dict(f.attrs))
-    except OSError as exc:
-        raise CacheError(f"{path}: cannot open as an HDF5 embedding cache ({reason(exc)})") from None
+    with _open(path) as f:
+        check_layout(f, path)
+        return provenance_from_attrs(dict(f.attrs))
 
 
 def read_failures(path: str | os.PathLike) -> list[dict]:

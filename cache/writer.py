@@ -1,25 +1,18 @@
 """Writing a cache: one writer at a time, crash-safe at every moment.
 
-Crash safety. The main file is never modified in place (see ``cache.guarded``):
+Crash safety. ``append`` writes each batch to its own part file (``cache.parts``), atomically, so
+a ``kill -9`` at any moment loses nothing ``append`` returned for (``fsync=True`` also survives a
+power cut, at a few ms per batch). Readers see the main file plus every complete part, so a rerun
+skips them. ``close`` (or, after a kill, the next writer's) writes main + parts into a NEW file
+that replaces the main one (``cache.guarded``: a full disk leaves it untouched); only then are
+the parts deleted. The new file records ``parts_merged_upto`` = the last part it holds, so parts
+left by a kill between replace and delete are ignored by readers and removed by the next writer,
+as are a killed writer's temporary files.
 
-* ``CacheWriter.append`` writes each batch to its own part file ``<cache>.parts/<seq>.part`` (see
-  ``cache.parts``), atomically, so a ``kill -9`` at any moment loses nothing that ``append``
-  returned for (pass ``fsync=True`` to also survive a power cut, at a few ms per batch).
-* Readers see the main file plus every complete part, so an unfinished run's batches are
-  readable at once and a rerun skips them.
-* ``close`` (or, after a kill, the next writer's ``close``) writes main + parts into a NEW file and
-  ``os.replace``-s it over the main file; only then are the parts deleted. The new file records
-  ``parts_merged_upto`` = the last part it contains, so leftover parts from a kill between replace
-  and delete are ignored by readers and removed by the next consolidation. Temporary files of a
-  killed writer are removed by the next writer.
-* A failed write (disk full, unwritable folder) raises :class:`CacheWriteError`; the main file
-  and the completed parts are untouched.
-
-Locking. ``fcntl.flock`` on ``<cache>.lock``, which holds a JSON line naming the holder (pid,
-host, command, since). The kernel releases a flock when its process dies, so a lock left by a
-killed writer is taken over (and noted in the run history); a live holder makes a second writer
-fail with :class:`CacheLockedError` naming it. Readers take no lock. (flock is per machine: do
-not share one cache between writers on several hosts over NFS.)
+Locking. ``fcntl.flock`` on ``<cache>.lock``, whose content names the holder (pid, host, command,
+since). The kernel drops a dead process's flock, so a killed writer's lock is taken over (noted
+in the run history); a live holder makes a second writer fail with :class:`CacheLockedError`
+naming it. Readers take no lock. (flock is per machine: one writer host per cache, not NFS.)
 """
 
 from __future__ import annotations
@@ -134,8 +127,8 @@ def writer_active(path: str | os.PathLike) -> dict | None:
 
 
 def write_new_cache(path: Path, prov: Mapping[str, Any], rows: Rows, *, order_kind: str,
-                    failures: list[dict] = (), runs: list[dict] = ()) -> dict[str, Any]:
-    """Replace ``path`` (lock held) by a fresh cache of ``rows``; returns its attributes.
+                    failures: list[dict] = (), runs: list[dict] = ()) -> None:
+    """Replace ``path`` (lock held) by a fresh cache of ``rows``.
 
     Part files of a cache that was there stay invisible (``parts_merged_upto``) and are removed.
     """
@@ -150,7 +143,6 @@ def write_new_cache(path: Path, prov: Mapping[str, Any], rows: Rows, *, order_ki
              "parts_merged_upto": old_seq}
     write_main(path, rows, attrs, list(failures), list(runs))
     remove_parts(path, old_seq)
-    return attrs
 
 
 class CacheWriter:
@@ -213,22 +205,19 @@ class CacheWriter:
         # Temporary files of a killed writer are never complete: drop them.
         for p in [*parts_dir(self.path).glob("*.tmp"), *self.path.parent.glob(f".{self.path.name}.*.tmp")]:
             p.unlink(missing_ok=True)
-        if self.path.exists() and not overwrite:
-            self._open_existing()
-            return
-        if not self.path.exists() and list_parts(self.path):
-            raise CacheError(
-                f"{self.path}: the cache file is missing but {parts_dir(self.path)} holds batches; "
-                "restore the file or pass overwrite=True (--overwrite) to start again"
-            )
-        # A new cache: an empty, valid main file first, so that the cache opens from now on.
-        prov = {**self._prov, "created": started, "updated": started}
-        self._base_attrs = write_new_cache(self.path, prov, Rows.empty(self.dim), order_kind="source")
-        self._known, self._id_sha = set(), {}
-        self._next_order, self._seq, self._dirty = 0, int(self._base_attrs["parts_merged_upto"]), False
-        self._order_kind = "source"
+        if overwrite or not self.path.exists():
+            if not self.path.exists() and list_parts(self.path):
+                raise CacheError(
+                    f"{self.path}: the cache file is missing but {parts_dir(self.path)} holds batches; "
+                    "restore the file or pass overwrite=True (--overwrite) to start again"
+                )
+            # A new cache: an empty, valid main file first, so that the cache opens from now on.
+            prov = {**self._prov, "created": started, "updated": started}
+            write_new_cache(self.path, prov, Rows.empty(self.dim), order_kind="source")
+        self._resume()
 
-    def _open_existing(self) -> None:
+    def _resume(self) -> None:
+        """State from the cache on disk; refuses rows from another setup."""
         loaded = load(self.path, with_x=False)
         diff = identity_differences(loaded.provenance, self._prov)
         if diff:

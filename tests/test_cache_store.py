@@ -86,12 +86,10 @@ def test_round_trip_keeps_rows_dtypes_and_provenance(tmp_path):
 
 
 def test_file_is_readable_with_plain_h5py_as_documented(tmp_path):
-    """The example in the module docstring (README material) runs against a real cache."""
-    import woundscore.cache.layout as layout
-
+    """The README's plain-h5py example (section "The cache file") runs against a real cache."""
     path = write_cache(tmp_path / "embeddings.h5", 0, 6)
-    example = layout.__doc__.split("Reading it without this package::")[1].split("A cache of an interrupted run")[0]
-    code = "\n".join(line[4:] for line in example.strip("\n").splitlines())
+    section = (REPO / "README.md").read_text().split("## The cache file")[1]
+    code = section.split("```python\n")[1].split("```")[0]
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
