@@ -12,6 +12,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from woundscore.embed.runtime import quiet_transformers
+
+# torch and transformers are imported inside the functions: importing this module (for ASSETS or
+# the architecture numbers) must not cost them.
+
 ASSETS = Path(__file__).parent / "assets"  # vendored SigLIP tokenizer (Apache-2.0, see NOTICE)
 NOTICE = "random weights - not MedSigLIP"
 
@@ -27,21 +32,27 @@ Google-Health/medsiglip (Apache-2.0).
 """
 
 
+def medsiglip_448_vision_config() -> dict[str, Any]:
+    """``SiglipVisionConfig`` keyword arguments of MedSigLIP-448 (SigLIP So400m/14 at 448): hidden
+    1152, 27 blocks, 16 heads, MLP 4304, patch 14, image 448 (1024 tokens). The one place of these
+    numbers; a fresh dict each call."""
+    return dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                image_size=448, patch_size=14, num_channels=3, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
+
+
 def medsiglip_config(*, with_text: bool = True) -> Any:
-    """The MedSigLIP-448 architecture (SigLIP So400m/14 at 448): vision hidden 1152, 27 blocks,
-    16 heads, MLP 4304, patch 14, image 448 (1024 tokens). Returns a SiglipConfig (or the
-    SiglipVisionConfig when ``with_text`` is False). For benchmarks with random weights."""
+    """The MedSigLIP-448 architecture as a SiglipConfig (text tower: same width and depth, 32,000
+    pieces, 64 positions), or the SiglipVisionConfig when ``with_text`` is False. For benchmarks
+    with random weights."""
     from transformers import SiglipConfig, SiglipVisionConfig
 
-    vision = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
-                  image_size=448, patch_size=14, num_channels=3, hidden_act="gelu_pytorch_tanh",
-                  layer_norm_eps=1e-6)
+    vision = medsiglip_448_vision_config()
     if not with_text:
         return SiglipVisionConfig(**vision)
-    text = dict(vocab_size=32000, hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
-                num_attention_heads=16, max_position_embeddings=64, hidden_act="gelu_pytorch_tanh",
-                layer_norm_eps=1e-6)
-    return SiglipConfig(text_config=text, vision_config=vision)
+    text = {k: vision[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                   "hidden_act", "layer_norm_eps")}
+    return SiglipConfig(text_config={**text, "vocab_size": 32000, "max_position_embeddings": 64},
+                        vision_config=vision)
 
 
 def build_tiny_siglip(
@@ -61,17 +72,11 @@ def build_tiny_siglip(
     tokenize real prompts; its max_position_embeddings is 64 like SigLIP's.
     Returns the folder.
     """
-    from transformers.utils import logging as hf_logging
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # config-validation chatter about SigLIP's CLIP-era token ids
-    try:
+    with quiet_transformers():  # config-validation chatter about SigLIP's CLIP-era token ids; save bars
         return _build(out, seed=seed, image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
                       layers=layers, heads=heads, with_text=with_text)
-    finally:
-        hf_logging.set_verbosity(verbosity)
 
 
 def _build(out: Path, *, seed: int, image_size: int, patch_size: int, hidden_size: int, layers: int, heads: int,
@@ -94,14 +99,7 @@ def _build(out: Path, *, seed: int, image_size: int, patch_size: int, hidden_siz
         config = SiglipVisionConfig(**vision)
         config.woundscore_notice = NOTICE
         model = SiglipVisionModel(config)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    try:
-        model.eval().save_pretrained(out, safe_serialization=True)
-    finally:
-        hf_logging.enable_progress_bar()
-
+    model.eval().save_pretrained(out, safe_serialization=True)
     image_processor = SiglipImageProcessor(
         size={"height": image_size, "width": image_size}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
         resample=2,  # bilinear, as the notebook's pipeline
@@ -123,4 +121,4 @@ def _build(out: Path, *, seed: int, image_size: int, patch_size: int, hidden_siz
     return out
 
 
-__all__ = ["NOTICE", "build_tiny_siglip", "medsiglip_config"]
+__all__ = ["NOTICE", "build_tiny_siglip", "medsiglip_448_vision_config", "medsiglip_config"]
