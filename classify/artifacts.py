@@ -2,8 +2,10 @@
 
 Layout of ``MODEL_DIR``::
 
-    model.keras        the MLP (Keras 3 native format; loaded with safe_mode=True, no
-                       custom_objects: the loss is registered as "woundscore>MaskedBCE")
+    model.keras        the MLP (Keras 3 native format; logits out). ``import woundscore``
+                       registers its loss ("woundscore>MaskedBCE"), so
+                       ``keras.saving.load_model`` loads it (safe_mode, no custom_objects)
+      + history.csv    its training history: epoch, loss, val_loss, val_macro_auc, seconds
       or probe.json    the logistic probe's numbers (coef, intercept, scaler mean/scale) as JSON
     thresholds.json    per-label thresholds (0.5, Youden, sensitivity rule) and which one applies
     schema.json        cache.schema.SCHEMA.to_json(): how the labels were encoded
@@ -17,7 +19,9 @@ made: :func:`check_compatible` compares encoder id, revision, embedding size and
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
+import io
 import json
 import os
 import shutil
@@ -29,8 +33,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from woundscore.cache import identity_differences as _identity_differences
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.schema import LABEL_NAMES, SCHEMA
+from woundscore.cache.util import canonical
 
 FORMAT = "woundscore.model"
 FORMAT_VERSION = 1
@@ -39,6 +45,8 @@ PROBE_FILE = "probe.json"
 THRESHOLDS_FILE = "thresholds.json"
 SCHEMA_FILE = "schema.json"
 PROVENANCE_FILE = "provenance.json"
+HISTORY_FILE = "history.csv"
+HISTORY_COLUMNS = ("epoch", "loss", "val_loss", "val_macro_auc", "seconds")
 
 #: Provenance keys that must be equal for embeddings to be scored by a model.
 ENCODER_KEYS: tuple[str, ...] = ("encoder_id", "encoder_revision", "embedding_dim", "preprocessing")
@@ -66,45 +74,19 @@ class EncoderMismatchError(ArtifactError):
         super().__init__("\n".join(lines))
 
 
-def _canon(value: Any) -> Any:
-    """JSON round trip (tuples -> lists, sorted keys) so equal settings compare equal."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
 def encoder_identity(provenance: Mapping[str, Any]) -> dict[str, Any]:
     """The identity part of a cache's / encoder's / model's provenance, normalised."""
     return {
         "encoder_id": provenance.get("encoder_id") or None,
         "encoder_revision": provenance.get("encoder_revision") or None,
         "embedding_dim": int(provenance.get("embedding_dim") or 0),
-        "preprocessing": _canon(provenance.get("preprocessing") or {}),
+        "preprocessing": canonical(provenance.get("preprocessing") or {}),
     }
 
 
 def identity_differences(model: Mapping[str, Any], offered: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Differences over ENCODER_KEYS (dict values per sub-key, shown as ``preprocessing.size``)."""
-    from woundscore.cache.store import identity_differences as _differences  # the cache's one comparison
-
-    return _differences(encoder_identity(model), encoder_identity(offered), keys=ENCODER_KEYS)
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the packages a model depends on (read from metadata: imports nothing)."""
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for name in ("woundscore", "keras", "torch", "numpy", "scikit-learn", "h5py"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return out
+    return _identity_differences(encoder_identity(model), encoder_identity(offered), keys=ENCODER_KEYS)
 
 
 def now_iso() -> str:
@@ -113,6 +95,15 @@ def now_iso() -> str:
 
 def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n", encoding="utf-8")
+
+
+def history_csv(history: list[Mapping[str, Any]]) -> str:
+    """A fitted MLP's ``history_`` as CSV text (HISTORY_COLUMNS; empty where not measured)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(HISTORY_COLUMNS)
+    w.writerows([["" if rec.get(k) is None else rec[k] for k in HISTORY_COLUMNS] for rec in history])
+    return buf.getvalue()
 
 
 def _read_json(path: Path) -> Any:
@@ -161,6 +152,8 @@ def save_model_dir(
             with warnings.catch_warnings():  # numpy 2 nags about Keras's __array__; harmless
                 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"keras\.")
                 estimator.model_.save(tmp / KERAS_FILE)
+            if getattr(estimator, "history_", None):
+                (tmp / HISTORY_FILE).write_text(history_csv(estimator.history_), encoding="utf-8")
             kind = "mlp"
         elif isinstance(estimator, LogisticProbe):
             _write_json(tmp / PROBE_FILE, estimator.to_dict())
@@ -172,7 +165,7 @@ def save_model_dir(
                      "labels": list(LABEL_NAMES)})
         _write_json(tmp / THRESHOLDS_FILE, dict(thresholds))
         (tmp / SCHEMA_FILE).write_text(SCHEMA.to_json() + "\n", encoding="utf-8")
-        _write_json(tmp / PROVENANCE_FILE, _canon(prov))
+        _write_json(tmp / PROVENANCE_FILE, canonical(prov))
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
@@ -215,7 +208,7 @@ class LoadedModel:
             return
         diff = identity_differences(self.provenance.get("encoder", {}), provenance)
         theirs = provenance.get("label_schema")
-        if theirs and _canon(theirs) != _canon(self.schema_json):
+        if theirs and canonical(theirs) != canonical(self.schema_json):
             diff["label_schema"] = ("the label rules of its schema.json", "other label rules")
         if diff:
             raise EncoderMismatchError(str(self.path), diff, offered=offered)
@@ -256,7 +249,7 @@ def load_model_dir(path: str | os.PathLike) -> LoadedModel:
         schema_json = (p / SCHEMA_FILE).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ArtifactError(f"{p / SCHEMA_FILE}: unreadable ({exc})") from None
-    if _canon(schema_json) != _canon(SCHEMA.to_json()):
+    if canonical(schema_json) != canonical(SCHEMA.to_json()):
         raise ArtifactError(f"{p / SCHEMA_FILE}: the model's labels were encoded with other rules than "
                             "this woundscore's cache/schema.py; retrain it")
     thresholds = _read_json(p / THRESHOLDS_FILE)
@@ -265,16 +258,15 @@ def load_model_dir(path: str | os.PathLike) -> LoadedModel:
         raise ArtifactError(f"{p / THRESHOLDS_FILE}: no threshold for {', '.join(missing)}")
     kind = prov.get("model_type")
     if kind == "mlp":
-        from woundscore.classify._keras import import_keras
-        from woundscore.classify import loss as _loss  # noqa: F401  (registers woundscore>MaskedBCE)
+        import keras  # the loss is registered: woundscore/__init__ imported classify.loss
+
         from woundscore.classify.models import KerasMLPClassifier
 
-        keras = import_keras()
         f = p / KERAS_FILE
         if not f.is_file():
             raise ArtifactError(f"{p}: not a woundscore model folder ({KERAS_FILE} is missing)")
         try:
-            model = keras.models.load_model(f, safe_mode=True)
+            model = keras.saving.load_model(f, safe_mode=True)
         except Exception as exc:  # keras raises ValueError/TypeError/OSError/zipfile errors
             raise ArtifactError(f"{f}: cannot load ({type(exc).__name__}: {exc})") from None
         estimator: Any = KerasMLPClassifier.from_keras(model, **prov.get("hyperparameters", {}))
@@ -300,6 +292,6 @@ __all__ = [
     "encoder_identity",
     "identity_differences",
     "load_model_dir",
-    "package_versions",
+    "history_csv",
     "save_model_dir",
 ]

@@ -12,7 +12,7 @@ def evaluate_model_on_cache(model_dir: str, cache: str, split: str = "test") -> 
     "split", "cache", "model", "model_type", "rules" (label -> rule) and "notice".
     """
     from woundscore.cache.schema import LABEL_NAMES
-    from woundscore.cache.store import read_cache
+    from woundscore.cache import read_cache
     from woundscore.classify.artifacts import load_model_dir
     from woundscore.classify.metrics import evaluate
     from woundscore.classify.train import TrainDataError

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import keras  # torch backend: chosen by woundscore.classify's __init__ (_backend) before this
 import numpy as np
 
-from woundscore.classify._keras import import_keras
-
-keras = import_keras()
 ops = keras.ops
 
 MISSING = -1
@@ -67,7 +65,9 @@ def masked_bce(y_true: Any, logits: Any, pos_weight: Any) -> Any:
 
 @keras.saving.register_keras_serializable(package="woundscore")
 class MaskedBCE(keras.losses.Loss):
-    """Keras loss wrapping :func:`masked_bce`; saved with the model (``pos_weight`` in its config).
+    """Keras loss wrapping :func:`masked_bce` on logits; saved with the model (``pos_weight`` in
+    its config) and registered as ``"woundscore>MaskedBCE"`` when this module is imported (which
+    ``import woundscore`` does), so ``keras.saving.load_model`` needs no ``custom_objects``.
 
     The reduction is done by :func:`masked_bce` itself (mean over observed entries), so Keras's
     own reduction only sees a scalar.

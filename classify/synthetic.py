@@ -75,7 +75,7 @@ def synthetic_embedding_set(
 
 def write_synthetic_cache(path: str | os.PathLike, es: EmbeddingSet, *, batch: int = 256) -> None:
     """Write ``es`` through cache.store.CacheWriter (the real cache format)."""
-    from woundscore.cache.store import CacheWriter
+    from woundscore.cache import CacheWriter
 
     with CacheWriter(path, es.provenance, overwrite=True) as w:
         for s in range(0, len(es), batch):

@@ -10,10 +10,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from woundscore.cache import EmbeddingSet, read_cache
 from woundscore.cache.errors import WoundscoreError
-from woundscore.cache.schema import LABEL_NAMES, SCHEMA
-from woundscore.cache.types import EmbeddingSet
-from woundscore.classify.artifacts import _canon, check_writable, encoder_identity, now_iso, package_versions, save_model_dir
+from woundscore.cache.schema import LABEL_NAMES, SCHEMA, SPLITS
+from woundscore.cache.util import canonical, package_versions
+from woundscore.classify.artifacts import check_writable, encoder_identity, now_iso, save_model_dir
 from woundscore.classify.metrics import evaluate
 from woundscore.classify.thresholds import DEFAULT_TARGET_SENSITIVITY, applied_thresholds, choose_thresholds
 
@@ -71,28 +72,28 @@ def train_on_set(
     """Fit on ``es``'s "train" rows, early-stop and choose thresholds on its "val" rows, save.
 
     Args:
-        es: embeddings with labels and splits (``cache.store.read_cache``'s result).
+        es: embeddings with labels and splits (``woundscore.cache.read_cache``'s result).
         out_dir: the model folder to write (see classify.artifacts).
         model: "mlp" or "logreg". seed: seeds weights, dropout and shuffling.
         target_sensitivity: of the safety rule for urgency and infection_risk.
         max_epochs, patience: MLP early stopping (defaults of KerasMLPClassifier when None).
         source: where ``es`` came from, for messages and provenance.
+        params: further estimator arguments (e.g. ``n_threads``, ``hidden``).
     """
     t0 = time.perf_counter()
     if model not in MODEL_KINDS:
         raise TrainDataError(f"unknown model {model!r}; choose one of {', '.join(MODEL_KINDS)}")
     prov_schema = es.provenance.get("label_schema")
-    if es.schema != SCHEMA or (prov_schema and _canon(prov_schema) != _canon(SCHEMA.to_json())):
+    if es.schema != SCHEMA or (prov_schema and canonical(prov_schema) != canonical(SCHEMA.to_json())):
         raise TrainDataError(f"{source}: labels {list(es.label_names)} were encoded with another label schema "
                              "than this woundscore's; re-embed with the current version")
     train, val = es.subset("train"), es.subset("val")
-    sizes = {s: int((es.split == s).sum()) for s in ("train", "val", "test")}
+    sizes = {s: int((es.split == s).sum()) for s in SPLITS}
     if len(train) == 0 or len(val) == 0:
         raise TrainDataError(
             f"{source}: needs rows in both the train and val splits (has train={sizes['train']}, "
             f"val={sizes['val']}, test={sizes['test']}); val chooses the epoch and the thresholds")
-    observed = (train.Y != -1).sum(axis=0)
-    if not observed.any():
+    if not (train.Y != -1).any():
         raise TrainDataError(f"{source}: no label is observed in the train split (all -1)")
 
     check_writable(out_dir, overwrite=overwrite)  # before the work, not after it
@@ -100,45 +101,47 @@ def train_on_set(
     est.fit(train.X, train.Y, val.X, val.Y)
     P_val = est.predict_proba(val.X)
     thresholds = choose_thresholds(val.Y, P_val, target_sensitivity)
-    t_applied = dict(zip(LABEL_NAMES, applied_thresholds(thresholds).tolist()))
-    validation = evaluate(val.Y, P_val, t_applied)
+    validation = evaluate(val.Y, P_val, dict(zip(LABEL_NAMES, applied_thresholds(thresholds).tolist())))
+    provenance = _provenance(es, est, source, sizes, seed=seed, target_sensitivity=target_sensitivity,
+                             validation=validation)
+    out = save_model_dir(out_dir, est, thresholds, provenance, overwrite=overwrite)
+    return TrainResult(model_dir=out, model_type=model, validation=validation, thresholds=thresholds,
+                       provenance=provenance, estimator=est, seconds=time.perf_counter() - t0)
 
+
+def _provenance(es: EmbeddingSet, est: Any, source: str, sizes: dict[str, int], *, seed: int,
+                target_sensitivity: float, validation: dict[str, Any]) -> dict[str, Any]:
+    """provenance.json of a model trained by :func:`train_on_set` (see classify.artifacts)."""
     prov_in = dict(es.provenance)
-    provenance: dict[str, Any] = {
+    if hasattr(est, "history_"):  # the MLP
+        training: dict[str, Any] = {
+            "epochs_run": len(est.history_),
+            "best_epoch": int(est.best_epoch_),
+            "monitor": est.monitor_,
+            "best_score": None if not np.isfinite(est.best_score_) else float(est.best_score_),
+            "fit_seconds": round(float(est.fit_seconds_), 3),
+            "epoch_seconds_mean": round(float(np.mean([h["seconds"] for h in est.history_])), 5),
+            "optimizer": "keras.optimizers.Adam (beta 0.9/0.999, eps 1e-7)",
+        }
+    else:
+        training = {"C": [None if not np.isfinite(c) else float(c) for c in est.C_], "notes": est.notes_}
+    return {
         "created": now_iso(),
         "encoder": {**encoder_identity(prov_in), "compute_dtype": prov_in.get("compute_dtype")},
-        "training_cache": {
-            "path": source,
-            "rows": len(es),
-            "created": prov_in.get("created"),
-            "updated": prov_in.get("updated"),
-        },
+        "training_cache": {"path": source, "rows": len(es), "created": prov_in.get("created"),
+                           "updated": prov_in.get("updated")},
         "split_sizes": sizes,
         "pos_weight": dict(zip(LABEL_NAMES, [float(w) for w in est.pos_weight_])),
-        "hyperparameters": est.get_params(),
+        # on_epoch is a progress hook, not a hyperparameter (and not JSON)
+        "hyperparameters": {k: v for k, v in est.get_params().items() if k != "on_epoch"},
         "seed": int(seed),
         "target_sensitivity": float(target_sensitivity),
         "validation": validation,
         "versions": package_versions(),
         "cache_versions": prov_in.get("versions") or {},
         "notice": prov_in.get("notice") or None,
+        "training": training,
     }
-    if model == "mlp":
-        provenance["training"] = {
-            "epochs_run": len(est.history_),
-            "best_epoch": int(est.best_epoch_),
-            "monitor": est.monitor_,
-            "best_score": None if not np.isfinite(est.best_score_) else float(est.best_score_),
-            "fit_seconds": round(float(est.fit_seconds_), 3),  # incl. importing keras/torch if first
-            "epoch_seconds_mean": round(float(np.mean([h["seconds"] for h in est.history_])), 5),
-            "optimizer": "Adam (Keras update rule, beta 0.9/0.999, eps 1e-7)",
-        }
-    else:
-        provenance["training"] = {"C": [None if not np.isfinite(c) else float(c) for c in est.C_],
-                                  "notes": est.notes_}
-    out = save_model_dir(out_dir, est, thresholds, provenance, overwrite=overwrite)
-    return TrainResult(model_dir=out, model_type=model, validation=validation, thresholds=thresholds,
-                       provenance=provenance, estimator=est, seconds=time.perf_counter() - t0)
 
 
 def train_from_cache(
@@ -148,9 +151,7 @@ def train_from_cache(
     seed: int = 0,
     **kwargs: Any,
 ) -> TrainResult:
-    """Read ``cache`` (cache.store.read_cache) and :func:`train_on_set` on it; see there."""
-    from woundscore.cache.store import read_cache
-
+    """Read ``cache`` (woundscore.cache.read_cache) and :func:`train_on_set` on it; see there."""
     es = read_cache(cache)
     return train_on_set(es, out_dir, model=model, seed=seed, source=str(cache), **kwargs)
 

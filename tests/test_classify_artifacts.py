@@ -1,9 +1,10 @@
-"""The model folder: save -> load in a fresh process -> identical probabilities with plain
-keras.models.load_model(safe_mode=True) and no custom_objects; no pickle; embeddings from another
-encoder, revision, size or preprocessing are refused with both sides shown."""
+"""The model folder: save -> ``import woundscore`` + plain ``keras.saving.load_model`` in a fresh
+process -> the same logits (safe_mode, no custom_objects); history.csv; no pickle; embeddings from
+another encoder, revision, size or preprocessing are refused with both sides shown."""
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -41,8 +42,8 @@ def probe_dir(es, tmp_path_factory) -> Path:
 
 
 def test_folder_layout_and_provenance(mlp_dir: Path, es) -> None:
-    assert sorted(p.name for p in mlp_dir.iterdir()) == ["model.keras", "provenance.json", "schema.json",
-                                                          "thresholds.json"]
+    assert sorted(p.name for p in mlp_dir.iterdir()) == ["history.csv", "model.keras", "provenance.json",
+                                                          "schema.json", "thresholds.json"]
     prov = json.loads((mlp_dir / "provenance.json").read_text())
     assert prov["model_type"] == "mlp" and prov["labels"] == list(LABEL_NAMES)
     assert prov["encoder"]["encoder_id"] == "synthetic/encoder"
@@ -56,6 +57,7 @@ def test_folder_layout_and_provenance(mlp_dir: Path, es) -> None:
     assert {"keras", "torch", "numpy", "python"} <= set(prov["versions"])
     assert prov["notice"] == "synthetic embeddings with a planted signal; means nothing clinically"
     assert prov["training_cache"]["path"] == "synthetic.h5"
+    assert "on_epoch" not in prov["hyperparameters"] and prov["hyperparameters"]["hidden"] == [512, 256]
     th = json.loads((mlp_dir / "thresholds.json").read_text())
     assert th["labels"]["urgency"]["applied"] == "sensitivity>=0.90"
     assert th["labels"]["erythema"]["applied"] == "youden"
@@ -70,28 +72,44 @@ def test_keras_file_holds_no_pickle_and_names_the_registered_loss(mlp_dir: Path)
     assert "lambda" not in json.dumps(config).lower()
 
 
-def test_fresh_process_loads_with_safe_mode_and_no_custom_objects(mlp_dir: Path, es) -> None:
-    X = es.subset("test").X
-    np.save(mlp_dir.parent / "X.npy", X)
-    script = f"""
-import numpy as np, torch
-import woundscore.classify.loss  # registers woundscore>MaskedBCE: nothing else is needed
-from woundscore.classify._keras import import_keras
-keras = import_keras()
-model = keras.models.load_model({str(mlp_dir / 'model.keras')!r}, safe_mode=True)
-assert type(model.loss).__name__ == "MaskedBCE", model.loss
-X = np.load({str(mlp_dir.parent / 'X.npy')!r}, allow_pickle=False)
-with torch.no_grad():
-    Z = model(torch.from_numpy(X), training=False).numpy()
-np.save({str(mlp_dir.parent / 'Z.npy')!r}, Z, allow_pickle=False)
+def test_history_csv_is_the_fit_history(es, tmp_path: Path) -> None:
+    res = train_on_set(es, tmp_path / "m", model="mlp", max_epochs=3)
+    with open(tmp_path / "m" / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "loss", "val_loss", "val_macro_auc", "seconds"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    for row, rec in zip(rows, res.estimator.history_):
+        assert [float(row[k]) for k in ("loss", "val_loss", "val_macro_auc")] == \
+            [rec["loss"], rec["val_loss"], rec["val_macro_auc"]]
+
+
+LOAD = """
+import sys, numpy as np
+{imports}
+m = keras.saving.load_model(sys.argv[1])
+assert type(m.loss).__name__ == "MaskedBCE", m.loss
+X = np.load(sys.argv[2])
+np.save(sys.argv[3] + "/Z.npy", m.predict(X, verbose=0), allow_pickle=False)
 from woundscore.classify.artifacts import load_model_dir
-np.save({str(mlp_dir.parent / 'P.npy')!r}, load_model_dir({str(mlp_dir)!r}).predict_proba(X), allow_pickle=False)
+np.save(sys.argv[3] + "/P.npy", load_model_dir(sys.argv[4]).predict_proba(X), allow_pickle=False)
 """
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO, timeout=300)
-    Z_fresh = np.load(mlp_dir.parent / "Z.npy", allow_pickle=False)
+
+
+def test_plain_keras_load_model_after_import_woundscore_gives_the_logits(mlp_dir: Path, es, tmp_path: Path) -> None:
+    X = es.subset("test").X
+    np.save(tmp_path / "X.npy", X)
+    args = [str(mlp_dir / "model.keras"), str(tmp_path / "X.npy"), str(tmp_path), str(mlp_dir)]
+    r = subprocess.run([sys.executable, "-c", LOAD.format(imports="import woundscore, keras"), *args], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
     lm = load_model_dir(mlp_dir)
-    np.testing.assert_array_equal(Z_fresh.astype(np.float64), lm.estimator.decision_function(X))
-    np.testing.assert_array_equal(np.load(mlp_dir.parent / "P.npy", allow_pickle=False), lm.predict_proba(X))
+    np.testing.assert_allclose(np.load(tmp_path / "Z.npy"), lm.estimator.decision_function(X), rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(np.load(tmp_path / "P.npy"), lm.predict_proba(X))  # the folder: identical
+    # without `import woundscore` the loss is unknown to Keras: the registration is what loads it
+    plain = "import os; os.environ['KERAS_BACKEND'] = 'torch'; import keras"
+    r = subprocess.run([sys.executable, "-c", LOAD.format(imports=plain), *args], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "Could not locate class 'MaskedBCE'" in r.stderr
 
 
 def test_training_object_and_loaded_folder_give_identical_probabilities(es, tmp_path: Path) -> None:
@@ -147,6 +165,7 @@ def test_existing_folder_is_not_overwritten_unless_asked(mlp_dir: Path, es, tmp_
 def test_overwrite_replaces_the_folder_whole(es, tmp_path: Path) -> None:
     out = tmp_path / "m"
     train_on_set(es, out, model="mlp", max_epochs=1)
+    assert (out / "history.csv").is_file()
     train_on_set(es, out, model="logreg", overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["probe.json", "provenance.json", "schema.json", "thresholds.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]

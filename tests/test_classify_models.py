@@ -1,5 +1,5 @@
-"""KerasMLPClassifier and LogisticProbe: sklearn face, planted signal learned, seeded reproducibility,
-the fast training loop computes what the Keras model computes."""
+"""KerasMLPClassifier and LogisticProbe: scikit-learn contract (get/set_params, clone), planted
+signal learned, seeded reproducibility, Keras EarlyStopping restores the best epoch's weights."""
 
 from __future__ import annotations
 
@@ -8,17 +8,9 @@ import inspect
 import numpy as np
 import pytest
 
-from woundscore.cache.schema import LABEL_NAMES
+from woundscore.cache.schema import LABEL_NAMES, training_pos_weight
 from woundscore.classify.metrics import macro_auc, roc_auc
-from woundscore.classify.models import (
-    ClassifierInputError,
-    LogisticProbe,
-    KerasMLPClassifier,
-    NotFittedError,
-    _run_program,
-    _torch_program,
-    training_pos_weight,
-)
+from woundscore.classify.models import ClassifierInputError, KerasMLPClassifier, LogisticProbe, NotFittedError
 from woundscore.classify.synthetic import synthetic_embedding_set
 
 EPOCHS = 40  # enough for the planted signal; the real default is 300 with early stopping
@@ -40,8 +32,8 @@ def test_init_only_stores_arguments() -> None:
     m = KerasMLPClassifier(max_epochs=7, seed=5)
     assert m.max_epochs == 7 and m.seed == 5
     assert not [k for k in vars(m) if k.endswith("_")]
-    params = inspect.signature(KerasMLPClassifier).parameters
-    assert set(KerasMLPClassifier().get_params()) <= set(params)
+    for cls in (KerasMLPClassifier, LogisticProbe):
+        assert set(cls().get_params(deep=True)) == set(inspect.signature(cls).parameters)
     with pytest.raises(NotFittedError, match="KerasMLPClassifier is not fitted: call fit first"):
         m.predict_proba(np.zeros((1, 32), np.float32))
     with pytest.raises(NotFittedError, match="LogisticProbe is not fitted: call fit first"):
@@ -84,21 +76,43 @@ def test_same_seed_same_probabilities_other_seed_differs(data) -> None:
     assert not np.allclose(a, c)
 
 
-def test_fast_loop_computes_what_the_keras_model_computes(mlp, data) -> None:
-    import torch
+def test_sklearn_clone_is_unfitted_with_equal_params_and_refits_identically(data) -> None:
+    from sklearn.base import clone
 
-    _, _, te = data
-    steps, params, penalties = _torch_program(mlp.model_)
-    assert [s[0] for s in steps] == ["dense", "dropout", "dense", "dropout", "dense"]
-    assert len(params) == 6 and [f for f, _ in penalties] == [1e-5] * 4  # kernel and bias of 2 layers
-    with torch.no_grad():
-        ours = _run_program(steps, torch.from_numpy(te.X), training=False).numpy()
-    keras_out = mlp.decision_function(te.X)
-    np.testing.assert_allclose(ours, keras_out, rtol=0, atol=1e-6)
-    # and the penalty is what Keras's own regularisers report
-    keras_pen = float(sum(torch.as_tensor(l).detach() for l in mlp.model_.losses))
-    ours_pen = float(sum(f * torch.sum(w.detach() ** 2) for f, w in penalties))
-    assert ours_pen == pytest.approx(keras_pen, rel=1e-5)
+    tr, va, te = data
+    for est in (KerasMLPClassifier(hidden=(16, 8), max_epochs=3, seed=4, on_epoch=lambda rec: None),
+                LogisticProbe(Cs=(0.1, 1.0), seed=2)):
+        P = est.fit(tr.X, tr.Y, va.X, va.Y).predict_proba(te.X)
+        twin = clone(est)
+        assert twin is not est and twin.get_params(deep=True) == est.get_params(deep=True)
+        assert not [k for k in vars(twin) if k.endswith("_")]
+        np.testing.assert_array_equal(twin.fit(tr.X, tr.Y, va.X, va.Y).predict_proba(te.X), P)
+    m = KerasMLPClassifier().set_params(max_epochs=5, hidden=(4,))
+    assert m.max_epochs == 5 and m.hidden == (4,)
+    with pytest.raises(ValueError, match="Invalid parameter 'epochs'"):
+        m.set_params(epochs=3)
+
+
+def test_history_is_keras_fit_history_and_early_stopping_stops(data) -> None:
+    tr, va, _ = data
+    seen: list[dict] = []
+    m = KerasMLPClassifier(hidden=(16, 8), max_epochs=200, patience=3, learning_rate=1e-2, on_epoch=seen.append)
+    m.fit(tr.X, tr.Y, va.X, va.Y)
+    assert len(m.history_) < 200 and len(m.history_) - m.best_epoch_ == 3  # stopped 3 epochs after the best
+    assert [h["epoch"] for h in m.history_] == list(range(1, len(m.history_) + 1))
+    assert set(m.history_[0]) == {"epoch", "loss", "val_loss", "val_macro_auc", "seconds"}
+    assert [s["best_epoch"] for s in seen][-1] == m.best_epoch_ and seen[0]["monitor"] == "val_macro_auc"
+    keras_hist = m.model_.history.history  # Keras's own History callback saw the logged AUC too
+    assert keras_hist["val_macro_auc"] == [h["val_macro_auc"] for h in m.history_]
+    assert keras_hist["loss"] == pytest.approx([h["loss"] for h in m.history_])
+
+
+def test_val_loss_is_monitored_when_no_validation_label_has_both_classes(data) -> None:
+    tr, va, _ = data
+    Yv = np.where(va.Y == -1, -1, 0).astype(np.int8)
+    m = KerasMLPClassifier(hidden=(16, 8), max_epochs=4, patience=4).fit(tr.X, tr.Y, va.X, Yv)
+    assert m.monitor_ == "val_loss" and all(h["val_macro_auc"] is None for h in m.history_)
+    assert m.best_score_ == min(h["val_loss"] for h in m.history_) == m.history_[m.best_epoch_ - 1]["val_loss"]
 
 
 def test_architecture_is_googles_data_efficient_head(mlp) -> None:
@@ -112,7 +126,7 @@ def test_architecture_is_googles_data_efficient_head(mlp) -> None:
         assert cfg[i][1]["bias_regularizer"]["config"] == {"l2": 1e-5}
     opt = mlp.model_.optimizer
     assert type(opt).__name__ == "Adam" and opt.learning_rate.value.item() == pytest.approx(1e-4)
-    # the saved optimizer holds the loop's state: one step per batch of 32 (240 rows: 8 batches)
+    # Keras's Adam, one step per batch of 32 (240 rows: 8 batches)
     assert int(opt.iterations.value.item()) == len(mlp.history_) * 8
 
 
@@ -159,39 +173,3 @@ def test_bad_inputs_name_the_argument_row_and_value(data) -> None:
         KerasMLPClassifier(max_epochs=1).fit(tr.X, tr.Y, va.X[:, :31], va.Y)
     with pytest.raises(ClassifierInputError, match=r"^pass both X_val and Y_val, or neither$"):
         KerasMLPClassifier(max_epochs=1).fit(tr.X, tr.Y, va.X)
-
-
-@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # Keras get/set_weights on numpy 2
-@pytest.mark.parametrize("fused", [True, False])
-def test_loop_optimizer_is_keras_adam_with_l2_regularisers(fused: bool) -> None:
-    """Our Adam step (fused kernel or foreach) + L2 gradient == Keras's Adam on Keras's
-    regularised loss, over several steps."""
-    import torch
-
-    from woundscore.classify._keras import import_keras
-    from woundscore.classify.models import _KerasAdam, build_mlp
-
-    keras = import_keras()
-    keras.utils.set_random_seed(0)
-    ref, ours = build_mlp(8, hidden=(5, 4)), build_mlp(8, hidden=(5, 4))
-    ours.set_weights(ref.get_weights())
-    steps, params, penalties = _torch_program(ours)
-    opt = _KerasAdam(params, 1e-2, penalties=penalties)
-    opt._fused = opt._fused and fused
-    kopt = keras.optimizers.Adam(1e-2)
-    rng = np.random.default_rng(0)
-    for _ in range(4):
-        x = torch.from_numpy(rng.normal(size=(6, 8)).astype(np.float32))
-        y = torch.from_numpy(rng.normal(size=(6, 6)).astype(np.float32))
-        # Keras: loss + model.losses (the regularisers), autograd, optimizer.apply
-        loss = torch.mean((ref(x, training=False) - y) ** 2) + sum(ref.losses)
-        for v in ref.trainable_variables:
-            v.value.grad = None
-        loss.backward()
-        with torch.no_grad():
-            kopt.apply([v.value.grad for v in ref.trainable_variables], ref.trainable_variables)
-        opt.zero_grad()
-        torch.mean((_run_program(steps, x, False) - y) ** 2).backward()
-        opt.step()
-    for a, b in zip(ref.get_weights(), ours.get_weights()):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # weights moved ~4e-2; float32 noise
