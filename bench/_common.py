@@ -2,7 +2,8 @@
 and the real MedSigLIP vision architecture with random weights.
 
 Import from a bench script as ``import _common`` (bench/ is on sys.path when a script in it runs).
-Nothing here imports keras; torch and transformers are imported lazily.
+Importing it is light: torch, transformers and woundscore (which loads Keras) are imported in the
+functions that need them.
 
 Each bench ends with one machine-readable line that bench/run_all.py collects::
 
@@ -12,6 +13,7 @@ Each bench ends with one machine-readable line that bench/run_all.py collects::
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import json
 import os
 import platform
@@ -20,18 +22,31 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
+from PIL import Image
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # the repo's packages without a pip install (PYTHONPATH=. also works)
     sys.path.insert(0, str(REPO))
 
-# MedSigLIP-448 vision tower (SigLIP So400m/14 at 448). Used when embed.tiny is not importable.
-MEDSIGLIP_VISION = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
-                        image_size=448, patch_size=14, num_channels=3, hidden_act="gelu_pytorch_tanh",
-                        layer_norm_eps=1e-6)
+# woundscore is imported inside the functions: `import woundscore` loads Keras (it registers the
+# loss), which a bench that times its own imports, or does not need it, must not pay here.
+
 # Same shape, a few seconds per forward on a laptop core: for --smoke / --quick runs.
 SMOKE_VISION = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
                     image_size=112, patch_size=14, num_channels=3, hidden_act="gelu_pytorch_tanh",
                     layer_norm_eps=1e-6)
+
+
+
+def __getattr__(name: str) -> Any:
+    """``MEDSIGLIP_VISION``: MedSigLIP-448's SiglipVisionConfig kwargs (embed.tiny's one definition)."""
+    if name == "MEDSIGLIP_VISION":
+        from woundscore.embed.tiny import medsiglip_448_vision_config
+
+        return medsiglip_448_vision_config()
+    raise AttributeError(name)
+
 
 RANDOM_NOTE = ("random weights: the cost of a forward/backward does not depend on weight values, "
                "so speed measured here is the real model's speed; the outputs mean nothing")
@@ -60,18 +75,11 @@ def cpu_flags() -> set[str]:
 
 
 def native_bf16_cpu() -> bool:
-    """x86 AVX-512 BF16 / AMX-BF16, or ARM bf16: torch multiplies bf16 natively. Without it torch
-    falls back to a reference kernel that is 20-100x slower than float32 (measured)."""
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+    """torch multiplies bf16 natively here (embed.runtime's detection, WOUNDSCORE_CPU_BF16 overrides).
+    Without it torch falls back to a reference kernel that is 20-100x slower than float32 (measured)."""
+    from woundscore.embed.runtime import cpu_has_native_bf16
 
-
-def _version(name: str) -> str:
-    try:
-        from importlib.metadata import version
-
-        return version(name)
-    except Exception:
-        return "missing"
+    return cpu_has_native_bf16()
 
 
 def load_average() -> str:
@@ -83,7 +91,10 @@ def load_average() -> str:
 
 def machine_info(device: str = "cpu") -> dict[str, Any]:
     """Date, CPU, cores, ISA features that decide the dtype, package versions, threads, load."""
+    from woundscore.cache.util import package_versions
+
     flags = cpu_flags()
+    versions = package_versions(("torch", "transformers", "keras", "pillow", "numpy"))
     info: dict[str, Any] = {
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": _cpu_model(),
@@ -91,12 +102,7 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "isa": ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16", "asimd")
                          if f in flags) or "unknown",
         "native_bf16_matmul": native_bf16_cpu(),
-        "python": platform.python_version(),
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
-        "keras": _version("keras"),
-        "pillow": _version("pillow"),
-        "numpy": _version("numpy"),
+        **{k: versions.get(k, "missing") for k in ("python", "torch", "transformers", "keras", "pillow", "numpy")},
         "load_avg_1_5_15": load_average(),
     }
     try:
@@ -205,19 +211,12 @@ def vit_flops(cfg: Any, *, attention: bool = True) -> float:
 # ----------------------------------------------------------------------------- models
 
 def vision_config(*, smoke: bool = False, attn: str = "sdpa", layers: int | None = None) -> Any:
-    """MedSigLIP-448's SiglipVisionConfig (embed.tiny.medsiglip_config when importable), or a tiny
-    one with the same structure for --smoke."""
+    """MedSigLIP-448's SiglipVisionConfig, or a tiny one with the same structure for --smoke."""
     from transformers import SiglipVisionConfig
 
-    if smoke:
-        cfg = SiglipVisionConfig(**SMOKE_VISION)
-    else:
-        try:
-            from woundscore.embed.tiny import medsiglip_config
+    from woundscore.embed.tiny import medsiglip_448_vision_config
 
-            cfg = medsiglip_config(with_text=False)
-        except ImportError:
-            cfg = SiglipVisionConfig(**MEDSIGLIP_VISION)
+    cfg = SiglipVisionConfig(**(SMOKE_VISION if smoke else medsiglip_448_vision_config()))
     if layers:  # a truncated tower: same per-block cost, for quick per-block measurements
         cfg.num_hidden_layers = layers
     cfg._attn_implementation = attn
@@ -282,9 +281,7 @@ def random_siglip_model(*, smoke: bool = False, seed: int = 0) -> Any:
     """SiglipModel with the real vision tower and a TINY text tower: what Google's notebook loads
     (AutoModel -> SiglipModel, get_image_features), without 1.6 GB of text weights it never uses."""
     import torch
-    from transformers import SiglipConfig
-
-    from transformers import SiglipModel
+    from transformers import SiglipConfig, SiglipModel
 
     v = vision_config(smoke=smoke).to_dict()
     text = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
@@ -320,11 +317,6 @@ def phone_jpeg(width: int, height: int, *, seed: int = 0, quality: int = 90, exi
                ) -> bytes:
     """A JPEG whose entropy resembles a photo (smooth shading + texture + edges), so decode cost is
     realistic: pure noise would be 3x larger and slower, a flat image far faster."""
-    import io
-
-    import numpy as np
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     small = rng.integers(40, 220, size=(max(2, height // 64), max(2, width // 64), 3), dtype=np.uint8)
     base = Image.fromarray(small).resize((width, height), Image.BICUBIC)

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
-import os
 import sys
 import tempfile
 import time
@@ -65,55 +63,29 @@ def naive_embed(model, processor, paths: list[Path], batch: int):
 
 
 class Woundscore:
-    """(b): embed.run.run_embedding with an ImageEncoder around the random model; falls back to an
-    emulation (DataLoader workers + embed.preprocess + ImageEncoder.embed_pixels) when embed.run
-    is not importable, and says so."""
+    """(b): embed.run.run_embedding with an ImageEncoder around the random model."""
 
     def __init__(self, model, *, batch: int, workers: int | None, tmp: Path) -> None:
         from woundscore.embed.encoder import ImageEncoder
         from woundscore.embed.preprocess import PreprocessSpec
+        from woundscore.embed.run import default_workers
 
         s = model.config.image_size
         spec = PreprocessSpec(size=(s, s), mean=(0.5,) * 3, std=(0.5,) * 3)
         self.enc = ImageEncoder(model, spec, model_id="bench/medsiglip-448-architecture", revision="random",
                                 device="cpu", notice="random weights - benchmark only")
         self.batch, self.tmp, self.k = batch, tmp, 0
-        try:
-            from woundscore.embed.run import default_workers, run_embedding
-
-            self.run_embedding = run_embedding
-            self.workers = default_workers() if workers is None else workers
-            self.mode = "embed.run.run_embedding"
-        except ImportError as e:
-            self.run_embedding = None
-            self.workers = 1 if workers is None else workers
-            self.mode = f"emulated (embed.run not importable: {e})"
+        self.workers = default_workers() if workers is None else workers
+        self.mode = "embed.run.run_embedding"
 
     def __call__(self, folder: Path) -> None:
+        from woundscore.embed.run import run_embedding
+
         self.k += 1
-        if self.run_embedding is not None:
-            s = self.run_embedding(folder, self.tmp / f"cache{self.k}.h5", encoder=self.enc, batch_size=self.batch,
-                                   workers=self.workers, quiet=True, overwrite=True)
-            if s.failed:
-                raise RuntimeError(f"woundscore run failed images: {s.failed[:3]}")
-            return
-        import torch
-        from torch.utils.data import DataLoader
-
-        from woundscore.embed.preprocess import preprocess_bytes
-
-        files = sorted(folder.iterdir())
-        spec = self.enc.spec
-
-        class DS(torch.utils.data.Dataset):
-            def __len__(self):
-                return len(files)
-
-            def __getitem__(self, i):
-                return preprocess_bytes(files[i].read_bytes(), spec, origin=str(files[i]))
-
-        for x in DataLoader(DS(), batch_size=self.batch, num_workers=self.workers):
-            self.enc.embed_pixels(x)
+        s = run_embedding(folder, self.tmp / f"cache{self.k}.h5", encoder=self.enc, batch_size=self.batch,
+                          workers=self.workers, quiet=True, overwrite=True)
+        if s.failed:
+            raise RuntimeError(f"woundscore run failed images: {s.failed[:3]}")
 
 
 def write_images(folder: Path, n: int, wh: tuple[int, int], seed0: int) -> list[Path]:
@@ -334,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n### matmul rates (same run)\n")
     print(mm)
 
-    from woundscore.embed.encoder import resolve_dtype
+    from woundscore.embed.runtime import resolve_dtype
 
     auto = resolve_dtype("auto", "cpu")
     if args.investigate_only:

@@ -19,10 +19,12 @@ Usage:  .venv/bin/python bench/bench_preprocess.py [--reps 5] [--overlap-images 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
-import time
 import warnings
 from pathlib import Path
+
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
@@ -46,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny model for the overlap part (script check)")
     args = ap.parse_args(argv)
 
-    import numpy as np
-    import torch
+    import torch  # here, and woundscore (which loads Keras): `--help` must stay instant
 
     from woundscore.embed.preprocess import PreprocessSpec, decode_image, preprocess, preprocess_bytes
 
@@ -65,10 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows, diff_rows, res = [], [], {}
     for name, data in imgs.items():
-        import io
-
-        from PIL import Image
-
         reps = args.reps if "12 MP" in name else 2 * args.reps
         dec = per_image_ms(lambda: decode_image(data), reps)
         im = decode_image(data)
@@ -104,13 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.overlap_images:
         from torch.utils.data import DataLoader
 
-        auto = torch.float32
-        try:
-            from woundscore.embed.encoder import resolve_dtype
+        from woundscore.embed.runtime import resolve_dtype
 
-            auto = resolve_dtype("auto", "cpu")
-        except ImportError:
-            pass
+        auto = resolve_dtype("auto", "cpu")
         model = C.random_vision_model(smoke=args.smoke, dtype=auto, layers=args.overlap_blocks or None)
         s = model.config.image_size
         sp = PreprocessSpec(size=(s, s), mean=(0.5,) * 3, std=(0.5,) * 3)
