@@ -1,8 +1,8 @@
 """`wound-classify`: Stage two: train and apply classifiers on cached embeddings.
 
-Each command is a thin adapter over one library function; library errors become
-`click.ClickException` (exit 1), usage errors exit 2. Keras and torch are imported inside the
-commands so that `--help` stays fast.
+Each command is a thin adapter over one library function; library errors (``WoundscoreError``)
+become ``Error: <message>`` (exit 1) in one place, usage errors exit 2. The library is imported
+in the command bodies so that ``--help`` loads neither scikit-learn nor the encoder.
 """
 
 from __future__ import annotations
@@ -10,26 +10,28 @@ from __future__ import annotations
 import json
 import os
 import sys
+
 import click
+
+from woundscore.cache.errors import WoundscoreError
 
 EXIT_SOME_IMAGES_FAILED = 3
 
 
-@click.group()
+class _Group(click.Group):
+    """Turns every WoundscoreError of a command into ``Error: <message>``, exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except WoundscoreError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=_Group)
 @click.version_option(package_name="woundscore")
 def cli() -> None:
     """Stage two: train and apply classifiers on cached embeddings."""
-
-
-def _library_errors() -> tuple[type[BaseException], ...]:
-    from woundscore.cache.schema import LabelError
-    from woundscore.cache.types import CacheError
-    from woundscore.classify.artifacts import ArtifactError
-    from woundscore.classify.models import ClassifierInputError
-    from woundscore.classify.thresholds import ThresholdError
-    from woundscore.classify.train import TrainDataError
-
-    return (CacheError, ArtifactError, TrainDataError, ClassifierInputError, ThresholdError, LabelError)
 
 
 def _epoch_printer(max_epochs: int):
@@ -84,14 +86,11 @@ def train_command(cache: str, out: str, model: str, seed: int, max_epochs: int, 
     from woundscore.classify.metrics import format_table
     from woundscore.classify.train import train_from_cache
 
-    on_epoch = None if quiet or model != "mlp" else _epoch_printer(max_epochs)
-    try:
-        res = train_from_cache(cache, out, model=model, seed=seed, max_epochs=max_epochs if model == "mlp" else None,
-                               patience=patience if model == "mlp" else None,
-                               target_sensitivity=target_sensitivity, overwrite=overwrite, on_epoch=on_epoch,
-                               **({"n_threads": threads} if model == "mlp" else {}))
-    except _library_errors() as e:
-        raise click.ClickException(str(e)) from None
+    mlp = model == "mlp"
+    res = train_from_cache(cache, out, model=model, seed=seed, max_epochs=max_epochs if mlp else None,
+                           patience=patience if mlp else None, target_sensitivity=target_sensitivity,
+                           overwrite=overwrite, on_epoch=_epoch_printer(max_epochs) if mlp and not quiet else None,
+                           **({"n_threads": threads} if mlp else {}))
     tr = res.provenance.get("training", {})
     title = f"validation ({res.provenance['split_sizes']['val']} rows), model {model} -> {res.model_dir}"
     if model == "mlp":
@@ -130,10 +129,7 @@ def evaluate_command(model_dir: str, cache: str, split: str, as_json: bool) -> N
     from woundscore.classify.evaluation import evaluate_model_on_cache
     from woundscore.classify.metrics import format_table
 
-    try:
-        result = evaluate_model_on_cache(model_dir, cache, split)
-    except _library_errors() as e:
-        raise click.ClickException(str(e)) from None
+    result = evaluate_model_on_cache(model_dir, cache, split)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -170,8 +166,7 @@ def predict_command(model_dir: str, images: tuple[str, ...], encoder: str | None
     2 usage error; 3 some images could not be read (their lines carry "error").
     """
     from woundscore.classify.scorer import WoundScorer
-
-    from woundscore.embed.encoder import EncoderLoadError
+    from woundscore.embed.runtime import EncoderLoadError
 
     try:
         scorer = WoundScorer.load(model_dir, encoder, device=device)
@@ -179,8 +174,6 @@ def predict_command(model_dir: str, images: tuple[str, ...], encoder: str | None
         results = scorer.score_many(list(images))
     except EncoderLoadError as e:  # its advice names `--model` (wound-embed's option)
         raise click.ClickException(f"{e}\n(here the option is --encoder)") from None
-    except _library_errors() as e:
-        raise click.ClickException(str(e)) from None
     failed = 0
     for r in results:
         click.echo(json.dumps(r))
