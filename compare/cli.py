@@ -7,6 +7,8 @@ imported inside the command bodies so that `wound-compare --help` stays fast.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from woundscore.cache.errors import WoundscoreError
@@ -135,10 +137,7 @@ def run_cmd(
               help="Upload model/ with its model card to this (private) hub repo; needs `hf auth login`.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or training logs (errors still shown).")
-def finetune_command(source: str, out: str, model: str, revision: str | None, unfreeze_last: int, pooling: str,
-                     epochs: int, batch_size: int, grad_accum: int, lr: float, max_steps: int | None, device: str,
-                     dtype: str, workers: int | None, no_prefix_cache: bool, push_to_hub: str | None, seed: int,
-                     quiet: bool) -> None:
+def finetune_command(source: str, out: str, no_prefix_cache: bool, **settings: Any) -> None:
     """Fine-tune the last blocks of MedSigLIP on SOURCE; write test-split predictions to OUT.
 
     SOURCE needs train, val and test images (a SurgWound release folder or a labels.csv folder
@@ -158,15 +157,11 @@ def finetune_command(source: str, out: str, model: str, revision: str | None, un
     """
     from woundscore.compare.finetune import finetune
 
-    res = finetune(source, out, model=model, revision=revision, unfreeze_last=unfreeze_last, pooling=pooling,
-                   epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, max_steps=max_steps,
-                   device=device, dtype=dtype, workers=workers, prefix_cache=not no_prefix_cache,
-                   push_to_hub=push_to_hub, seed=seed, quiet=quiet)
+    res = finetune(source, out, prefix_cache=not no_prefix_cache, **settings)  # the options are its arguments
     macro = res.test_metrics["macro_auc"]
     click.echo(
         f"{res.predictions_path}: {len(res.ids)} test images (+ {len(res.val_ids)} val rows for thresholds), "
-        "test macro AUC "
-        f"{'not estimable' if macro is None else f'{macro:.3f}'} (point estimate); "
+        f"test macro AUC {'not estimable' if macro is None else f'{macro:.3f}'} (point estimate); "
         f"trained {res.meta['trainable_params']:,} of {res.meta['total_params']:,} parameters "
         f"in {res.meta['train_seconds']:.1f} s on {res.meta['device']}"
     )

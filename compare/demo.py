@@ -34,23 +34,35 @@ checkpoint's name and README, and this folder's README.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
 import shutil
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
 from woundscore.cache.errors import WoundscoreError
+from woundscore.cache.store import cache_info, format_info
+from woundscore.cache.util import atomic_write_text
+from woundscore.classify.metrics import format_table
+from woundscore.classify.scorer import WoundScorer
+from woundscore.classify.train import train_from_cache
+from woundscore.compare.report import run_comparison
+from woundscore.embed.encoder import load_encoder
+from woundscore.embed.run import run_embedding
+from woundscore.embed.sources import format_stats, open_source, source_stats
+from woundscore.embed.synthetic import make_release
+from woundscore.embed.tiny import build_tiny_siglip
 
 #: What every demo output says (cache provenance "notice" -> model provenance -> predict JSON,
 #: report banner).
-DEMO_NOTICE = (
-    "DEMO: random weights (a tiny random SigLIP, not MedSigLIP) and generated images; "
-    "these numbers mean nothing clinically"
-)
+DEMO_NOTICE = ("DEMO: random weights (a tiny random SigLIP, not MedSigLIP) and generated images; "
+               "these numbers mean nothing clinically")
 CHECKPOINT_DIR = "tiny-siglip-RANDOM-WEIGHTS"
 RELEASE_DIR = "SurgWound-GENERATED"
 MANIFEST = "demo.json"
@@ -161,16 +173,52 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-class _Timer:
-    def __init__(self, times: list[StepTime], step: str) -> None:
-        self.times, self.step = times, step
+@dataclass
+class _Run:
+    """One demo run: settings, where things go, the manifest, the step timings and the printer."""
 
-    def __enter__(self) -> "_Timer":
-        self.w0, self.c0 = time.perf_counter(), _cpu_seconds()
-        return self
+    s: DemoSettings
+    out: Path
+    say: Callable[[str], None]
+    quiet: bool
+    manifest: dict[str, Any]
+    times: list[StepTime] = field(default_factory=list)
 
-    def __exit__(self, *exc: Any) -> None:
-        self.times.append(StepTime(self.step, time.perf_counter() - self.w0, _cpu_seconds() - self.c0))
+    def __post_init__(self) -> None:
+        self.ckpt, self.release, self.cache = self.out / CHECKPOINT_DIR, self.out / RELEASE_DIR, self.out / "cache.h5"
+        self.model_dir, self.ft_dir = self.out / "models" / "mlp", self.out / "finetune"
+        self.report_dir = self.out / "report"
+
+    @contextlib.contextmanager
+    def stage(self, timing: str, what: str) -> Iterator[None]:
+        """Time a step (wall and CPU) and turn any stage error into a DemoError naming the step
+        (the stage's own text kept)."""
+        w0, c0 = time.perf_counter(), _cpu_seconds()
+        try:
+            yield
+        except DemoError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any stage's error, reported with its step
+            raise DemoError(f"demo step '{what}' failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self.times.append(StepTime(timing, time.perf_counter() - w0, _cpu_seconds() - c0))
+
+    def save_manifest(self) -> None:
+        text = json.dumps({"version": MANIFEST_VERSION, **self.manifest}, indent=2)
+        atomic_write_text(self.out / MANIFEST, text + "\n")
+
+    def reuse_or_build(self, key: str, folder: Path, files: tuple[str, ...], want: dict[str, Any],
+                       build: Callable[[Path], Any]) -> bool:
+        """True when ``folder`` was built before with ``want`` and is complete; else build it
+        (atomically) and record ``want`` under ``key`` once it is complete."""
+        if _reusable(folder, files, self.manifest.get(key), want):
+            return True
+        self.manifest.pop(key, None)  # not reusable until the new one is complete
+        self.save_manifest()
+        _build_atomically(folder, build)
+        self.manifest[key] = want
+        self.save_manifest()
+        return False
 
 
 def _read_manifest(out: Path) -> dict[str, Any]:
@@ -179,12 +227,6 @@ def _read_manifest(out: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return m if isinstance(m, dict) and m.get("version") == MANIFEST_VERSION else {}
-
-
-def _write_manifest(out: Path, manifest: dict[str, Any]) -> None:
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps({"version": MANIFEST_VERSION, **manifest}, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / MANIFEST)
 
 
 def _reusable(folder: Path, files: tuple[str, ...], recorded: Any, wanted: dict[str, Any]) -> bool:
@@ -227,28 +269,124 @@ section "The real path".
 """
 
 
-def _release_readme() -> str:
-    return (f"# Generated SurgWound-format dataset\n\n**{DEMO_NOTICE}.**\n\n"
-            "Written by `embed.synthetic.make_release` for `wound-compare demo`: drawn images, not "
-            "photographs; labels leave visible traces on purpose.\n")
+# ---------------------------------------------------------------------------------------------
+# the steps
+
+
+def _checkpoint_and_dataset(r: _Run) -> tuple[bool, bool, list[Path]]:
+    """Steps 1 and 2: the tiny checkpoint and the generated release (each reused when built before
+    with the same settings); the example images. Returns (checkpoint reused, dataset reused, examples)."""
+    s = r.s
+    r.say("\n[1/6] Tiny random SigLIP checkpoint (vision + text towers)")
+    with r.stage("1 tiny random SigLIP", "build the tiny SigLIP"):
+        want = s.checkpoint_params()
+        reuse_ckpt = r.reuse_or_build("checkpoint", r.ckpt, CHECKPOINT_FILES, want,
+                                      lambda d: build_tiny_siglip(d, **want))
+        r.say(f"  reused {r.ckpt}/ (built before with the same settings)" if reuse_ckpt else
+              f"  built {r.ckpt}/: image {s.tiny_image_size} px, patch {s.tiny_patch_size}, hidden "
+              f"{s.tiny_hidden_size}, {s.tiny_layers} blocks, RANDOM weights (see its README.md)")
+
+    r.say(f"\n[2/6] Generated dataset in the SurgWound release format ({s.n_images} images)")
+    with r.stage("2 generated dataset", "generate the dataset"):
+        def make(d: Path) -> None:
+            make_release(d, s.n_images, seed=s.seed, image_size=(s.image_px, s.image_px), notice=DEMO_NOTICE)
+            (d / "README.md").write_text(
+                f"# Generated SurgWound-format dataset\n\n**{DEMO_NOTICE}.**\n\nWritten by "
+                "`embed.synthetic.make_release` for `wound-compare demo`: drawn images, not photographs; "
+                "labels leave visible traces on purpose.\n", encoding="utf-8")
+
+        reuse_rel = r.reuse_or_build("dataset", r.release, RELEASE_FILES, s.release_params(), make)
+        r.say(f"  reused {r.release}/ (generated before with the same settings)" if reuse_rel else
+              f"  wrote {r.release}/: {', '.join(RELEASE_FILES)} (base64 JPEGs, {s.image_px} px; "
+              "red halo = erythema, yellow patch = exudate, ...)")
+        examples = _write_examples(r.release, r.out / "example-images", s.n_examples)
+    return reuse_ckpt, reuse_rel, examples
+
+
+def _embed(r: _Run, rebuild: bool) -> tuple[Any, Any]:
+    """Step 3: stats, embed (resumes unless ``rebuild``), cache info. Returns (encoder, run summary)."""
+    r.say("\n[3/6] wound-embed stats / wound-embed run / wound-cache info")
+    with r.stage("3 stats + embed + cache info", "embed"):
+        r.say(_indent(format_stats(source_stats(r.release))))
+        enc = load_encoder(r.ckpt)
+        enc.notice = DEMO_NOTICE  # the cache provenance carries it; every later artifact copies it
+        summary = run_embedding(r.release, r.cache, encoder=enc, quiet=r.quiet, overwrite=rebuild)
+        if summary.interrupted:  # Ctrl-C: the batches written are kept; a rerun resumes
+            raise KeyboardInterrupt
+        if summary.failed:
+            raise DemoError(f"embed: {summary.format()}")
+        r.say(_indent(summary.format()))
+        r.say(_indent(format_info(cache_info(r.cache))))
+    return enc, summary
+
+
+def _train_and_predict(r: _Run, enc: Any, example: Path) -> dict[str, Any]:
+    """Step 4: train the MLP on the cache, score one example image. Returns the predict JSON."""
+    r.say("\n[4/6] wound-classify train (MLP) / wound-classify predict on one image")
+    with r.stage("4 train MLP + predict", "train / predict"):
+        res = train_from_cache(r.cache, r.model_dir, model="mlp", seed=r.s.seed, max_epochs=r.s.mlp_max_epochs,
+                               patience=r.s.mlp_patience, overwrite=True)
+        tr = res.provenance.get("training", {})
+        r.say(_indent(format_table(res.validation, title=(
+            f"validation ({res.provenance['split_sizes']['val']} rows), model mlp -> {res.model_dir}  "
+            f"[best epoch {tr.get('best_epoch')} of {tr.get('epochs_run')}]"))))
+        prediction = WoundScorer.load(r.model_dir, enc).score(example)
+        r.say(f"  $ wound-classify predict {r.model_dir} {example} --encoder {r.ckpt}")
+        r.say(_indent(json.dumps(prediction, indent=2)))
+    return prediction
+
+
+def _finetune_and_report(r: _Run) -> Any:
+    """Step 5: a few CPU fine-tune steps, then the comparison report. Returns the report result."""
+    s = r.s
+    r.say(f"\n[5/6] wound-compare finetune ({s.finetune_steps} CPU steps) / wound-compare run")
+    with r.stage("5a fine-tune (few CPU steps)", "fine-tune"):
+        from woundscore.compare.finetune import finetune  # torch + transformers' Trainer: seconds to import
+
+        shutil.rmtree(r.ft_dir / "trainer", ignore_errors=True)  # a fresh run, not a resume
+        ft = finetune(r.release, r.ft_dir, model=r.ckpt, unfreeze_last=min(s.finetune_unfreeze_last, s.tiny_layers),
+                      max_steps=s.finetune_steps, batch_size=s.finetune_batch_size, grad_accum=1,
+                      lr=s.finetune_lr, warmup_steps=0, device="cpu", seed=s.seed,
+                      # the Trainer's per-step log dicts would drown the demo's output: keep only
+                      # the stage's own messages (and none with --quiet)
+                      quiet=True, log=(lambda m: None) if r.quiet else (lambda m: print(m, file=sys.stderr)))
+        r.say(f"  {ft.predictions_path}: {len(ft.ids)} test images; trained {ft.meta['trainable_params']:,} of "
+              f"{ft.meta['total_params']:,} parameters in {ft.meta['train_seconds']:.1f} s")
+    with r.stage("5b report (probe, MLP, zero-shot)", "report"):
+        mlp_params = {k: v for k, v in (("max_epochs", s.mlp_max_epochs), ("patience", s.mlp_patience))
+                      if v is not None}
+        rep = run_comparison(r.cache, r.report_dir, source=r.release, model=r.ckpt, finetune_dir=r.ft_dir,
+                             n_boot=s.n_boot, seed=s.seed, mlp_params=mlp_params or None, quiet=r.quiet)
+        r.say(_indent(_auc_table(rep.metrics)))
+        r.say(_indent(rep.metrics["answer"]["text"], wrap=True))
+        for name, why in (rep.metrics.get("skipped") or {}).items():
+            r.say(f"  skipped {name}: {why}")
+    return rep
+
+
+def _finish(r: _Run, result: DemoResult) -> None:
+    """Step 6: record the run in the manifest; print the timings, the report and what to try next."""
+    r.manifest["last_run"] = {"settings": asdict(r.s), "times": [asdict(t) for t in r.times],
+                              "total_seconds": round(result.total_seconds, 1)}
+    r.save_manifest()
+    r.say("\n[6/6] Done")
+    r.say(result.format_times())
+    r.say(f"\n  report: {result.report_files['report.html']}")
+    r.say(f"          {result.report_files['report.md']} (+ metrics.json, roc.png, reliability.png, forest.png)")
+    r.say(f"  NOTICE: {DEMO_NOTICE}.")
+    r.say("\n  Next, score another image:")
+    r.say(f"    {result.next_command}")
+    r.say("  Real MedSigLIP-448 and the SurgWound release: see README, \"The real path\".")
 
 
 # ---------------------------------------------------------------------------------------------
 # the demo
 
 
-def run_demo(
-    out_dir: str | os.PathLike = "demo_out",
-    *,
-    n_images: int | None = None,
-    seed: int | None = None,
-    finetune_steps: int | None = None,
-    n_boot: int | None = None,
-    quick: bool = False,
-    settings: DemoSettings | None = None,
-    quiet: bool = False,
-    echo: Callable[[str], None] | None = None,
-) -> DemoResult:
+def run_demo(out_dir: str | os.PathLike = "demo_out", *, n_images: int | None = None, seed: int | None = None,
+             finetune_steps: int | None = None, n_boot: int | None = None, quick: bool = False,
+             settings: DemoSettings | None = None, quiet: bool = False,
+             echo: Callable[[str], None] | None = None) -> DemoResult:
     """Run every stage offline on a tiny random SigLIP and a generated release; write a report.
 
     Args:
@@ -264,173 +402,36 @@ def run_demo(
     Raises:
         DemoError naming the step, for any stage's error.
     """
-    say = echo or (lambda msg: print(msg, flush=True))
     s = settings or (DemoSettings.quick() if quick else DemoSettings())
-    overrides = {k: v for k, v in (("n_images", n_images), ("seed", seed), ("finetune_steps", finetune_steps),
-                                   ("n_boot", n_boot)) if v is not None}
-    s = replace(s, **overrides)
+    s = replace(s, **{k: v for k, v in (("n_images", n_images), ("seed", seed), ("finetune_steps", finetune_steps),
+                                        ("n_boot", n_boot)) if v is not None})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    times: list[StepTime] = []
-    manifest = _read_manifest(out)
-    ckpt, release, cache = out / CHECKPOINT_DIR, out / RELEASE_DIR, out / "cache.h5"
-    model_dir, ft_dir, report_dir = out / "models" / "mlp", out / "finetune", out / "report"
+    r = _Run(s=s, out=out, say=echo or (lambda msg: print(msg, flush=True)), quiet=quiet, manifest=_read_manifest(out))
     (out / "README.md").write_text(_readme(out, s), encoding="utf-8")
-    say(f"woundscore demo -> {out}/")
-    say(f"NOTICE: {DEMO_NOTICE}.")
+    r.say(f"woundscore demo -> {out}/")
+    r.say(f"NOTICE: {DEMO_NOTICE}.")
 
-    # 1. checkpoint -------------------------------------------------------------------------
-    say("\n[1/6] Tiny random SigLIP checkpoint (vision + text towers)")
-    with _Timer(times, "1 tiny random SigLIP"), _step("build the tiny SigLIP"):
-        want = s.checkpoint_params()
-        reuse_ckpt = _reusable(ckpt, CHECKPOINT_FILES, manifest.get("checkpoint"), want)
-        if reuse_ckpt:
-            say(f"  reused {ckpt}/ (built before with the same settings)")
-        else:
-            from woundscore.embed.tiny import build_tiny_siglip
-
-            manifest.pop("checkpoint", None)  # not reusable until the new one is complete
-            _write_manifest(out, manifest)
-            _build_atomically(ckpt, lambda d: build_tiny_siglip(d, **want))
-            manifest["checkpoint"] = want
-            _write_manifest(out, manifest)
-            say(f"  built {ckpt}/: image {s.tiny_image_size} px, patch {s.tiny_patch_size}, hidden "
-                f"{s.tiny_hidden_size}, {s.tiny_layers} blocks, RANDOM weights (see its README.md)")
-
-    # 2. dataset ----------------------------------------------------------------------------
-    say(f"\n[2/6] Generated dataset in the SurgWound release format ({s.n_images} images)")
-    with _Timer(times, "2 generated dataset"), _step("generate the dataset"):
-        want_rel = s.release_params()
-        reuse_rel = _reusable(release, RELEASE_FILES, manifest.get("dataset"), want_rel)
-        if reuse_rel:
-            say(f"  reused {release}/ (generated before with the same settings)")
-        else:
-            from woundscore.embed.synthetic import make_release
-
-            manifest.pop("dataset", None)  # not reusable until the new one is complete
-            _write_manifest(out, manifest)
-
-            def _make(d: Path) -> None:
-                make_release(d, s.n_images, seed=s.seed, image_size=(s.image_px, s.image_px), notice=DEMO_NOTICE)
-                (d / "README.md").write_text(_release_readme(), encoding="utf-8")
-
-            _build_atomically(release, _make)
-            manifest["dataset"] = want_rel
-            _write_manifest(out, manifest)
-            say(f"  wrote {release}/: {', '.join(RELEASE_FILES)} (base64 JPEGs, {s.image_px} px; "
-                "red halo = erythema, yellow patch = exudate, ...)")
-        examples = _write_examples(release, out / "example-images", s.n_examples)
-
-    # 3. stats, embed, cache info -----------------------------------------------------------
-    say("\n[3/6] wound-embed stats / wound-embed run / wound-cache info")
-    with _Timer(times, "3 stats + embed + cache info"), _step("embed"):
-        from woundscore.cache.store import cache_info, format_info
-        from woundscore.embed.encoder import load_encoder
-        from woundscore.embed.run import run_embedding
-        from woundscore.embed.sources import format_stats, source_stats
-
-        say(_indent(format_stats(source_stats(release))))
-        enc = load_encoder(ckpt)
-        enc.notice = DEMO_NOTICE  # the cache provenance carries it; every later artifact copies it
-        summary = run_embedding(release, cache, encoder=enc, quiet=quiet,
-                                overwrite=not (reuse_ckpt and reuse_rel))  # new model or images: rebuild
-        if summary.interrupted:  # Ctrl-C: the batches written are kept; a rerun resumes
-            raise KeyboardInterrupt
-        if summary.failed:
-            raise DemoError(f"embed: {summary.format()}")
-        say(_indent(summary.format()))
-        say(_indent(format_info(cache_info(cache))))
-
-    # 4. train + predict --------------------------------------------------------------------
-    say("\n[4/6] wound-classify train (MLP) / wound-classify predict on one image")
-    with _Timer(times, "4 train MLP + predict"), _step("train / predict"):
-        from woundscore.classify.metrics import format_table
-        from woundscore.classify.scorer import WoundScorer
-        from woundscore.classify.train import train_from_cache
-
-        res = train_from_cache(cache, model_dir, model="mlp", seed=s.seed, max_epochs=s.mlp_max_epochs,
-                               patience=s.mlp_patience, overwrite=True)
-        tr = res.provenance.get("training", {})
-        say(_indent(format_table(res.validation, title=(
-            f"validation ({res.provenance['split_sizes']['val']} rows), model mlp -> {res.model_dir}  "
-            f"[best epoch {tr.get('best_epoch')} of {tr.get('epochs_run')}]"))))
-        scorer = WoundScorer.load(model_dir, enc)
-        prediction = scorer.score(examples[0])
-        say(f"  $ wound-classify predict {model_dir} {examples[0]} --encoder {ckpt}")
-        say(_indent(json.dumps(prediction, indent=2)))
-
-    # 5. fine-tune + report -----------------------------------------------------------------
-    say(f"\n[5/6] wound-compare finetune ({s.finetune_steps} CPU steps) / wound-compare run")
-    with _Timer(times, "5a fine-tune (few CPU steps)"), _step("fine-tune"):
-        from woundscore.compare.finetune import finetune
-
-        shutil.rmtree(ft_dir / "trainer", ignore_errors=True)  # a fresh run, not a resume
-        ft = finetune(release, ft_dir, model=ckpt, unfreeze_last=min(s.finetune_unfreeze_last, s.tiny_layers),
-                      max_steps=s.finetune_steps, batch_size=s.finetune_batch_size, grad_accum=1,
-                      lr=s.finetune_lr, warmup_steps=0, device="cpu", seed=s.seed,
-                      # the Trainer's per-step log dicts would drown the demo's output: keep only
-                      # the stage's own messages (and none with --quiet)
-                      quiet=True, log=(lambda m: None) if quiet else (lambda m: print(m, file=sys.stderr)))
-        say(f"  {ft.predictions_path}: {len(ft.ids)} test images; trained {ft.meta['trainable_params']:,} of "
-            f"{ft.meta['total_params']:,} parameters in {ft.meta['train_seconds']:.1f} s")
-    with _Timer(times, "5b report (probe, MLP, zero-shot)"), _step("report"):
-        from woundscore.compare.report import run_comparison
-
-        mlp_params = {k: v for k, v in (("max_epochs", s.mlp_max_epochs), ("patience", s.mlp_patience))
-                      if v is not None}
-        rep = run_comparison(cache, report_dir, source=release, model=ckpt, finetune_dir=ft_dir,
-                             n_boot=s.n_boot, seed=s.seed, mlp_params=mlp_params or None, quiet=quiet)
-        say(_indent(_auc_table(rep.metrics)))
-        say(_indent(rep.metrics["answer"]["text"], wrap=True))
-        skipped = rep.metrics.get("skipped") or {}
-        for name, why in skipped.items():
-            say(f"  skipped {name}: {why}")
-
-    # 6. where to look next -----------------------------------------------------------------
-    nxt = examples[1] if len(examples) > 1 else examples[0]
-    next_command = f"wound-classify predict {model_dir} {nxt} --encoder {ckpt}"
+    reuse_ckpt, reuse_rel, examples = _checkpoint_and_dataset(r)
+    enc, summary = _embed(r, rebuild=not (reuse_ckpt and reuse_rel))  # new model or images: rebuild
+    prediction = _train_and_predict(r, enc, examples[0])
+    rep = _finetune_and_report(r)
     result = DemoResult(
-        out_dir=out, checkpoint=ckpt, release=release, cache=cache, model_dir=model_dir, finetune_dir=ft_dir,
-        report_dir=report_dir, report_files=dict(rep.files), example_images=examples, prediction=prediction,
-        embedded=summary.embedded, skipped=summary.skipped, reused={"checkpoint": reuse_ckpt, "dataset": reuse_rel},
-        times=times, next_command=next_command,
+        out_dir=out, checkpoint=r.ckpt, release=r.release, cache=r.cache, model_dir=r.model_dir,
+        finetune_dir=r.ft_dir, report_dir=r.report_dir, report_files=dict(rep.files), example_images=examples,
+        prediction=prediction, embedded=summary.embedded, skipped=summary.skipped,
+        reused={"checkpoint": reuse_ckpt, "dataset": reuse_rel}, times=r.times,
+        next_command=f"wound-classify predict {r.model_dir} {examples[min(1, len(examples) - 1)]} --encoder {r.ckpt}",
     )
-    manifest["last_run"] = {"settings": asdict(s), "times": [asdict(t) for t in times],
-                            "total_seconds": round(result.total_seconds, 1)}
-    _write_manifest(out, manifest)
-    say("\n[6/6] Done")
-    say(result.format_times())
-    say(f"\n  report: {rep.files['report.html']}")
-    say(f"          {rep.files['report.md']} (+ metrics.json, roc.png, reliability.png, forest.png)")
-    say(f"  NOTICE: {DEMO_NOTICE}.")
-    say("\n  Next, score another image:")
-    say(f"    {next_command}")
-    say("  Real MedSigLIP-448 and the SurgWound release: see README, \"The real path\".")
+    _finish(r, result)
     return result
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-class _step:
-    """Turn any stage error into a DemoError that names the step (the stage's own text kept)."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, typ: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc is None or isinstance(exc, (DemoError, KeyboardInterrupt, SystemExit)):
-            return False
-        raise DemoError(f"demo step '{self.what}' failed: {type(exc).__name__}: {exc}") from exc
-
-
 def _indent(text: str, *, wrap: bool = False) -> str:
     if wrap:
-        import textwrap
-
         return textwrap.fill(text, width=100, initial_indent="  ", subsequent_indent="  ")
     return "\n".join(("  " + line) if line else line for line in text.splitlines())
 
@@ -459,8 +460,6 @@ def _auc_table(metrics: dict[str, Any], labels: tuple[str, ...] = ("erythema", "
 
 def _write_examples(release: Path, folder: Path, n: int) -> list[Path]:
     """The first ``n`` test images of the release as JPEG files (what `predict` takes)."""
-    from woundscore.embed.sources import open_source
-
     test = sorted((smp for smp in open_source(release).samples() if smp.split == "test"),
                   key=lambda smp: smp.image_id)
     if not test:
