@@ -97,13 +97,9 @@ def list_parts(path: Path, after: int = 0) -> list[tuple[int, Path]]:
 def remove_parts(path: Path, upto: int) -> None:
     """Delete the parts with seq <= ``upto`` and every temporary file; the folder too if empty."""
     folder = parts_dir(path)
-    if not folder.is_dir():
-        return
-    for p in folder.iterdir():
-        m = _NAME_RE.match(p.name)
-        if (m and int(m.group(1)) <= upto) or p.name.endswith(".tmp"):
-            p.unlink(missing_ok=True)
+    for p in [p for seq, p in list_parts(path) if seq <= upto] + list(folder.glob("*.tmp")):
+        p.unlink(missing_ok=True)
     try:
         folder.rmdir()
     except OSError:
-        pass  # not empty (corrupt parts kept for inspection)
+        pass  # absent, or not empty (corrupt parts kept for inspection)

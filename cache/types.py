@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 import os
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -24,10 +24,8 @@ class CacheMismatchError(CacheError):
 
     def __init__(self, path: str, differences: dict[str, tuple[Any, Any]]) -> None:
         self.path, self.differences = path, differences
-        lines = [f"{path}: refusing to mix rows from a different setup:"]
-        for key, (have, new) in differences.items():
-            lines.append(f"  {key}: cache has {have!r}, new rows have {new!r}")
-        super().__init__("\n".join(lines))
+        lines = [f"  {key}: cache has {have!r}, new rows have {new!r}" for key, (have, new) in differences.items()]
+        super().__init__("\n".join([f"{path}: refusing to mix rows from a different setup:", *lines]))
 
 
 class CacheLockedError(CacheError):
