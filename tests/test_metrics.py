@@ -177,3 +177,16 @@ def test_shape_errors_name_the_method():
         M.evaluate(Y, {"bad": P[:10]}, label_names=LABELS)
     with pytest.raises(ValueError, match="unknown method"):
         M.evaluate(Y, {"m": P}, label_names=LABELS, comparisons=[("m", "zz")])
+
+
+def test_point_estimates_come_from_classify_metrics():
+    """One place for point AUC / macro AUC / sensitivity-specificity: compare reports classify's numbers."""
+    from woundscore.classify.metrics import macro_auc, roc_auc, sens_spec
+
+    Y, P, _ = _planted()
+    r = M.evaluate(Y, {"m": P}, label_names=LABELS, thresholds={"m": {"a": {"youden": 0.4}}}, n_boot=100)
+    m = Y[:, 0] != -1
+    assert r["per_label"]["a"]["m"]["auc"]["value"] == roc_auc(Y[m, 0], P[m, 0])
+    assert r["macro_auc"]["m"]["value"] == macro_auc(Y, P)
+    op = r["per_label"]["a"]["m"]["operating_points"]["youden"]
+    assert (op["sensitivity"]["value"], op["specificity"]["value"]) == pytest.approx(sens_spec(Y[m, 0], P[m, 0], 0.4))

@@ -1,4 +1,4 @@
-"""compare.report: the comparison report on the same test images.
+"""compare.report (the runner), compare.document and compare.render: the comparison report on the same test images.
 
 One module-scoped run trains the probe and the MLP on a small planted-signal EmbeddingSet and
 reads a fine-tune's predictions file; the other tests score predictions files only (no Keras), so
@@ -489,3 +489,26 @@ def test_every_figure_carries_the_notice(tmp_path, monkeypatch):
     run_comparison(es, tmp_path / "out2", predictions={"ext": write_external(tmp_path / "y.csv", es, z)},
                    methods=(), zero_shot=False, n_boot=100, quiet=True)
     assert not any(t.startswith("NOTICE") for t in drawn)
+
+
+# ------------------------------------------------------------------------------------ render
+
+
+CSP = ('<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src data:; '
+       'style-src \'unsafe-inline\'">')
+
+
+def test_html_page_keeps_its_content_security_policy_and_escapes_every_block_kind(tmp_path):
+    from woundscore.compare.render import render_html, render_markdown
+
+    (tmp_path / "f.png").write_bytes(b"\x89PNG\r\n\x1a\nxx")
+    evil = "<script>x</script>"
+    blocks = [("h1", evil), ("banner", evil), ("h2", evil), ("p", evil), ("list", [evil]),
+              ("table", [evil], [[evil]]), ("image", "f.png", evil)]
+    page = render_html(blocks, base_dir=tmp_path)
+    assert page.splitlines()[2] == CSP  # no scripts, no fetches: only inline styles and data: images
+    assert "<script" not in page and page.count("&lt;script&gt;x&lt;/script&gt;") == 10  # title too; alt and caption
+    assert 'src="data:image/png;base64,iVBORw0KGgp4eA=="' in page
+    assert "<script" not in render_markdown(blocks).replace("\\<script", "")
+    with pytest.raises(ValueError, match="unknown block 'video'"):
+        render_markdown([("video", "x")])

@@ -1,0 +1,69 @@
+"""The report's blocks (:mod:`woundscore.compare.document`) rendered to Markdown and to one
+self-contained HTML page. Every string from data is escaped here: Markdown specials are
+backslash-escaped, HTML goes through a Jinja2 template with autoescaping."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import jinja2
+
+_MD_SPECIAL = re.compile(r"([\\`*\[\]<>|#])")
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("woundscore.compare", "templates"),
+                          autoescape=True, undefined=jinja2.StrictUndefined)
+
+
+def _md(text: object) -> str:
+    """Plain text for Markdown: specials backslash-escaped (so '<script>' shows as text), one line."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def _md_block(blk: tuple) -> str:
+    kind = blk[0]
+    if kind in ("h1", "h2"):
+        return f"{'#' * int(kind[1])} {_md(blk[1])}"
+    if kind == "banner":
+        return f"> **{_md(blk[1])}**"
+    if kind == "p":
+        return _md(blk[1])
+    if kind == "list":
+        return "\n".join(f"- {_md(x)}" for x in blk[1])
+    if kind == "table":
+        header, rows = blk[1], blk[2]
+        lines = ["| " + " | ".join(_md(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows])
+    if kind == "image":
+        return f"![{_md(blk[2])}]({blk[1]})"
+    raise ValueError(f"unknown block {kind!r}")
+
+
+def render_markdown(blocks: Sequence[tuple]) -> str:
+    """Blocks -> Markdown (GitHub flavour)."""
+    return "\n\n".join(_md_block(blk) for blk in blocks) + "\n"
+
+
+def _html_block(blk: tuple, base_dir: Path) -> dict[str, Any]:
+    """A block as the template's fields (plain values: the template escapes them)."""
+    kind = blk[0]
+    if kind in ("h1", "h2", "banner", "p"):
+        return {"kind": kind, "text": str(blk[1])}
+    if kind == "list":
+        return {"kind": kind, "entries": [str(x) for x in blk[1]]}
+    if kind == "table":
+        return {"kind": kind, "header": [str(h) for h in blk[1]], "rows": [[str(c) for c in r] for r in blk[2]]}
+    if kind == "image":  # inlined, so the page is one file that fetches nothing
+        data = base64.b64encode((base_dir / blk[1]).read_bytes()).decode("ascii")
+        return {"kind": kind, "caption": str(blk[2]), "png_base64": data}
+    raise ValueError(f"unknown block {kind!r}")
+
+
+def render_html(blocks: Sequence[tuple], *, base_dir: str | os.PathLike) -> str:
+    """Blocks -> one self-contained HTML page (figures inlined as base64 PNG, no scripts)."""
+    title = next((str(blk[1]) for blk in blocks if blk[0] == "h1"), "woundscore report")
+    page = _ENV.get_template("report.html.j2").render(
+        title=title, blocks=[_html_block(blk, Path(base_dir)) for blk in blocks])
+    return page + "\n"
