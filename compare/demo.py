@@ -1,17 +1,9 @@
 """`wound-compare demo`: the whole pipeline offline, on a tiny random model and generated images.
 
-One call runs every stage through the same library function its own command calls:
-
-1. ``embed.tiny.build_tiny_siglip``   a tiny random SigLIP (vision + text towers), built once
-2. ``embed.synthetic.make_release``   a generated dataset in the real SurgWound release format
-3. ``embed.sources.source_stats``     (``wound-embed stats``), ``embed.run.run_embedding``
-                                      (``wound-embed run``), ``cache.store.cache_info``
-                                      (``wound-cache info``)
-4. ``classify.train.train_from_cache`` (``wound-classify train``), ``classify.scorer.WoundScorer``
-                                      (``wound-classify predict``) on one image
-5. ``compare.finetune.finetune``      (``wound-compare finetune``, a few CPU steps), then
-   ``compare.report.run_comparison``  (``wound-compare run``: probe, MLP, zero-shot, fine-tune)
-6. where the report is and the next command to try.
+One call runs every stage through the same library function its own command calls (one step
+function each, below): a tiny random SigLIP (``embed.tiny``) and a generated SurgWound-format
+release (``embed.synthetic``), built once; ``wound-embed stats`` / ``run``, ``wound-cache info``;
+``wound-classify train`` / ``predict``; ``wound-compare finetune`` (a few CPU steps) and ``run``.
 
 Layout of OUT (default ``demo_out/``)::
 

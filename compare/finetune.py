@@ -38,13 +38,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Subset
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback
 
 from woundscore.cache.schema import LABEL_NAMES, SCHEMA, training_pos_weight
 from woundscore.cache.util import package_versions
 from woundscore.compare.finetune_trainer import (  # noqa: F401  (NonFiniteLossError: public here too)
-    FineTuneError, MaskedBCELossFunc, NonFiniteLossError, PixelDataset, PrefixDataset, Subset, TrainableOnlyTrainer,
+    FineTuneError, MaskedBCELossFunc, NonFiniteLossError, PixelDataset, PrefixDataset, TrainableOnlyTrainer,
     compute_metrics, load_classifier, masked_auc, replace_pickles, scan)
 from woundscore.compare.model_card import build_model_card, push_to_hub
 from woundscore.compare.predictions import write_predictions
@@ -246,9 +247,7 @@ def _predict(net: SelectiveUnfreezeClassifier, data: _Data, split: str, spec: An
              ) -> tuple[np.ndarray, float]:
     """(n, 6) probabilities of the readable images of ``split`` through the plain path (what
     deployment runs), and the seconds spent in the model."""
-    samples = data.samples[split]
-    loader = torch.utils.data.DataLoader(Subset(PixelDataset(samples, spec), range(len(samples))),
-                                         batch_size=st.eval_batch, num_workers=st.workers)
+    loader = DataLoader(PixelDataset(data.samples[split], spec), batch_size=st.eval_batch, num_workers=st.workers)
     device_type = torch.device(st.device).type
     probs, seconds = [], 0.0
     net.eval()

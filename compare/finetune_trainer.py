@@ -205,8 +205,9 @@ def trainer_labels(labels: np.ndarray) -> torch.Tensor:
 class PixelDataset:
     """torch Dataset over samples: ``read_bytes`` -> ``embed.preprocess.preprocess_bytes``.
 
-    Items are {"index": i, "pixel_values": (3, H, W) float32, "labels": (6,) float32, -100 for
-    missing}; with ``safe=True`` a read/decode failure gives {"index": i, "error": reason} instead.
+    Items are {"pixel_values": (3, H, W) float32, "labels": (6,) float32, -100 for missing}. With
+    ``safe=True`` (the scan before training) they carry "index": i too, and a read/decode failure
+    gives {"index": i, "error": reason} instead of raising.
     """
 
     def __init__(self, samples: Sequence[Any], spec: Any, *, safe: bool = False) -> None:
@@ -223,7 +224,8 @@ class PixelDataset:
             if not self.safe:
                 raise
             return {"index": i, "error": str(e) or type(e).__name__}
-        return {"index": i, "pixel_values": pixels, "labels": trainer_labels(s.labels)}
+        item = {"pixel_values": pixels, "labels": trainer_labels(s.labels)}
+        return {"index": i, **item} if self.safe else item  # the Trainer passes every key to forward
 
 
 class PrefixDataset:
@@ -237,21 +239,6 @@ class PrefixDataset:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {"prefix_states": self.states[i], "labels": self.labels[i]}
-
-
-class Subset:
-    """Items of a PixelDataset without the bookkeeping key (the Trainer passes every key to forward)."""
-
-    def __init__(self, ds: PixelDataset, indices: Sequence[int]) -> None:
-        self.ds, self.indices = ds, list(indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        item = self.ds[self.indices[i]]
-        item.pop("index", None)
-        return item
 
 
 def _collate_safe(items: list[dict[str, Any]]) -> dict[str, Any]:
