@@ -113,8 +113,7 @@ def shard_from_env(env: dict[str, str] | None = None) -> tuple[int, int]:
     """(rank, world) from RANK / WORLD_SIZE (torchrun, accelerate launch); (0, 1) otherwise."""
     env = os.environ if env is None else env
     try:
-        world = int(env.get("WORLD_SIZE", "1"))
-        rank = int(env.get("RANK", "0"))
+        world, rank = int(env.get("WORLD_SIZE", "1")), int(env.get("RANK", "0"))
     except ValueError:
         raise EmbedRunError(f"RANK={env.get('RANK')!r} / WORLD_SIZE={env.get('WORLD_SIZE')!r} are not integers") from None
     if world < 1 or not 0 <= rank < world:
@@ -125,9 +124,7 @@ def shard_from_env(env: dict[str, str] | None = None) -> tuple[int, int]:
 def part_path(out: str | Path, rank: int, world: int) -> Path:
     """The cache a rank writes: ``emb.h5`` -> ``emb.rank0-of-2.h5`` (the cache itself when world == 1)."""
     out = Path(out)
-    if world == 1:
-        return out
-    return out.with_name(f"{out.stem}.rank{rank}-of-{world}{out.suffix or '.h5'}")
+    return out if world == 1 else out.with_name(f"{out.stem}.rank{rank}-of-{world}{out.suffix or '.h5'}")
 
 
 def chunk_indices(n: int, batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
@@ -282,13 +279,9 @@ class _Batches:
 
 
 def _resume_command() -> str:
-    argv = list(sys.argv)
-    if argv and argv[0].endswith(("__main__.py", "cli.py")):
-        argv[0] = "wound-embed"
-    else:
-        argv[0] = Path(argv[0]).name if argv else "wound-embed"
-    argv = [a for a in argv if a != "--overwrite"]  # resuming must not rebuild
-    return " ".join(shlex.quote(a) for a in argv)
+    argv = list(sys.argv) or ["wound-embed"]
+    argv[0] = "wound-embed" if argv[0].endswith(("__main__.py", "cli.py")) else Path(argv[0]).name
+    return " ".join(shlex.quote(a) for a in argv if a != "--overwrite")  # resuming must not rebuild
 
 
 def _provenance(enc: ImageEncoder, src: Source) -> dict[str, Any]:

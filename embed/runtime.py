@@ -29,7 +29,6 @@ class EncoderLoadError(WoundscoreError):
     """The encoder could not be loaded; the message says exactly what to do."""
 
 
-
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
     """True when the CPU multiplies bf16 natively (x86 AVX-512 BF16 or AMX; ARM BF16).
 
@@ -44,10 +43,8 @@ def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
             cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
         except OSError:
             return False  # not Linux: stay on float32 (safe default)
-    flags: set[str] = set()
-    for line in cpuinfo.splitlines():
-        if line.lower().startswith(("flags", "features")):
-            flags.update(line.split(":", 1)[-1].split())
+    flags = {f for line in cpuinfo.splitlines() if line.lower().startswith(("flags", "features"))
+             for f in line.split(":", 1)[-1].split()}
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
@@ -55,15 +52,11 @@ def resolve_device(device: str = "auto") -> str:
     """"auto" -> "cuda[:LOCAL_RANK]" when a GPU is visible, else "cpu"."""
     import torch
 
-    if device != "auto":
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise EncoderLoadError(f"--device {device} requested but no CUDA GPU is visible to torch")
-        if device == "cuda":  # under torchrun each rank takes its own GPU
-            return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-        return device
-    if torch.cuda.is_available():
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EncoderLoadError(f"--device {device} requested but no CUDA GPU is visible to torch")
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):  # under torchrun: one GPU per rank
         return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    return "cpu"
+    return "cpu" if device == "auto" else device
 
 
 def resolve_dtype(
@@ -78,21 +71,20 @@ def resolve_dtype(
     import torch
 
     names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    native = cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16
     if dtype != "auto":
         if dtype not in names:
             raise EncoderLoadError(f"unknown dtype {dtype!r}: choose auto, float32, bfloat16 or float16")
         # A half-precision matmul on a CPU without native support is emulated: measured 100-700x
         # slower than float32 on an AVX2-only CPU (bench/RESULTS.md), minutes per image.
-        if device == "cpu" and dtype != "float32" and not (cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16):
+        if device == "cpu" and dtype != "float32" and not native:
             log.warning("--dtype %s on a CPU without native bf16/fp16 matmul is emulated and can be "
                         "100x slower than float32; use --dtype auto (float32 here)", dtype)
         return names[dtype]
     if device.startswith("cuda"):
         cap = cuda_capability or torch.cuda.get_device_capability(torch.device(device))
         return torch.bfloat16 if cap >= (8, 0) else torch.float16
-    if device == "cpu":
-        return torch.bfloat16 if (cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16) else torch.float32
-    return torch.float32
+    return torch.bfloat16 if device == "cpu" and native else torch.float32
 
 
 def default_batch_size(device: str) -> int:
@@ -111,14 +103,13 @@ def quiet_transformers() -> Iterator[None]:
     old = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar is noise in a CLI
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(old)
         if bars:
             hf_logging.enable_progress_bar()
-
 
 
 def peak_memory(device: str) -> tuple[float, str]:

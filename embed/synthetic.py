@@ -130,10 +130,8 @@ class _Truth:
     def set_binary(self, key: str, value: bool, rng: np.random.Generator) -> None:
         if key == "healing_status":
             self.healing = "Not Healed" if value else "Healed"
-        elif key == "erythema":
-            self.erythema = value
-        elif key == "edema":
-            self.edema = value
+        elif key in ("erythema", "edema"):
+            setattr(self, key, value)
         elif key == "infection_risk":
             self.infection = ("High" if rng.random() < 0.2 else "Medium") if value else "Low"
         elif key == "urgency":
@@ -160,12 +158,9 @@ def _draw_truths(n: int, rng: np.random.Generator) -> list[_Truth]:
         exudate_pos = 0.8 * z + 0.6 * e[3] > 1.05
         risk = 0.6 * z + 0.5 * erythema + 0.7 * exudate_pos + 0.45 * e[4]
         infection = "High" if risk > 2.0 else "Medium" if risk > 0.95 else "Low"
-        if infection == "High":
-            urgency = "Red" if rng.random() < 0.6 else "Yellow"
-        elif infection == "Medium":
-            urgency = "Yellow" if rng.random() < 0.5 else "Green"
-        else:
-            urgency = "Yellow" if rng.random() < 0.015 else "Green"
+        p_up, up, down = {"High": (0.6, "Red", "Yellow"), "Medium": (0.5, "Yellow", "Green"),
+                          "Low": (0.015, "Yellow", "Green")}[infection]
+        urgency = up if rng.random() < p_up else down
         t = _Truth(healing="Not Healed" if z + 0.8 * e[0] > 0.3 else "Healed", erythema=bool(erythema),
                    edema=bool(0.7 * z + 0.7 * e[2] > 1.05),
                    exudate=str(rng.choice(EXUDATES, p=[0.38, 0.30, 0.20, 0.12])) if exudate_pos else "Non-existent",
