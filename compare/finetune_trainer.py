@@ -39,6 +39,11 @@ class NonFiniteLossError(FineTuneError):
     exit_code = 3
 
 
+#: The six woundscore labels as a transformers classification config sees them.
+_LABELS = {"num_labels": len(LABEL_NAMES), "problem_type": "multi_label_classification",
+           "id2label": dict(enumerate(LABEL_NAMES)), "label2id": {name: i for i, name in enumerate(LABEL_NAMES)}}
+
+
 def load_classifier(model: str | os.PathLike, *, revision: str | None = None) -> tuple[Any, Any]:
     """``AutoModelForImageClassification`` of a SigLIP checkpoint with the six woundscore labels.
 
@@ -50,11 +55,8 @@ def load_classifier(model: str | os.PathLike, *, revision: str | None = None) ->
         with quiet_transformers():
             if _model_type(ckpt.path) == "siglip_vision_model":
                 return _classifier_from_vision_only(ckpt.path), ckpt
-            net = AutoModelForImageClassification.from_pretrained(
-                str(ckpt.path), num_labels=len(LABEL_NAMES), problem_type="multi_label_classification",
-                id2label=dict(enumerate(LABEL_NAMES)), label2id={name: i for i, name in enumerate(LABEL_NAMES)},
-                attn_implementation="sdpa", trust_remote_code=False,
-            )
+            net = AutoModelForImageClassification.from_pretrained(str(ckpt.path), **_LABELS, attn_implementation="sdpa",
+                                                                  trust_remote_code=False)
     except (OSError, ValueError, KeyError) as e:
         raise FineTuneError(f"cannot load {ckpt.path} as an image classifier: {str(e).splitlines()[0]}") from e
     return net, ckpt
@@ -75,9 +77,7 @@ def _classifier_from_vision_only(folder: Path) -> SiglipForImageClassification:
     initialised as transformers initialises it (normal, std = hidden**-0.5).
     """
     vision = SiglipVisionModel.from_pretrained(str(folder), attn_implementation="sdpa")
-    cfg = SiglipConfig(vision_config=vision.config.to_dict(), num_labels=len(LABEL_NAMES),
-                       problem_type="multi_label_classification", id2label=dict(enumerate(LABEL_NAMES)),
-                       label2id={name: i for i, name in enumerate(LABEL_NAMES)})
+    cfg = SiglipConfig(vision_config=vision.config.to_dict(), **_LABELS)
     notice = getattr(vision.config, "woundscore_notice", None)
     if notice:
         cfg.woundscore_notice = notice
