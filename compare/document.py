@@ -26,14 +26,8 @@ Block = tuple
 EXTERNAL_REFERENCE: dict[str, Any] = {
     "what": "fine-tune of the last 8 encoder blocks on the same 6 labels and the same "
     "137-image test split",
-    "per_label_auc": {
-        "healing_status": 0.718,
-        "erythema": 0.686,
-        "edema": 0.713,
-        "infection_risk": 0.810,
-        "urgency": 0.822,
-        "exudate": 0.721,
-    },
+    "per_label_auc": {"healing_status": 0.718, "erythema": 0.686, "edema": 0.713, "infection_risk": 0.810,
+                      "urgency": 0.822, "exudate": 0.721},
     "macro_auc": 0.745,
     "n_test_images": 137,
     "train_time": "22.5 min on a T4",

@@ -13,6 +13,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from woundscore.compare.document import fmt_est
 from woundscore.compare.metrics import reliability_curve
 
 _DPI = 100
@@ -40,14 +41,6 @@ def _grid(n: int) -> tuple[int, int]:
     return (n + ncols - 1) // ncols, ncols
 
 
-def _fmt(e: Mapping) -> str:
-    if e.get("value") is None:
-        return "not estimable"
-    if e.get("low") is None:
-        return f"{e['value']:.2f} (no interval)"
-    return f"{e['value']:.2f} ({e['low']:.2f}-{e['high']:.2f})"
-
-
 def plot_roc(
     Y: np.ndarray,
     probs: Mapping[str, np.ndarray],
@@ -73,7 +66,7 @@ def plot_roc(
             auc = per_label[label][name]["auc"]
             if estimable:
                 fpr, tpr, _ = roc_curve(y[m], np.asarray(P)[m, j])
-                ax.plot(fpr, tpr, lw=1.4, label=_safe(f"{name}: AUC {_fmt(auc)}"))
+                ax.plot(fpr, tpr, lw=1.4, label=_safe(f"{name}: AUC {fmt_est(auc, digits=2)}"))
         if not estimable:
             ax.text(0.5, 0.5, "not estimable:\none class in test", ha="center", va="center", fontsize=9)
         else:
@@ -112,7 +105,7 @@ def plot_reliability(
             for name, P in probs.items():
                 mean_p, frac, count = reliability_curve(y, np.asarray(P)[:, j], n_bins)
                 ece = per_label[label][name]["ece"]
-                ax.plot(mean_p, frac, marker="o", ms=3, lw=1.2, label=_safe(f"{name}: ECE {_fmt(ece)}"))
+                ax.plot(mean_p, frac, marker="o", ms=3, lw=1.2, label=_safe(f"{name}: ECE {fmt_est(ece, digits=2)}"))
         ax.legend(fontsize=7, loc="upper left")
         ax.set_xlabel("mean predicted probability (bin)", fontsize=8)
         ax.set_ylabel("fraction positive (bin)", fontsize=8)

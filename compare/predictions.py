@@ -115,7 +115,8 @@ def read_predictions(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
                 continue  # tolerate blank lines (e.g. a trailing newline)
             image_id, values = _parse_row(path, line_no, row, col, len(header))
             if image_id in seen:
-                raise PredictionsError(f"{path}: line {line_no}: image_id {image_id!r} already on line {seen[image_id]}")
+                first = seen[image_id]
+                raise PredictionsError(f"{path}: line {line_no}: image_id {image_id!r} already on line {first}")
             seen[image_id] = line_no
             rows.append(values)
     if not seen:
