@@ -34,6 +34,7 @@ def test_wheel_holds_only_the_woundscore_package(wheel: Path) -> None:
     for stage in STAGES:
         assert f"woundscore/{stage}/__init__.py" in names
     assert "woundscore/embed/assets/spiece.model" in names  # the vendored tokenizer ships
+    assert "woundscore/compare/templates/report.html.j2" in names  # and the report's template
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     for stage in STAGES:
