@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shutil
 import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
@@ -184,7 +187,25 @@ def investigate(args, model, flop: float, rates: dict, base_spi: float) -> list[
             pass
     if t_eager is not None:
         add(f"{dn} eager attention bs1", t_eager)
-    # threads
+    _thread_and_onednn_variants(add, model, x1, dn, base1)
+    _dtype_variants(add, rows, model, x1, dn, args, rates, flop)
+    if args.compile:
+        _compile_variants(add, rows, model, x1, args)
+    # the machine's load drifts: re-measure the matmul rate now and use the better of the two
+    again = C.matmul_rate(torch.float32, (1024, 1152, 4304), seconds=args.mm_seconds)
+    best = max(again, rates["fp32"])
+    print(f"  fp32 matmul re-measured after the variants: {again:.1f} GFLOP/s (start {rates['fp32']:.1f}); "
+          f"'of fp32 mm' uses {best:.1f}", flush=True)
+    for r in rows:
+        if isinstance(r[3], float):
+            r[4] = r[3] / best
+    return rows
+
+
+def _thread_and_onednn_variants(add, model, x1, dn: str, base1: float) -> None:
+    import torch
+
+    nthreads = torch.get_num_threads()
     if nthreads > 1:
         torch.set_num_threads(1)
         t1 = fwd_time(model, x1, warm=False)
@@ -196,7 +217,12 @@ def investigate(args, model, flop: float, rates: dict, base_spi: float) -> list[
     with torch.backends.mkldnn.flags(enabled=False):
         t_off = fwd_time(model, x1)
     add(f"{dn} SDPA bs1, oneDNN disabled", t_off)
-    # bf16
+
+
+def _dtype_variants(add, rows: list, model, x1, dn: str, args, rates: dict, flop: float) -> None:
+    """bf16 weights / autocast when native, and int8 dynamic quantisation."""
+    import torch
+
     if rates["bf16_native"]:
         if dn == "bf16":
             mf = copy.deepcopy(model).float()
@@ -226,48 +252,43 @@ def investigate(args, model, flop: float, rates: dict, base_spi: float) -> list[
         del mq
     except Exception as e:
         rows.append(["int8 dynamic quant", "-", "-", "-", "-", "-", "-", f"failed: {type(e).__name__}: {e}"])
-    # torch.compile (inductor, C++ codegen with gcc), with and without weight freezing (oneDNN prepack)
-    if args.compile:
-        for freezing in (False, True):
-            try:
-                import torch._dynamo
-                import torch._inductor.config as icfg
 
+
+def _compile_variants(add, rows: list, model, x1, args) -> None:
+    """torch.compile (inductor, C++ codegen with gcc), with and without weight freezing (oneDNN prepack)."""
+    import torch
+
+    for freezing in (False, True):
+        try:
+            import torch._dynamo
+            import torch._inductor.config as icfg
+
+            torch._dynamo.reset()
+            icfg.freezing = freezing
+            mc = torch.compile(model, mode=args.compile_mode)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                mc(pixel_values=x1)
+            ct = time.perf_counter() - t0
+            spi = fwd_time(mc, x1)
+            add(f"torch.compile({args.compile_mode or 'default'}{', freezing' if freezing else ''}) bs1", spi,
+                f"first call (compile) {ct:.0f} s")
+            del mc
+        except Exception as e:
+            rows.append([f"torch.compile freezing={freezing}", "-", "-", "-", "-", "-", "-",
+                         f"failed: {type(e).__name__}: {str(e)[:120]}"])
+        finally:
+            try:
+                icfg.freezing = False
                 torch._dynamo.reset()
-                icfg.freezing = freezing
-                mc = torch.compile(model, mode=args.compile_mode)
-                t0 = time.perf_counter()
-                with torch.inference_mode():
-                    mc(pixel_values=x1)
-                ct = time.perf_counter() - t0
-                spi = fwd_time(mc, x1)
-                add(f"torch.compile({args.compile_mode or 'default'}{', freezing' if freezing else ''}) bs1", spi,
-                    f"first call (compile) {ct:.0f} s")
-                del mc
-            except Exception as e:
-                rows.append([f"torch.compile freezing={freezing}", "-", "-", "-", "-", "-", "-",
-                             f"failed: {type(e).__name__}: {str(e)[:120]}"])
-            finally:
-                try:
-                    icfg.freezing = False
-                    torch._dynamo.reset()
-                except Exception:
-                    pass
-    # the machine's load drifts: re-measure the matmul rate now and use the better of the two
-    again = C.matmul_rate(torch.float32, (1024, 1152, 4304), seconds=args.mm_seconds)
-    best = max(again, rates["fp32"])
-    print(f"  fp32 matmul re-measured after the variants: {again:.1f} GFLOP/s (start {rates['fp32']:.1f}); "
-          f"'of fp32 mm' uses {best:.1f}", flush=True)
-    for r in rows:
-        if isinstance(r[3], float):
-            r[4] = r[3] / best
-    return rows
+            except Exception:
+                pass
 
 
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--images", type=int, default=4, help="images per round per path (default 4)")
     ap.add_argument("--batch", type=int, default=4, help="batch size of both paths (default 4)")
@@ -287,9 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny architecture: checks the script, numbers mean nothing")
     args = ap.parse_args(argv)
     args.inv_batches = [int(b) for b in args.inv_batches.split(",") if b]
-    C.torch_threads(args.threads)
+    return args
 
+
+def setup(args: argparse.Namespace) -> SimpleNamespace:
+    """Header, architecture and FLOPs, matmul rates, the --dtype auto choice."""
     import torch
+
+    from woundscore.embed.runtime import resolve_dtype
 
     info = C.print_header("bench_embed: naive notebook loop vs woundscore pipeline")
     print("  " + C.RANDOM_NOTE)
@@ -300,49 +326,46 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  architecture: {'SMOKE (tiny)' if args.smoke else 'MedSigLIP-448 vision tower'}: hidden {cfg.hidden_size}, "
           f"{cfg.num_hidden_layers} blocks, MLP {cfg.intermediate_size}, image {cfg.image_size}, patch {cfg.patch_size}; "
           f"{flop / 1e12:.3f} TFLOP/image (weight matmuls; {flop_attn / 1e12:.3f} with attention)")
-
     fp32_probe, bf16_probe = C.probe_rate(torch.float32), C.probe_rate(torch.bfloat16)
     rates, mm = matmul_table(args, fp32_probe, bf16_probe)
     print("\n### matmul rates (same run)\n")
     print(mm)
-
-    from woundscore.embed.runtime import resolve_dtype
-
     auto = resolve_dtype("auto", "cpu")
-    if args.investigate_only:
-        imodel = C.random_vision_model(smoke=args.smoke, dtype=auto, layers=args.inv_blocks or None)
-        iflop = C.vit_flops(imodel.config, attention=False)
-        inv_rows = investigate(args, imodel, iflop, rates, float("nan"))
-        for r in inv_rows:
-            if isinstance(r[1], float):
-                r[1], r[2] = r[1] * flop / iflop, r[2] * iflop / flop
-        print(f"\n### forward-only variants ({imodel.config.num_hidden_layers} of {cfg.num_hidden_layers} blocks; "
-              f"s/image extrapolated to full depth)\n")
-        print(C.table(["variant", "s/image", "images/s", "GFLOP/s", "of fp32 mm", "speed-up vs baseline around it",
-                       "vs (b) pipeline", "note"], inv_rows))
-        C.emit_summary("embed_investigate", [], rows=inv_rows)
-        return 0
-    w, h = (int(v) for v in args.image_size.lower().split("x"))
-    tmp = Path(tempfile.mkdtemp(prefix="bench_embed_"))
-    rounds_dirs = []
-    for r in range(args.rounds):
-        rounds_dirs.append(write_images(tmp / f"round{r}", args.images, (w, h), seed0=100 * r))
-    warm = write_images(tmp / "warm", 1, (w, h), seed0=999)
+    mm_used = rates["bf16"] if auto == torch.bfloat16 else rates["fp32"]  # the matmul rate of the dtype used
+    return SimpleNamespace(info=info, cfg=cfg, flop=flop, flop_attn=flop_attn, rates=rates, auto=auto, mm_used=mm_used)
 
+
+def investigate_table(args: argparse.Namespace, ctx: SimpleNamespace, model, base_spi: float, heading: str) -> list:
+    """Forward-only variants on ``model`` (maybe a truncated tower); s/image extrapolated to full depth."""
+    iflop = C.vit_flops(model.config, attention=False)
+    rows = investigate(args, model, iflop, ctx.rates, base_spi * iflop / ctx.flop)
+    for r in rows:  # per-image time of the full tower at the measured rate
+        if isinstance(r[1], float):
+            r[1], r[2] = r[1] * ctx.flop / iflop, r[2] * iflop / ctx.flop
+    print(f"\n### {heading}\n")
+    print(C.table(["variant", "s/image", "images/s", "GFLOP/s", "of fp32 mm", "speed-up vs baseline around it",
+                   "vs (b) pipeline", "note"], rows))
+    return rows
+
+
+def time_paths(args: argparse.Namespace, ctx: SimpleNamespace, tmp: Path) -> tuple[dict, "Woundscore", Any, Any]:
+    """(a) and (b) on the same JPEGs, ABBA. Returns ({path: [s/image per round]}, the (b) runner,
+    its model, the naive model)."""
+    w, h = (int(v) for v in args.image_size.lower().split("x"))
+    rounds_dirs = [write_images(tmp / f"round{r}", args.images, (w, h), seed0=100 * r) for r in range(args.rounds)]
+    warm = write_images(tmp / "warm", 1, (w, h), seed0=999)
     t0 = time.perf_counter()
     naive_model = C.random_siglip_model(smoke=args.smoke)
-    wmodel = C.random_vision_model(smoke=args.smoke, dtype=auto)
-    print(f"\n  models built in {time.perf_counter() - t0:.1f} s; woundscore --dtype auto -> {auto}")
-    proc = naive_processor(cfg.image_size)
+    wmodel = C.random_vision_model(smoke=args.smoke, dtype=ctx.auto)
+    print(f"\n  models built in {time.perf_counter() - t0:.1f} s; woundscore --dtype auto -> {ctx.auto}")
+    proc = naive_processor(ctx.cfg.image_size)
     ws = Woundscore(wmodel, batch=args.batch, workers=args.workers, tmp=tmp)
     print(f"  woundscore path: {ws.mode}, batch {args.batch}, decode workers {ws.workers}; "
           f"naive: batch {args.batch}, serial decode")
-
     # warm-up (first-call allocations, oneDNN primitive creation)
     naive_embed(naive_model, proc, warm, 1)
     ws(warm[0].parent)
-
-    times = {"naive": [], "woundscore": []}
+    times: dict[str, list[float]] = {"naive": [], "woundscore": []}
     order = []
     for r in range(args.rounds):
         order += ["naive", "woundscore"] if r % 2 == 0 else ["woundscore", "naive"]
@@ -356,8 +379,12 @@ def main(argv: list[str] | None = None) -> int:
         dt = time.perf_counter() - t
         times[name].append(dt / len(paths))
         print(f"  round {k // 2} {name}: {dt / len(paths):.2f} s/image (load {C.load_average()})", flush=True)
+    return times, ws, wmodel, naive_model
 
-    mm_used = rates["bf16"] if auto == torch.bfloat16 else rates["fp32"]
+
+def throughput_table(args: argparse.Namespace, ctx: SimpleNamespace, times: dict) -> dict[str, tuple[float, float]]:
+    """Prints the (a)/(b) table; returns {path: (s/image, GFLOP/s)}."""
+    rates, flop, auto, mm_used = ctx.rates, ctx.flop, ctx.auto, ctx.mm_used
     res = {}
     rows = []
     for name, dt in (("naive", "float32"), ("woundscore", str(auto).replace("torch.", ""))):
@@ -367,37 +394,25 @@ def main(argv: list[str] | None = None) -> int:
         rows.append([f"({'a' if name == 'naive' else 'b'}) {name}", dt, spi, 1 / spi, gf, gf / rates["fp32"],
                      gf / rates["bf16"] if rates["bf16_native"] else "n/a (bf16 emulated)", gf / mm_used, res["naive"][0] / spi,
                      " ".join(f"{x:.2f}" for x in times[name])])
-    speedup = res["naive"][0] / res["woundscore"][0]
-    frac_bf16 = res["woundscore"][1] / rates["bf16"]
-    frac_used = res["woundscore"][1] / mm_used
-    print(f"\n### embed throughput ({args.images} images x {args.rounds} rounds per path, {w}x{h} JPEGs, ABBA order)\n")
+    print(f"\n### embed throughput ({args.images} images x {args.rounds} rounds per path, {args.image_size.lower()} JPEGs, "
+          f"ABBA order)\n")
     print(C.table(["path", "dtype", "s/image", "images/s", "GFLOP/s", "of fp32 mm", "of bf16 mm", "of mm (dtype used)",
                    "speed-up vs (a)", "per-round s/image"], rows))
-    print(f"\n  GFLOP/s at {flop / 1e12:.3f} TFLOP/image; counting attention ({flop_attn / 1e12:.3f}) multiply by "
-          f"{flop_attn / flop:.3f}. load average now {C.load_average()} (machine shared: ratios are the robust figures)")
+    print(f"\n  GFLOP/s at {flop / 1e12:.3f} TFLOP/image; counting attention ({ctx.flop_attn / 1e12:.3f}) multiply by "
+          f"{ctx.flop_attn / flop:.3f}. load average now {C.load_average()} (machine shared: ratios are the robust figures)")
+    return res
 
-    inv_rows = []
-    if args.investigate:
-        imodel, iflop, note = wmodel, flop, "full depth"
-        if args.inv_blocks and args.inv_blocks < cfg.num_hidden_layers:
-            del naive_model
-            imodel = C.random_vision_model(smoke=args.smoke, dtype=auto, layers=args.inv_blocks)
-            iflop = C.vit_flops(imodel.config, attention=False)
-            note = (f"tower truncated to {args.inv_blocks} of {cfg.num_hidden_layers} blocks; GFLOP/s measured on it, "
-                    f"s/image extrapolated to full depth")
-        inv_rows = investigate(args, imodel, iflop, rates, C.median(times["woundscore"]) * iflop / flop)
-        for r in inv_rows:  # per-image time of the full tower at the measured rate
-            if isinstance(r[1], float):
-                r[1], r[2] = r[1] * flop / iflop, r[2] * iflop / flop
-        print(f"\n### how close can the forward get to the matmul rate? (forward only, same run; {note})\n")
-        print(C.table(["variant", "s/image", "images/s", "GFLOP/s", "of fp32 mm", "speed-up vs baseline around it",
-                       "vs (b) pipeline", "note"], inv_rows))
 
+def targets(ctx: SimpleNamespace, res: dict) -> list[dict]:
+    rates = ctx.rates
+    speedup = res["naive"][0] / res["woundscore"][0]
+    frac_bf16 = res["woundscore"][1] / rates["bf16"]
+    frac_used = res["woundscore"][1] / ctx.mm_used
     why_bf16 = ("" if rates["bf16_native"] else
-                f"no native bf16 on this CPU ({info['isa']}): bf16 GEMM {rates['bf16']:.1f} GFLOP/s is emulated; "
+                f"no native bf16 on this CPU ({ctx.info['isa']}): bf16 GEMM {rates['bf16']:.1f} GFLOP/s is emulated; "
                 f"--dtype auto correctly stays float32, so (b) can only win the decode overlap; of the fp32 matmul "
                 f"rate (b) reaches {res['woundscore'][1] / rates['fp32']:.0%}")
-    targets = [
+    return [
         C.target("embed speed-up vs naive notebook", ">= 3x", f"{speedup:.2f}x", speedup >= 3,
                  "" if speedup >= 3 else (why_bf16 or "see investigate table")),
         C.target("embed achieved / bf16 matmul rate", ">= 60%",
@@ -408,11 +423,34 @@ def main(argv: list[str] | None = None) -> int:
         C.target("embed achieved / matmul rate of the dtype used", ">= 60% (proxy)",
                  f"{frac_used:.0%}", frac_used >= 0.6),
     ]
-    C.emit_summary("embed", targets, smoke=args.smoke, images_per_s=1 / res["woundscore"][0],
-                   naive_images_per_s=1 / res["naive"][0], gflops=res["woundscore"][1],
-                   matmul=rates, dtype=str(auto), mode=ws.mode)
-    import shutil
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    C.torch_threads(args.threads)
+    ctx = setup(args)
+    full = ctx.cfg.num_hidden_layers
+    if args.investigate_only:
+        imodel = C.random_vision_model(smoke=args.smoke, dtype=ctx.auto, layers=args.inv_blocks or None)
+        inv_rows = investigate_table(args, ctx, imodel, float("nan"), f"forward-only variants "
+                                     f"({imodel.config.num_hidden_layers} of {full} blocks; s/image extrapolated to full depth)")
+        C.emit_summary("embed_investigate", [], rows=inv_rows)
+        return 0
+    tmp = Path(tempfile.mkdtemp(prefix="bench_embed_"))
+    times, ws, wmodel, naive_model = time_paths(args, ctx, tmp)
+    res = throughput_table(args, ctx, times)
+    if args.investigate:
+        imodel, note = wmodel, "full depth"
+        if args.inv_blocks and args.inv_blocks < full:
+            del naive_model
+            imodel = C.random_vision_model(smoke=args.smoke, dtype=ctx.auto, layers=args.inv_blocks)
+            note = (f"tower truncated to {args.inv_blocks} of {full} blocks; GFLOP/s measured on it, "
+                    f"s/image extrapolated to full depth")
+        investigate_table(args, ctx, imodel, C.median(times["woundscore"]),
+                          f"how close can the forward get to the matmul rate? (forward only, same run; {note})")
+    C.emit_summary("embed", targets(ctx, res), smoke=args.smoke, images_per_s=1 / res["woundscore"][0],
+                   naive_images_per_s=1 / res["naive"][0], gflops=res["woundscore"][1],
+                   matmul=ctx.rates, dtype=str(ctx.auto), mode=ws.mode)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
