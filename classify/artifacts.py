@@ -128,14 +128,8 @@ def check_writable(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Pa
     return out
 
 
-def save_model_dir(
-    out_dir: str | os.PathLike,
-    estimator: Any,
-    thresholds: Mapping[str, Any],
-    provenance: Mapping[str, Any],
-    *,
-    overwrite: bool = False,
-) -> Path:
+def save_model_dir(out_dir: str | os.PathLike, estimator: Any, thresholds: Mapping[str, Any],
+                   provenance: Mapping[str, Any], *, overwrite: bool = False) -> Path:
     """Write a model folder atomically: built beside ``out_dir``, then renamed into place.
 
     ``estimator`` is a fitted KerasMLPClassifier (saved as model.keras) or LogisticProbe (probe.json).
@@ -283,15 +277,6 @@ def load_model_dir(path: str | os.PathLike) -> LoadedModel:
                        schema_json=schema_json)
 
 
-__all__ = [
-    "ENCODER_KEYS",
-    "ArtifactError",
-    "check_writable",
-    "EncoderMismatchError",
-    "LoadedModel",
-    "encoder_identity",
-    "identity_differences",
-    "load_model_dir",
-    "history_csv",
-    "save_model_dir",
-]
+__all__ = ["ENCODER_KEYS", "ArtifactError", "EncoderMismatchError", "EncoderNotGivenError", "LoadedModel",
+           "check_writable", "encoder_identity", "history_csv", "identity_differences", "load_model_dir",
+           "save_model_dir"]

@@ -8,7 +8,6 @@ in the command bodies so that ``--help`` loads neither scikit-learn nor the enco
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
@@ -51,7 +50,8 @@ def _epoch_printer(max_epochs: int):
 @cli.command("train")
 @click.argument("cache", type=click.Path(exists=True, dir_okay=False, path_type=str))
 @click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False, path_type=str),
-              help="Model folder to write (model.keras or probe.json, thresholds.json, schema.json, provenance.json).")
+              help="Model folder to write (model.keras + history.csv or probe.json; thresholds.json, schema.json, "
+                   "provenance.json).")
 @click.option("--model", type=click.Choice(["mlp", "logreg"]), default="mlp", show_default=True,
               help="mlp: the Keras MLP; logreg: one logistic regression per label.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds weights, dropout and shuffling.")
@@ -61,7 +61,7 @@ def _epoch_printer(max_epochs: int):
 @click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=0.90, show_default=True,
               help="Minimum validation sensitivity of the urgency and infection_risk thresholds.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="MLP only: torch threads of the training loop (more helps only on idle cores).")
+              help="MLP only: torch threads while Keras fits (more helps only on idle cores).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No per-epoch progress.")
 def train_command(cache: str, out: str, model: str, seed: int, max_epochs: int, patience: int,
@@ -80,9 +80,6 @@ def train_command(cache: str, out: str, model: str, seed: int, max_epochs: int, 
     Exit codes: 0 trained and saved; 1 the cache cannot train a model (no train or val rows,
     unreadable) or the model folder exists (use --overwrite); 2 usage error.
     """
-    if threads > 1:  # before torch loads OpenMP: idle threads sleep instead of spinning, so a
-        # busy machine costs a little instead of 10x (measured on 2 cores)
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from woundscore.classify.metrics import format_table
     from woundscore.classify.train import train_from_cache
 
@@ -98,9 +95,9 @@ def train_command(cache: str, out: str, model: str, seed: int, max_epochs: int, 
         title += f"  [best epoch {tr['best_epoch']} of {tr['epochs_run']} run, {loop_s:.1f} s training]"
     rules = {n: v["applied"] for n, v in res.thresholds["labels"].items()}
     click.echo(format_table({**res.validation, "rules": rules}, title=title))
-    notes = [f"{n}: {v['note']}" for n, v in res.thresholds["labels"].items() if v["note"]]
-    for n in notes:
-        click.echo(f"note: {n}")
+    for n, v in res.thresholds["labels"].items():
+        if v["note"]:
+            click.echo(f"note: {n}: {v['note']}")
     if res.provenance.get("notice"):
         click.echo(f"NOTICE: {res.provenance['notice']}")
 

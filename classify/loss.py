@@ -25,14 +25,12 @@ ops = keras.ops
 MISSING = -1
 
 
-def _pos_weight_tensor(pos_weight: Any, like: Any) -> Any:
-    pw = ops.cast(ops.convert_to_tensor(pos_weight), "float32")
-    # convert_to_tensor puts numpy on Keras's default device; follow the logits (fine-tune on GPU
-    # with a CPU pos_weight, or the reverse).
+def _float_like(x: Any, like: Any) -> Any:
+    """``x`` as a float32 tensor on ``like``'s device: convert_to_tensor puts numpy on Keras's
+    default device, and the fine-tune's logits may be on the GPU (or the reverse)."""
+    t = ops.cast(ops.convert_to_tensor(x), "float32")
     dev = getattr(like, "device", None)
-    if dev is not None and getattr(pw, "device", dev) != dev:
-        pw = pw.to(dev)
-    return pw
+    return t.to(dev) if dev is not None and getattr(t, "device", dev) != dev else t
 
 
 def masked_bce(y_true: Any, logits: Any, pos_weight: Any) -> Any:
@@ -48,11 +46,7 @@ def masked_bce(y_true: Any, logits: Any, pos_weight: Any) -> Any:
         (0 when no entry is observed).
     """
     logits = ops.cast(logits, "float32")
-    y = ops.cast(ops.convert_to_tensor(y_true), "float32")
-    dev = getattr(logits, "device", None)
-    if dev is not None and getattr(y, "device", dev) != dev:
-        y = y.to(dev)
-    pw = _pos_weight_tensor(pos_weight, logits)
+    y, pw = _float_like(y_true, logits), _float_like(pos_weight, logits)
     observed = ops.not_equal(y, float(MISSING))
     # Missing entries are replaced by 0 before they touch the loss, and their loss by 0 through
     # `where`, so neither their value nor their logit reaches the loss or the gradient.
@@ -87,13 +81,7 @@ class MaskedBCE(keras.losses.Loss):
         return masked_bce(y_true, y_pred, self.pos_weight)
 
     def get_config(self) -> dict:
-        config = super().get_config()
-        config["pos_weight"] = list(self.pos_weight)
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict) -> "MaskedBCE":
-        return cls(**config)
+        return {**super().get_config(), "pos_weight": list(self.pos_weight)}
 
 
 __all__ = ["MISSING", "MaskedBCE", "masked_bce"]

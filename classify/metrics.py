@@ -53,12 +53,8 @@ def sens_spec(y: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[floa
     return (float(tp / (tp + fn)) if tp + fn else None, float(tn / (tn + fp)) if tn + fp else None)
 
 
-def evaluate(
-    Y: np.ndarray,
-    P: np.ndarray,
-    thresholds: Mapping[str, float] | None = None,
-    label_names: Sequence[str] = LABEL_NAMES,
-) -> dict[str, Any]:
+def evaluate(Y: np.ndarray, P: np.ndarray, thresholds: Mapping[str, float] | None = None,
+             label_names: Sequence[str] = LABEL_NAMES) -> dict[str, Any]:
     """Per label n, positives, ROC AUC and sensitivity/specificity at a threshold; macro AUC.
 
     Args:
@@ -81,20 +77,10 @@ def evaluate(
         y, p = Y[m, j], P[m, j]
         t = float(thresholds.get(name, 0.5))
         sens, spec = sens_spec(y, p, t)
-        per[name] = {
-            "n": int(m.sum()),
-            "positives": int((y == 1).sum()),
-            "auc": roc_auc(y, p),
-            "threshold": t,
-            "sensitivity": sens,
-            "specificity": spec,
-        }
+        per[name] = {"n": int(m.sum()), "positives": int((y == 1).sum()), "auc": roc_auc(y, p), "threshold": t,
+                     "sensitivity": sens, "specificity": spec}
     aucs = [v["auc"] for v in per.values() if v["auc"] is not None]
-    return {
-        "n_rows": int(Y.shape[0]),
-        "labels": per,
-        "macro_auc": float(np.mean(aucs)) if aucs else None,
-    }
+    return {"n_rows": int(Y.shape[0]), "labels": per, "macro_auc": float(np.mean(aucs)) if aucs else None}
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:

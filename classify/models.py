@@ -85,14 +85,8 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------- MLP
 
 
-def build_mlp(
-    n_features: int,
-    *,
-    hidden: Sequence[int] = (512, 256),
-    dropout: Sequence[float] = (0.05, 0.10),
-    l2: float = 1e-5,
-    n_labels: int = len(LABEL_NAMES),
-) -> keras.Model:
+def build_mlp(n_features: int, *, hidden: Sequence[int] = (512, 256), dropout: Sequence[float] = (0.05, 0.10),
+              l2: float = 1e-5, n_labels: int = len(LABEL_NAMES)) -> keras.Model:
     """The Keras model (uncompiled): (n, n_features) embeddings -> (n, n_labels) LOGITS (no sigmoid)."""
     layers: list[Any] = [keras.Input(shape=(n_features,), name="embedding")]
     for i, (units, rate) in enumerate(zip(hidden, dropout)):
@@ -148,9 +142,9 @@ class KerasMLPClassifier(BaseEstimator):
     """Keras MLP on embeddings: Dense(512, relu) -> Dropout(0.05) -> Dense(256, relu) ->
     Dropout(0.10) -> Dense(6), L2 on the hidden kernels and biases, masked pos_weight BCE.
 
-    The Keras model outputs LOGITS; :meth:`predict_proba` applies the sigmoid. So does a model
-    loaded with ``keras.saving.load_model("model.keras")`` after ``import woundscore``: its
-    ``predict`` returns the logits that :meth:`decision_function` returns.
+    The Keras model outputs LOGITS; :meth:`predict_proba` applies the sigmoid. The same model
+    loaded with ``keras.saving.load_model("model.keras")`` after ``import woundscore`` returns
+    from ``predict`` the logits that :meth:`decision_function` returns.
 
     Args:
         hidden, dropout, l2: architecture (defaults: Google's data-efficient classifier head).
@@ -172,19 +166,9 @@ class KerasMLPClassifier(BaseEstimator):
     all ``max_epochs`` run), ``n_features_in_``, ``fit_seconds_``.
     """
 
-    def __init__(
-        self,
-        hidden: Sequence[int] = (512, 256),
-        dropout: Sequence[float] = (0.05, 0.10),
-        l2: float = 1e-5,
-        learning_rate: float = 1e-4,
-        batch_size: int = 32,
-        max_epochs: int = 300,
-        patience: int = 25,
-        seed: int = 0,
-        n_threads: int | None = 1,
-        on_epoch: Callable[[dict], None] | None = None,
-    ) -> None:
+    def __init__(self, hidden: Sequence[int] = (512, 256), dropout: Sequence[float] = (0.05, 0.10), l2: float = 1e-5,
+                 learning_rate: float = 1e-4, batch_size: int = 32, max_epochs: int = 300, patience: int = 25,
+                 seed: int = 0, n_threads: int | None = 1, on_epoch: Callable[[dict], None] | None = None) -> None:
         self.hidden = hidden
         self.dropout = dropout
         self.l2 = l2
@@ -359,20 +343,11 @@ class LogisticProbe(BaseEstimator):
     def to_dict(self) -> dict[str, Any]:
         if not hasattr(self, "coef_"):
             raise NotFittedError("LogisticProbe is not fitted: call fit first")
-        return {
-            "format": "woundscore.logistic_probe",
-            "format_version": 1,
-            "labels": list(LABEL_NAMES),
-            "params": {**self.get_params(), "Cs": list(self.Cs)},
-            "n_features_in": self.n_features_in_,
-            "mean": self.mean_.tolist(),
-            "scale": self.scale_.tolist(),
-            "coef": self.coef_.tolist(),
-            "intercept": self.intercept_.tolist(),
-            "C": [None if math.isnan(c) else c for c in self.C_],
-            "pos_weight": self.pos_weight_.tolist(),
-            "notes": self.notes_,
-        }
+        return {"format": "woundscore.logistic_probe", "format_version": 1, "labels": list(LABEL_NAMES),
+                "params": {**self.get_params(), "Cs": list(self.Cs)}, "n_features_in": self.n_features_in_,
+                "mean": self.mean_.tolist(), "scale": self.scale_.tolist(), "coef": self.coef_.tolist(),
+                "intercept": self.intercept_.tolist(), "C": [None if math.isnan(c) else c for c in self.C_],
+                "pos_weight": self.pos_weight_.tolist(), "notes": self.notes_}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, origin: str = "probe.json") -> "LogisticProbe":

@@ -1,40 +1,12 @@
 """Scoring API: image -> six probabilities, flags and thresholds (the JSON contract).
 
 One JSON object per image (what ``wound-classify predict`` prints, one per line, and what
-:meth:`WoundScorer.score` returns as a dict)::
-
-    {
-      "image": "photos/76.jpg",                      # the path as given ("<bytes>" / "<image>" for
-                                                     #   in-memory input)
-      "scores": {                                    # P(positive), floats in [0, 1], this order:
-        "healing_status": 0.81,                      #   1 = Not Healed
-        "erythema": 0.12,                            #   1 = Existent
-        "edema": 0.07,                               #   1 = Existent
-        "infection_risk": 0.34,                      #   1 = Medium or High
-        "urgency": 0.29,                             #   1 = Yellow or Red (clinic visit / emergency)
-        "exudate": 0.55                              #   1 = Serous, Sanguineous, Purulent, Seropurulent
-      },
-      "flags": {"healing_status": true, ...},        # scores[label] >= thresholds[label].value
-      "thresholds": {                                # the threshold each flag used, and its rule:
-        "healing_status": {"value": 0.47, "rule": "youden"},
-        "urgency": {"value": 0.21, "rule": "sensitivity>=0.90"},
-        ...                                          # rule: "youden" | "sensitivity>=0.90" | "0.5"
-      },                                             #   (chosen on the validation split; "0.5" when
-                                                     #   val had one class for that label)
-      "model": {
-        "type": "mlp",                               # "mlp" | "logreg"
-        "path": "models/mlp",                        # the model folder
-        "created": "2026-11-28T06:01:02+00:00",
-        "encoder_id": "google/medsiglip-448",
-        "encoder_revision": "…",                     # commit hash, or "local:<hash>"; null if unknown
-        "validation_macro_auc": 0.74,                # null if not estimable
-        "notice": null                               # a string when the model must not be trusted
-      }                                              #   (e.g. demo data / random weights)
-    }
-
-An image that cannot be read or decoded gives ``{"image": ..., "error": "<file>: <reason>"}``
-instead (``predict`` goes on with the rest and exits 3). Keys are fixed; new keys may be added.
-Research use only: these scores are not a diagnosis.
+:meth:`WoundScorer.score` returns as a dict): ``{"image", "scores": {label: P(positive)},
+"flags": {label: scores[label] >= thresholds[label].value}, "thresholds": {label: {"value",
+"rule"}}, "model": {"type", "path", "created", "encoder_id", "encoder_revision",
+"validation_macro_auc", "notice"}}``, labels in ``LABEL_NAMES`` order; README.md, "The predict
+contract", documents every field. An image that cannot be read or decoded gives ``{"image",
+"error"}`` instead. Keys are fixed; new keys may be added. Research use only: not a diagnosis.
 """
 
 from __future__ import annotations

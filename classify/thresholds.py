@@ -62,14 +62,9 @@ def sensitivity_threshold(y: np.ndarray, p: np.ndarray, target: float) -> float:
     return float(pos[k - 1])
 
 
-def choose_thresholds(
-    Y_val: np.ndarray,
-    P_val: np.ndarray,
-    target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY,
-    *,
-    safety_labels: Sequence[str] = SAFETY_LABELS,
-    label_names: Sequence[str] = LABEL_NAMES,
-) -> dict[str, Any]:
+def choose_thresholds(Y_val: np.ndarray, P_val: np.ndarray, target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY,
+                      *, safety_labels: Sequence[str] = SAFETY_LABELS,
+                      label_names: Sequence[str] = LABEL_NAMES) -> dict[str, Any]:
     """Choose per-label thresholds on validation predictions.
 
     Args:
@@ -129,15 +124,5 @@ def applied_thresholds(thresholds: dict[str, Any], label_names: Sequence[str] = 
     return np.array([thresholds["labels"][n]["value"] for n in label_names], dtype=np.float64)
 
 
-__all__ = [
-    "DEFAULT_TARGET_SENSITIVITY",
-    "RULE_HALF",
-    "RULE_YOUDEN",
-    "SAFETY_LABELS",
-    "ThresholdError",
-    "applied_thresholds",
-    "choose_thresholds",
-    "sensitivity_rule",
-    "sensitivity_threshold",
-    "youden_threshold",
-]
+__all__ = ["DEFAULT_TARGET_SENSITIVITY", "RULE_HALF", "RULE_YOUDEN", "SAFETY_LABELS", "ThresholdError",
+           "applied_thresholds", "choose_thresholds", "sensitivity_rule", "sensitivity_threshold", "youden_threshold"]

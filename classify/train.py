@@ -45,30 +45,17 @@ def make_estimator(model: str, *, seed: int = 0, max_epochs: int | None = None, 
     from woundscore.classify.models import LogisticProbe, KerasMLPClassifier
 
     if model == "mlp":
-        if max_epochs is not None:
-            params["max_epochs"] = max_epochs
-        if patience is not None:
-            params["patience"] = patience
+        params.update({k: v for k, v in (("max_epochs", max_epochs), ("patience", patience)) if v is not None})
         return KerasMLPClassifier(seed=seed, on_epoch=on_epoch, **params)
     if model == "logreg":
         return LogisticProbe(seed=seed, **params)
     raise TrainDataError(f"unknown model {model!r}; choose one of {', '.join(MODEL_KINDS)}")
 
 
-def train_on_set(
-    es: EmbeddingSet,
-    out_dir: str | os.PathLike,
-    *,
-    model: str = "mlp",
-    seed: int = 0,
-    target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY,
-    max_epochs: int | None = None,
-    patience: int | None = None,
-    overwrite: bool = False,
-    on_epoch: Callable[[dict], None] | None = None,
-    source: str = "<EmbeddingSet>",
-    **params: Any,
-) -> TrainResult:
+def train_on_set(es: EmbeddingSet, out_dir: str | os.PathLike, *, model: str = "mlp", seed: int = 0,
+                 target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY, max_epochs: int | None = None,
+                 patience: int | None = None, overwrite: bool = False, on_epoch: Callable[[dict], None] | None = None,
+                 source: str = "<EmbeddingSet>", **params: Any) -> TrainResult:
     """Fit on ``es``'s "train" rows, early-stop and choose thresholds on its "val" rows, save.
 
     Args:
@@ -144,13 +131,8 @@ def _provenance(es: EmbeddingSet, est: Any, source: str, sizes: dict[str, int], 
     }
 
 
-def train_from_cache(
-    cache: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    model: str = "mlp",
-    seed: int = 0,
-    **kwargs: Any,
-) -> TrainResult:
+def train_from_cache(cache: str | os.PathLike, out_dir: str | os.PathLike, model: str = "mlp", seed: int = 0,
+                     **kwargs: Any) -> TrainResult:
     """Read ``cache`` (woundscore.cache.read_cache) and :func:`train_on_set` on it; see there."""
     es = read_cache(cache)
     return train_on_set(es, out_dir, model=model, seed=seed, source=str(cache), **kwargs)
