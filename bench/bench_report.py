@@ -34,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from woundscore.cache.store import CacheWriter  # noqa: E402
+from woundscore.cache import CacheWriter  # noqa: E402
 
 TARGET_S = 60.0
 

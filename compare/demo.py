@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from woundscore.cache.errors import WoundscoreError
-from woundscore.cache.store import cache_info, format_info
+from woundscore.cache import cache_info, format_info
 from woundscore.cache.util import atomic_write_text
 from woundscore.classify.metrics import format_table
 from woundscore.classify.scorer import WoundScorer

@@ -68,7 +68,7 @@ def _load_cache(cache: str | os.PathLike | EmbeddingSet, methods: Sequence[str])
     if isinstance(cache, EmbeddingSet):
         data, name = cache, "<in-memory EmbeddingSet>"
     else:
-        from woundscore.cache.store import read_cache
+        from woundscore.cache import read_cache
 
         data, name = read_cache(cache), str(cache)
     n_train, n_val, n_test = (len(data.subset(s)) for s in ("train", "val", "test"))

@@ -8,7 +8,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from woundscore.cache.store import CacheWriter
+from woundscore.cache import CacheWriter
 from woundscore.compare.cli import cli
 from woundscore.compare.predictions import HEADER
 from tests.test_report import make_set, write_external

@@ -55,7 +55,7 @@ def test_the_report_holds_all_four_methods(demo_runs) -> None:
     r, _, _, _, _ = demo_runs
     metrics = json.loads(r.report_files["metrics.json"].read_text())
     assert set(metrics["methods"]) == {"mlp", "probe", "zero-shot", "finetune"}, metrics.get("skipped")
-    from woundscore.cache.store import read_cache
+    from woundscore.cache import read_cache
 
     n_test = int((read_cache(r.cache).split == "test").sum())
     assert metrics["answer"]["macro_delta"]["n"] == n_test
@@ -73,7 +73,7 @@ def test_every_output_says_random_weights_and_generated_images(demo_runs) -> Non
     provenance = json.loads((r.model_dir / "provenance.json").read_text())
     assert provenance["notice"] == DEMO_NOTICE
     assert r.prediction["model"]["notice"] == DEMO_NOTICE
-    from woundscore.cache.store import read_cache
+    from woundscore.cache import read_cache
 
     assert read_cache(r.cache).provenance["notice"] == DEMO_NOTICE
     assert "random weights" in (r.checkpoint / "README.md").read_text().lower()
@@ -125,7 +125,7 @@ def test_rerun_reuses_checkpoint_dataset_and_cache(demo_runs) -> None:
     assert second.embedded == 0 and second.skipped == N_IMAGES
     assert (second.checkpoint / "model.safetensors").stat().st_mtime_ns == weights_mtime
     assert "0 embedded, 40 skipped as already cached" in printed
-    from woundscore.cache.store import read_cache
+    from woundscore.cache import read_cache
 
     assert len(read_cache(second.cache)) == N_IMAGES
     steps = [t.step for t in second.times]

@@ -39,7 +39,7 @@ def _reference(source, tiny_siglip_dir, batch_size=4):
 
 
 def test_release_run_equals_reference_and_verifies(release_cache, mini_release, tiny_siglip_dir):
-    from woundscore.cache.store import read_cache, verify_cache
+    from woundscore.cache import read_cache, verify_cache
 
     out, summary = release_cache
     assert (summary.total, summary.embedded, summary.skipped, summary.failed) == (30, 30, 0, [])
@@ -58,7 +58,7 @@ def test_release_run_equals_reference_and_verifies(release_cache, mini_release, 
 
 
 def test_labels_csv_run_through_cli(labels_csv_dir, tiny_siglip_dir, tmp_path):
-    from woundscore.cache.store import read_cache, verify_cache
+    from woundscore.cache import read_cache, verify_cache
 
     out = tmp_path / "csv.h5"
     r = CliRunner().invoke(cli, ["run", str(labels_csv_dir), "--out", str(out), "--model", str(tiny_siglip_dir),
@@ -82,7 +82,7 @@ def test_labels_csv_run_through_cli(labels_csv_dir, tiny_siglip_dir, tmp_path):
 
 def test_resume_after_partial_cache_embeds_only_the_rest(release_cache, mini_release, tiny_siglip_dir, tmp_path):
     """A cache holding the first chunks (as a killed run leaves it) is completed, not redone."""
-    from woundscore.cache.store import read_cache
+    from woundscore.cache import read_cache
 
     full = read_cache(release_cache[0])
     out = tmp_path / "partial.h5"
@@ -141,7 +141,7 @@ def test_sharding_helpers():
 
 def test_torchrun_two_ranks_merge_equals_single_process(release_cache, mini_release, tiny_siglip_dir, tmp_path):
     from woundscore.cache.cli import cli as cache_cli
-    from woundscore.cache.store import read_cache, verify_cache
+    from woundscore.cache import read_cache, verify_cache
 
     torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / "emb.h5"
@@ -169,7 +169,7 @@ def test_torchrun_two_ranks_merge_equals_single_process(release_cache, mini_rele
 def test_an_image_changed_since_it_was_embedded_is_a_failure_not_a_crash(tmp_path, tiny_siglip_dir, labels_csv_dir):
     import shutil
 
-    from woundscore.cache.store import read_cache, read_failures
+    from woundscore.cache import read_cache, read_failures
     from tests.test_hostile_images import jpeg
 
     src = tmp_path / "src"
@@ -190,7 +190,7 @@ def test_an_image_changed_since_it_was_embedded_is_a_failure_not_a_crash(tmp_pat
 
 
 def test_fast_decode_is_recorded_and_never_mixed_with_exact_rows(tmp_path, tiny_siglip_dir, labels_csv_dir):
-    from woundscore.cache.store import read_provenance
+    from woundscore.cache import read_provenance
     from woundscore.cache.types import CacheMismatchError
 
     out = tmp_path / "fast.h5"

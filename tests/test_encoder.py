@@ -222,7 +222,7 @@ def test_non_finite_even_in_float32_is_never_returned(tiny_siglip_dir):
 
 
 def test_run_never_writes_non_finite_rows(tiny_siglip_dir, labels_csv_dir, tmp_path):
-    from woundscore.cache.store import read_cache, read_failures, verify_cache
+    from woundscore.cache import read_cache, read_failures, verify_cache
     from woundscore.embed.run import run_embedding
 
     e32 = load_encoder(tiny_siglip_dir, device="cpu", dtype="float32")

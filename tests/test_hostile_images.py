@@ -180,7 +180,7 @@ def hostile_run(tmp_path_factory, tiny_siglip_dir):
 
 
 def test_hostile_corpus_run_reports_bad_images_and_keeps_the_good(hostile_run):
-    from woundscore.cache.store import read_cache, read_failures, verify_cache
+    from woundscore.cache import read_cache, read_failures, verify_cache
 
     root, good, bad, out, result = hostile_run
     assert result.exit_code == 3, result.output  # some failed: documented code 3
@@ -199,7 +199,7 @@ def test_hostile_corpus_run_reports_bad_images_and_keeps_the_good(hostile_run):
 
 def test_hostile_good_images_equal_the_reference_embedding(hostile_run, tiny_siglip_dir):
     """Every odd-but-valid image is embedded exactly as the one preprocessing + encoder give."""
-    from woundscore.cache.store import read_cache
+    from woundscore.cache import read_cache
     from woundscore.embed.encoder import load_encoder
 
     root, good, bad, out, result = hostile_run
@@ -223,7 +223,7 @@ def test_hostile_rerun_skips_everything_and_still_reports_failures(hostile_run, 
 
 
 def test_strict_stops_at_first_failure(tmp_path, tiny_siglip_dir):
-    from woundscore.cache.store import read_cache, read_failures
+    from woundscore.cache import read_cache, read_failures
     from woundscore.embed.run import run_embedding
 
     root = tmp_path / "src"
@@ -243,7 +243,7 @@ def test_release_bad_base64_and_conflicting_image_are_reported(tmp_path, mini_re
     import json
     import shutil
 
-    from woundscore.cache.store import read_cache, read_failures, verify_cache
+    from woundscore.cache import read_cache, read_failures, verify_cache
     from woundscore.embed.run import run_embedding
 
     src = tmp_path / "rel"

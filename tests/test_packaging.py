@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast
-import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -18,11 +18,17 @@ STAGES = ("cache", "embed", "classify", "compare")
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    build = tmp_path_factory.mktemp("build")  # not the checkout's build/: a stale one could hide a file
-    subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
-                    "-w", str(out), "-q"], check=True, capture_output=True, timeout=300,
-                   env={**os.environ, "TMPDIR": str(build)})
+    """A wheel built from a copy of the files git sees (as a fresh clone would): a stale build/ or
+    an ignored file in the checkout cannot hide a missing package or data file."""
+    src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("wheel")
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.splitlines()
+    for name in files:
+        if (ROOT / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+                    "-w", str(out), "-q"], check=True, capture_output=True, timeout=300)
     (whl,) = out.glob("woundscore-*.whl")
     return whl
 

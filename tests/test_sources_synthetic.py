@@ -129,7 +129,7 @@ def test_make_release_default_size_reads(tmp_path: Path):
 
 def test_generated_release_marks_itself_and_the_cache_repeats_it(tmp_path, tiny_siglip_dir) -> None:
     """Whatever is made from generated images says so: the source's notice reaches the cache."""
-    from woundscore.cache.store import read_cache
+    from woundscore.cache import read_cache
     from woundscore.embed.run import run_embedding
     from woundscore.embed.sources import open_source
     from woundscore.embed.synthetic import GENERATED_NOTICE, make_release
