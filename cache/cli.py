@@ -7,6 +7,7 @@ Each command is a thin adapter over one library function; library errors (Wounds
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -16,17 +17,20 @@ from woundscore.cache.errors import WoundscoreError
 _CACHE = click.Path(exists=True, dir_okay=False, path_type=str)
 
 
-class _Group(click.Group):
-    """Turns every WoundscoreError of a command into ``Error: <message>``, exit 1."""
+class WoundscoreGroup(click.Group):
+    """The click group of every woundscore command line: a ``WoundscoreError`` of any command
+    becomes ``Error: <message>`` and exits with the error's ``exit_code`` (1 unless it says)."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except WoundscoreError as e:
-            raise click.ClickException(str(e)) from None
+            err = click.ClickException(str(e))
+            err.exit_code = e.exit_code
+            raise err from None
 
 
-@click.group(cls=_Group)
+@click.group(cls=WoundscoreGroup)
 @click.version_option(package_name="woundscore")
 def cli() -> None:
     """The self-describing HDF5 embedding cache: inspect, verify, merge."""

@@ -11,24 +11,11 @@ from typing import Any
 
 import click
 
-from woundscore.cache.errors import WoundscoreError
+from woundscore.cache.cli import WoundscoreGroup
 from woundscore.embed.cli import encoder_options
 
 
-class _Group(click.Group):
-    """Turns a ``WoundscoreError`` of any command into `Error: <message>` with exit code 1, or the
-    error's own ``exit_code`` (3: the fine-tune's loss stayed NaN/inf)."""
-
-    def invoke(self, ctx: click.Context) -> object:
-        try:
-            return super().invoke(ctx)
-        except WoundscoreError as e:
-            err = click.ClickException(str(e))
-            err.exit_code = getattr(e, "exit_code", 1)
-            raise err from None
-
-
-@click.group(cls=_Group)
+@click.group(cls=WoundscoreGroup)
 @click.version_option(package_name="woundscore")
 def cli() -> None:
     """Benchmark the MLP against a probe, zero-shot and a fine-tune; write the report."""

@@ -14,7 +14,7 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from woundscore.cache.errors import WoundscoreError
+from woundscore.cache.cli import WoundscoreGroup
 from woundscore.embed.runtime import DEFAULT_MODEL
 
 F = TypeVar("F", bound=Callable)
@@ -40,17 +40,7 @@ def encoder_options(*, model_help: str = "Hub id (gated: accept the terms, then 
     return decorate
 
 
-class _Group(click.Group):
-    """Turns every WoundscoreError of a command into ``Error: <message>``, exit 1."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except WoundscoreError as e:
-            raise click.ClickException(str(e)) from None
-
-
-@click.group(cls=_Group)
+@click.group(cls=WoundscoreGroup)
 @click.version_option(package_name="woundscore")
 def cli() -> None:
     """Stage one: read a SurgWound source and embed its images into the cache."""

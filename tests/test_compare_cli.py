@@ -140,3 +140,27 @@ def test_name_clash_is_exit_1(cache_file, tmp_path):
     r = invoke("run", str(path), "--out", str(tmp_path / "o"), "--predictions", f"probe={p}", "--quiet")
     assert r.exit_code == 1
     assert r.output == "Error: method name 'probe' is taken by a built-in method; choose another NAME in NAME=FILE\n"
+
+
+def test_finetune_whose_loss_stays_nan_exits_3_with_its_message(monkeypatch, tmp_path):
+    """The one WoundscoreGroup handler keeps an error's own exit code (3: NaN loss), not 1."""
+    import woundscore.compare.finetune as ft
+
+    def nan_loss(*args, **kwargs):
+        raise ft.NonFiniteLossError("the loss was NaN/inf for 3 steps in a row; try --dtype float32")
+
+    monkeypatch.setattr(ft, "finetune", nan_loss)
+    r = invoke("finetune", str(tmp_path), "--out", str(tmp_path / "ft"))
+    assert r.exit_code == 3
+    assert r.output == "Error: the loss was NaN/inf for 3 steps in a row; try --dtype float32\n"
+
+
+def test_a_library_error_exits_1_through_the_one_handler(monkeypatch, tmp_path):
+    import woundscore.compare.finetune as ft
+
+    def bad_source(*args, **kwargs):
+        raise ft.FineTuneError(f"{tmp_path}: no val split")
+
+    monkeypatch.setattr(ft, "finetune", bad_source)
+    r = invoke("finetune", str(tmp_path), "--out", str(tmp_path / "ft"))
+    assert (r.exit_code, r.output) == (1, f"Error: {tmp_path}: no val split\n")
