@@ -38,16 +38,6 @@ SMOKE_VISION = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4, 
                     layer_norm_eps=1e-6)
 
 
-
-def __getattr__(name: str) -> Any:
-    """``MEDSIGLIP_VISION``: MedSigLIP-448's SiglipVisionConfig kwargs (embed.tiny's one definition)."""
-    if name == "MEDSIGLIP_VISION":
-        from woundscore.embed.tiny import medsiglip_448_vision_config
-
-        return medsiglip_448_vision_config()
-    raise AttributeError(name)
-
-
 RANDOM_NOTE = ("random weights: the cost of a forward/backward does not depend on weight values, "
                "so speed measured here is the real model's speed; the outputs mean nothing")
 

@@ -140,7 +140,9 @@ def cmd_embed(args) -> None:
     import torch
 
     dev, dt = device_and_dtype(args)
-    cfgd = C.SMOKE_VISION if args.smoke else C.MEDSIGLIP_VISION
+    from woundscore.embed.tiny import medsiglip_448_vision_config
+
+    cfgd = C.SMOKE_VISION if args.smoke else medsiglip_448_vision_config()
     flop = C.vit_flops(cfgd, attention=False)
     flop_attn = C.vit_flops(cfgd, attention=True)
     try:
