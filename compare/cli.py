@@ -100,7 +100,8 @@ def run_cmd(
 @click.argument("source", type=click.Path(exists=True, path_type=str))
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Folder for predictions.csv (+ .json cost sidecar), model/ and trainer/ (TensorBoard logs).")
-@encoder_options(dtype=False)
+@encoder_options(dtype_help="auto: bfloat16 on GPUs that have it, float16 on T4-class GPUs, float32 on CPU "
+                           "(training; embedding uses bf16 on CPUs with native bf16).")
 @click.option("--unfreeze-last", type=click.IntRange(min=0), default=4, show_default=True,
               help="Train the last N encoder blocks (+ post-layernorm, head with --pooling attention, classifier).")
 @click.option("--pooling", type=click.Choice(["mean", "attention"]), default="mean", show_default=True,
@@ -113,9 +114,6 @@ def run_cmd(
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-5, show_default=True)
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Stop after N optimizer steps (smoke tests); evaluates and saves then.")
-# not encoder_options' --dtype: training's auto is float32 on every CPU (embedding uses bf16 where native)
-@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-              show_default=True, help="auto: bfloat16 on GPUs that have it, float16 on T4-class GPUs, float32 on CPU.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Decode worker processes [default: 0 on CPU, up to 8 on GPU].")
 @click.option("--no-prefix-cache", is_flag=True,
@@ -158,7 +156,7 @@ def finetune_command(source: str, out: str, no_prefix_cache: bool, **settings: A
 @click.argument("source", type=click.Path(exists=True, path_type=str))
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=str),
               help="Predictions CSV to write (a .json cost sidecar goes next to it).")
-@encoder_options(model_help="Full SigLIP checkpoint (vision + text tower): hub id or local folder.", dtype=False)
+@encoder_options(model_help="Full SigLIP checkpoint (vision + text tower): hub id or local folder.", dtype_help=None)
 @click.option("--split", default="test", show_default=True, help="Which split of SOURCE to score.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")

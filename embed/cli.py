@@ -20,17 +20,20 @@ from woundscore.embed.runtime import DEFAULT_MODEL
 F = TypeVar("F", bound=Callable)
 
 
+EMBED_DTYPE_HELP = "auto: bfloat16 on GPUs and CPUs with native bf16, float16 on older GPUs (T4), else float32."
+
+
 def encoder_options(*, model_help: str = "Hub id (gated: accept the terms, then `hf auth login`) or a local "
-                                      "checkpoint folder.", dtype: bool = True) -> Callable[[F], F]:
-    """The --model/--revision/--device[/--dtype] options of every command that loads MedSigLIP."""
+                                      "checkpoint folder.",
+                    dtype_help: str | None = EMBED_DTYPE_HELP) -> Callable[[F], F]:
+    """The --model/--revision/--device[/--dtype] options of every command that loads MedSigLIP
+    (``dtype_help=None``: no --dtype; a command whose "auto" means something else says so there)."""
     opts = [click.option("--model", default=DEFAULT_MODEL, show_default=True, help=model_help),
             click.option("--revision", default=None, help="Hub branch, tag or commit (the commit loaded is recorded)."),
             click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)]
-    if dtype:
+    if dtype_help is not None:
         opts.append(click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-                                 default="auto", show_default=True,
-                                 help="auto: bfloat16 on GPUs and CPUs with native bf16, float16 on older GPUs "
-                                      "(T4), else float32."))
+                                 default="auto", show_default=True, help=dtype_help))
 
     def decorate(f: F) -> F:
         for opt in reversed(opts):
