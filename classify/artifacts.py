@@ -37,6 +37,7 @@ from woundscore.cache import identity_differences as _identity_differences
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.schema import LABEL_NAMES, SCHEMA
 from woundscore.cache.util import canonical
+from woundscore.classify.thresholds import applied_thresholds
 
 FORMAT = "woundscore.model"
 FORMAT_VERSION = 1
@@ -136,7 +137,9 @@ def save_model_dir(out_dir: str | os.PathLike, estimator: Any, thresholds: Mappi
     An existing non-empty ``out_dir`` is refused unless ``overwrite``; it is only replaced once the
     new folder is complete, so a failure leaves the old model as it was.
     """
-    from woundscore.classify.models import LogisticProbe, KerasMLPClassifier
+    # models (Keras, scikit-learn) only where a model is saved or loaded: `import woundscore`
+    # reaches this module through the scorer and should not pay for scikit-learn
+    from woundscore.classify.models import KerasMLPClassifier, LogisticProbe
 
     out = check_writable(out_dir, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -223,8 +226,6 @@ class LoadedModel:
 
     def applied_thresholds(self) -> np.ndarray:
         """(6,) the threshold each label's flag uses."""
-        from woundscore.classify.thresholds import applied_thresholds
-
         return applied_thresholds(self.thresholds)
 
 

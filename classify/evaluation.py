@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from woundscore.cache import read_cache
+from woundscore.cache.schema import LABEL_NAMES, SPLITS
+from woundscore.classify.artifacts import load_model_dir
+from woundscore.classify.metrics import evaluate
+from woundscore.classify.train import TrainDataError
+
 
 def evaluate_model_on_cache(model_dir: str, cache: str, split: str = "test") -> dict[str, Any]:
     """Library function behind `evaluate`: the model's metrics on one split of a cache.
@@ -11,23 +17,15 @@ def evaluate_model_on_cache(model_dir: str, cache: str, split: str = "test") -> 
     Returns :func:`classify.metrics.evaluate`'s dict (at the model's applied thresholds) plus
     "split", "cache", "model", "model_type", "rules" (label -> rule) and "notice".
     """
-    from woundscore.cache.schema import LABEL_NAMES
-    from woundscore.cache import read_cache
-    from woundscore.classify.artifacts import load_model_dir
-    from woundscore.classify.metrics import evaluate
-    from woundscore.classify.train import TrainDataError
-
     lm = load_model_dir(model_dir)
     es = read_cache(cache)
     lm.check_compatible(es.provenance, offered=f"cache {cache}")
     part = es.subset(split)
     if len(part) == 0:
-        counts = {s: int((es.split == s).sum()) for s in ("train", "val", "test")}
-        raise TrainDataError(f"{cache}: split {split!r} has no rows (train={counts['train']}, "
-                             f"val={counts['val']}, test={counts['test']})")
-    P = lm.predict_proba(part.X, es.provenance)
-    t = dict(zip(LABEL_NAMES, lm.applied_thresholds().tolist()))
-    result = evaluate(part.Y, P, t)
+        counts = ", ".join(f"{s}={int((es.split == s).sum())}" for s in SPLITS)
+        raise TrainDataError(f"{cache}: split {split!r} has no rows ({counts})")
+    result = evaluate(part.Y, lm.predict_proba(part.X, es.provenance),
+                      dict(zip(LABEL_NAMES, lm.applied_thresholds().tolist())))
     result.update({
         "split": split, "cache": cache, "model": model_dir, "model_type": lm.kind,
         "rules": {n: lm.thresholds["labels"][n]["applied"] for n in LABEL_NAMES},

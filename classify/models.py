@@ -27,6 +27,7 @@ from sklearn.base import BaseEstimator
 
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.schema import LABEL_NAMES, MISSING, training_pos_weight
+from woundscore.classify.loss import MaskedBCE
 from woundscore.classify.metrics import macro_auc, roc_auc
 
 
@@ -184,8 +185,6 @@ class KerasMLPClassifier(BaseEstimator):
         """Train on (n, d) embeddings ``X`` and (n, 6) labels ``Y`` (1 / 0 / -1) with
         ``model.fit``; (X_val, Y_val) drive EarlyStopping (best weights restored)."""
         import torch  # Keras's backend; only for the thread setting
-
-        from woundscore.classify.loss import MaskedBCE
 
         t_start = time.perf_counter()
         X, Y, X_val, Y_val = _check_fit_args(X, Y, X_val, Y_val)

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from woundscore.cache import CacheWriter, EmbeddingSet
 from woundscore.cache.schema import EXTRA_NAMES, LABEL_NAMES, SCHEMA
-from woundscore.cache.types import EmbeddingSet
 
 NOTICE = "synthetic embeddings with a planted signal; means nothing clinically"
 
@@ -75,8 +75,6 @@ def synthetic_embedding_set(
 
 def write_synthetic_cache(path: str | os.PathLike, es: EmbeddingSet, *, batch: int = 256) -> None:
     """Write ``es`` through cache.store.CacheWriter (the real cache format)."""
-    from woundscore.cache import CacheWriter
-
     with CacheWriter(path, es.provenance, overwrite=True) as w:
         for s in range(0, len(es), batch):
             sl = slice(s, s + batch)

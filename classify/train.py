@@ -42,7 +42,7 @@ class TrainResult:
 def make_estimator(model: str, *, seed: int = 0, max_epochs: int | None = None, patience: int | None = None,
                    on_epoch: Callable[[dict], None] | None = None, **params: Any) -> Any:
     """An unfitted KerasMLPClassifier ("mlp") or LogisticProbe ("logreg")."""
-    from woundscore.classify.models import LogisticProbe, KerasMLPClassifier
+    from woundscore.classify.models import KerasMLPClassifier, LogisticProbe  # Keras, scikit-learn: when used
 
     if model == "mlp":
         params.update({k: v for k, v in (("max_epochs", max_epochs), ("patience", patience)) if v is not None})
