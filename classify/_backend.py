@@ -1,7 +1,8 @@
 """The one place that chooses the Keras backend: torch (no TensorFlow anywhere in the install).
 
-Imported by ``classify/__init__.py`` before anything imports keras. Keras reads KERAS_BACKEND at
-its first import, so a process that already imported keras with another backend is an error.
+Imported by ``classify/__init__.py`` before any woundscore module imports keras (they then
+``import keras`` plainly). Keras reads KERAS_BACKEND at its first import, so a process that
+already imported keras with another backend is an error.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def ensure_torch_backend() -> None:
         if keras.backend.backend() != BACKEND:
             raise KerasBackendError(
                 f"keras was imported with backend {keras.backend.backend()!r} before woundscore; "
-                f"import classify first or set KERAS_BACKEND={BACKEND}"
+                f"import woundscore first or set KERAS_BACKEND={BACKEND}"
             )
 
 
