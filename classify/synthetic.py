@@ -74,7 +74,7 @@ def synthetic_embedding_set(
 
 
 def write_synthetic_cache(path: str | os.PathLike, es: EmbeddingSet, *, batch: int = 256) -> None:
-    """Write ``es`` through cache.store.CacheWriter (the real cache format)."""
+    """Write ``es`` through woundscore.cache.CacheWriter (the real cache format)."""
     with CacheWriter(path, es.provenance, overwrite=True) as w:
         for s in range(0, len(es), batch):
             sl = slice(s, s + batch)

@@ -17,7 +17,7 @@ from woundscore.classify.cli import cli
 
 @pytest.fixture(scope="module")
 def setup(mini_release: Path, tiny_siglip_dir: Path, tmp_path_factory):
-    from woundscore.cache.store import read_cache
+    from woundscore.cache import read_cache
     from woundscore.classify.train import train_on_set
     from woundscore.embed.run import run_embedding
     from woundscore.embed.sources import open_source
