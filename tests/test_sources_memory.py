@@ -8,7 +8,9 @@ no /proc) after the imports, so the increase is what reading costs.
 
 CI variant: a ~40 MB release; the increase must stay below half the files' size. The same
 subprocess loading the files with ``json.load`` exceeds that bound, which shows the bound catches a
-reader that holds a whole file. The full-size 450 MB check (< 1 GB peak RSS) is marked slow.
+reader that holds a whole file. The full-size 450 MB check (reading adds < 1/4 of the files, well
+under 1 GB, on top of what the imports hold: `import woundscore` loads torch and Keras, ~1 GB RSS)
+is marked slow.
 """
 
 from __future__ import annotations
@@ -77,10 +79,11 @@ def test_reading_memory_does_not_grow_with_file_size(tmp_path):
 
 
 @pytest.mark.slow
-def test_450mb_release_reads_under_1gb_peak_rss(tmp_path):
+def test_450mb_release_reads_in_under_a_quarter_of_its_size(tmp_path):
     release = make_large_release(tmp_path / "rel", 450, seed=2)
     size = release_size(release)
     assert size > 420e6
     stream = measure(release, "stream")
-    assert stream["peak_kb"] * 1024 < 1e9, stream
+    assert stream["n"] > 0 and stream["image_bytes"] > 0, stream
+    # The increase over the imports (torch + Keras, loaded by `import woundscore`) is the reader's.
     assert (stream["peak_kb"] - stream["base_kb"]) * 1024 < 0.25 * size, stream
