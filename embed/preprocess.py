@@ -1,15 +1,9 @@
 """The one preprocessing function: image bytes -> RGB -> pixels the encoder sees.
 
 Embed, fine-tune and predict all call :func:`decode_image` and :func:`preprocess` (timm style: a
-:class:`PreprocessSpec` is resolved once from the checkpoint's own processor config, then pure
-typed functions apply it). Google's MedSigLIP fine-tune notebook defines the pipeline:
-
-    RGB -> zero-pad to a square, image centred (torchvision ``CenterCrop(max side)``)
-        -> ``Resize((S, S), bilinear)`` -> ``ToTensor`` -> ``Normalize(mean, std)``
-
-with S, mean and std taken from the checkpoint (MedSigLIP: 448, 0.5, 0.5 -> pixels in [-1, 1]).
-Google's own evaluation uses the processor's plain (aspect-distorting) resize; using the padded
-pipeline everywhere means training and inference never see differently shaped wounds.
+:class:`PreprocessSpec` is resolved once from the checkpoint's processor config, then pure typed
+functions apply it). The steps, Google's MedSigLIP fine-tune notebook padded to a square everywhere,
+are in README.md, "How it is built", **Preprocessing**.
 
 Decisions (each tested in tests/test_preprocess.py):
 
@@ -19,15 +13,14 @@ Decisions (each tested in tests/test_preprocess.py):
   so transparent areas look like "no image" rather than white.
 - CMYK is converted with Pillow's conversion (Adobe-inverted JPEGs are handled by the decoder).
 - 16-bit grayscale (``I;16*``, ``I``) is scaled by 255/65535 (Pillow's ``convert("L")`` would clip
-  everything above 255 to white); float (``F``) is taken as [0, 1]. 16-bit RGB PNGs are decoded by
-  Pillow to 8 bits per channel (high byte).
+  everything above 255 to white); float (``F``) is taken as [0, 1]. Pillow decodes 16-bit RGB PNGs
+  to 8 bits per channel (high byte).
 - ICC colour profiles (e.g. Display P3) are not applied, as in torchvision and the notebook.
 - Decompression bombs: an image claiming more than ``MAX_PIXELS`` pixels is refused from its
   header, before any pixel is decoded.
 - ``fast_decode`` (off by default) lets libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 scale (DCT
-  scaling, "draft mode") while keeping at least 2S pixels on the long side; the pixel difference
-  from the exact path is measured in tests/test_preprocess.py and recorded in the spec (it is
-  part of the cache's preprocessing identity, so fast and exact rows never mix).
+  scaling, "draft mode") while keeping at least 2S pixels on the long side; the spec records it
+  (part of the cache's preprocessing identity, so fast and exact rows never mix).
 """
 
 from __future__ import annotations
@@ -78,9 +71,7 @@ class PreprocessSpec:
         size: (height, width) fed to the encoder, e.g. (448, 448).
         mean, std: per-channel Normalize() constants (after scaling to [0, 1]).
         resample: resize filter; bilinear as in Google's fine-tune notebook.
-        pad: "center-zero": pad to a square with zeros, image centred (CenterCrop(max side)).
-        exif: "transpose": EXIF orientation applied.
-        alpha: "composite-black": transparent pixels become black, like the pad.
+        pad, exif, alpha: the module's decisions, named ("center-zero": CenterCrop(max side)).
         decode: "exact" or "draft" (JPEG DCT-scaled decode, see fast_decode).
         version: PREPROCESS_VERSION.
     """
@@ -159,38 +150,24 @@ def spec_from_processor_config(cfg: Mapping[str, Any], *, origin: str = "<config
     return PreprocessSpec(size=hw, mean=mean, std=std)
 
 
-def _processor_config_in(folder: Path) -> tuple[dict[str, Any], str] | None:
-    """The image-processor dict saved in a model folder (v4 file, or nested in the v5 one)."""
-    legacy = folder / "preprocessor_config.json"
-    if legacy.is_file():
-        return json.loads(legacy.read_text(encoding="utf-8")), str(legacy)
-    combined = folder / "processor_config.json"
-    if combined.is_file():
-        d = json.loads(combined.read_text(encoding="utf-8"))
-        if isinstance(d.get("image_processor"), Mapping):
-            return dict(d["image_processor"]), str(combined)
-    return None
-
-
-def resolve_spec(config: str | Path | Mapping[str, Any]) -> PreprocessSpec:
-    """The spec of a checkpoint folder (its ``preprocessor_config.json``, or the image processor
-    nested in ``processor_config.json``), or of an image-processor config dict.
+def resolve_spec(folder: str | Path) -> PreprocessSpec:
+    """The spec of a checkpoint folder: its ``preprocessor_config.json`` (transformers 4), or the
+    image processor nested in ``processor_config.json`` (transformers 5).
 
     Only reads a config: for a hub id, the caller resolves the folder first (e.g.
     ``embed.encoder.resolve_checkpoint(id, config_only=True).path``).
     Raises PreprocessConfigError when there is no image processor config.
     """
-    if isinstance(config, Mapping):
-        return spec_from_processor_config(config)
-    folder = Path(config).expanduser()
-    found = _processor_config_in(folder) if folder.is_dir() else None
-    if found is None:
-        raise PreprocessConfigError(
-            f"{folder}: no preprocessor_config.json or processor_config.json with an image "
-            "processor (size, image_mean, image_std)"
-        )
-    cfg, origin = found
-    return spec_from_processor_config(cfg, origin=origin)
+    folder = Path(folder).expanduser()
+    legacy, combined = folder / "preprocessor_config.json", folder / "processor_config.json"
+    if legacy.is_file():
+        return spec_from_processor_config(json.loads(legacy.read_text(encoding="utf-8")), origin=str(legacy))
+    if combined.is_file():
+        cfg = json.loads(combined.read_text(encoding="utf-8")).get("image_processor")
+        if isinstance(cfg, Mapping):
+            return spec_from_processor_config(cfg, origin=str(combined))
+    raise PreprocessConfigError(f"{folder}: no preprocessor_config.json or processor_config.json with an image "
+                                "processor (size, image_mean, image_std)")
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -237,36 +214,27 @@ def _sixteen_bit_to_l(im: Image.Image) -> Image.Image:
     return Image.fromarray(np.rint(a8).astype(np.uint8), mode="L")
 
 
-def _composite_on_black(im: Image.Image) -> Image.Image:
-    rgba = im.convert("RGBA")
-    black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-    return Image.alpha_composite(black, rgba).convert("RGB")
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow mode -> 8-bit RGB, each family of modes handled deliberately (see module doc)."""
-    mode = im.mode
-    if mode == "RGB":
-        return im
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
-        return _composite_on_black(im)
-    if mode.startswith("I") or mode == "F":
-        return _sixteen_bit_to_l(im).convert("RGB")
-    if mode == "1":
-        return im.convert("L").convert("RGB")
-    # L, P (opaque), CMYK, YCbCr, LAB, HSV, RGBX: Pillow's conversions are exact enough here.
-    return im.convert("RGB")
-
-
 def normalize_image(im: Image.Image) -> Image.Image:
-    """EXIF orientation applied, then RGB. Idempotent (the orientation tag is removed)."""
+    """EXIF orientation applied, then 8-bit RGB, each family of Pillow modes handled deliberately
+    (see the module docstring). Idempotent (the orientation tag is removed)."""
     try:
         im = ImageOps.exif_transpose(im) or im
     except (SyntaxError, ValueError, TypeError, KeyError, struct.error):
         # Malformed EXIF (seen in edited phone photos): the pixels are fine, the orientation
         # is unknowable; use them as stored rather than losing the image.
         pass
-    return to_rgb(im)
+    mode = im.mode
+    if mode == "RGB":
+        return im
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba).convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        return _sixteen_bit_to_l(im).convert("RGB")
+    if mode == "1":
+        return im.convert("L").convert("RGB")
+    # L, P (opaque), CMYK, YCbCr, LAB, HSV, RGBX: Pillow's conversions are exact enough here.
+    return im.convert("RGB")
 
 
 def decode_image(data: bytes, *, origin: str = "<bytes>", fast_decode: bool = False,
@@ -296,8 +264,6 @@ def decode_image(data: bytes, *, origin: str = "<bytes>", fast_decode: bool = Fa
                 im.draft(None, (math.ceil(s * w / m), math.ceil(s * h / m)))
         im.load()  # force the full decode now: truncation and corruption surface here
         return normalize_image(im)
-    except ImageDecodeError:
-        raise
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(origin, f"decompression bomb refused: {e}") from None
     except Exception as e:  # OSError (truncated), SyntaxError, ValueError, struct.error, ...
@@ -346,8 +312,7 @@ def preprocess(image: Image.Image, spec: PreprocessSpec) -> "torch.Tensor":
     """
     import torch
 
-    im = normalize_image(image)
-    im = pad_to_square(im)
+    im = pad_to_square(normalize_image(image))
     h, w = spec.size
     if im.size != (w, h):
         im = im.resize((w, h), _RESAMPLE[spec.resample])
@@ -364,7 +329,3 @@ def preprocess_bytes(data: bytes, spec: PreprocessSpec, *, origin: str = "<bytes
     im = decode_image(data, origin=origin, fast_decode=spec.decode == "draft", target_size=spec.size)
     return preprocess(im, spec)
 
-
-__all__ = ["MAX_PIXELS", "ImageDecodeError", "PreprocessConfigError", "PreprocessSpec", "decode_image", "load_image",
-           "normalize_image", "pad_to_square", "preprocess", "preprocess_bytes", "resolve_spec",
-           "spec_from_processor_config", "to_rgb"]
