@@ -1,7 +1,7 @@
 """`wound-compare`: Benchmark the MLP against a probe, zero-shot and a fine-tune; write the report.
 
 Each command is a thin adapter over one library function; library errors (``WoundscoreError``)
-become `Error: <message>` in one place (:class:`_Group`), usage errors exit 2. The library is
+become `Error: <message>` in one place (``WoundscoreGroup``), usage errors exit 2. The library is
 imported inside the command bodies so that `wound-compare --help` stays fast.
 """
 
@@ -55,11 +55,9 @@ def _parse_predictions(ctx: click.Context, param: click.Parameter, values: tuple
               help="Bootstrap resamples for every interval.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of training and bootstrap.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
-def run_cmd(
-    cache: str, out_dir: str, source: str | None, model: str | None, finetune_dir: str | None,
-    predictions: dict[str, str], zero_shot: bool, train: tuple[str, ...], n_boot: int, seed: int,
-    quiet: bool,
-) -> None:
+def run_cmd(cache: str, out_dir: str, source: str | None, model: str | None, finetune_dir: str | None,
+            predictions: dict[str, str], zero_shot: bool, train: tuple[str, ...], n_boot: int, seed: int,
+            quiet: bool) -> None:
     """Compare the MLP with the probe, zero-shot and a fine-tune on the same test images.
 
     Trains the logistic probe and the MLP on the cache's train split (early
@@ -83,17 +81,12 @@ def run_cmd(
     """
     from woundscore.compare.report import run_comparison
 
-    result = run_comparison(
-        cache, out_dir, source=source, model=model, finetune_dir=finetune_dir,
-        predictions=predictions, zero_shot=zero_shot, n_boot=n_boot, seed=seed, quiet=quiet,
-        methods=tuple(m for m in dict.fromkeys(train) if m != "none"),
-    )
+    result = run_comparison(cache, out_dir, source=source, model=model, finetune_dir=finetune_dir,
+                            predictions=predictions, zero_shot=zero_shot, n_boot=n_boot, seed=seed, quiet=quiet,
+                            methods=tuple(m for m in dict.fromkeys(train) if m != "none"))
     click.echo(result.metrics["answer"]["text"])
     click.echo(f"report: {result.files['report.html']}")
     click.echo(f"        {result.files['report.md']}")
-
-
-# --- finetune / zero-shot (FINETUNE) ----------------------------------------------------------
 
 
 @cli.command("finetune")
@@ -182,9 +175,6 @@ def zero_shot_command(source: str, out: str, model: str, revision: str | None, s
                         batch_size=batch_size, quiet=quiet)
     skipped = f", {len(res.skipped)} skipped (see the .json sidecar)" if res.skipped else ""
     click.echo(f"{out}: {len(res.ids)} images scored zero-shot{skipped}")
-
-
-# --- demo (DEMO) --------------------------------------------------------------------------------
 
 
 @cli.command("demo")

@@ -1,27 +1,12 @@
 """`wound-compare demo`: the whole pipeline offline, on a tiny random model and generated images.
 
 One call runs every stage through the same library function its own command calls (one step
-function each, below): a tiny random SigLIP (``embed.tiny``) and a generated SurgWound-format
-release (``embed.synthetic``), built once; ``wound-embed stats`` / ``run``, ``wound-cache info``;
-``wound-classify train`` / ``predict``; ``wound-compare finetune`` (a few CPU steps) and ``run``.
-
-Layout of OUT (default ``demo_out/``)::
-
-    README.md                      what this folder is (and that it means nothing clinically)
-    demo.json                      what was built with which settings (reuse check), step timings
-    tiny-siglip-RANDOM-WEIGHTS/    the checkpoint (save_pretrained layout of google/medsiglip-448)
-    SurgWound-GENERATED/           {train,val,test}_{question,report}.json
-    example-images/                a few test images as JPEG files (for predict)
-    cache.h5                       the embeddings
-    models/mlp/                    the trained MLP
-    finetune/                      predictions.csv (+ .json), model/, trainer/
-    report/                        report.html, report.md, metrics.json, roc/reliability/forest PNGs
-
-A rerun reuses the checkpoint and the dataset when ``demo.json`` says they were built with the
-same settings (and their files are there), and the cache resumes (nothing embedded twice); the
-model, fine-tune and report are made again. Everything made here carries :data:`DEMO_NOTICE`:
-the cache provenance (so the model provenance, the predict JSON and the report banner), the
-checkpoint's name and README, and this folder's README.
+function each, below) on a tiny random SigLIP (``embed.tiny``) and a generated SurgWound-format
+release (``embed.synthetic``); what it prints and writes: README, section "What `make demo` does",
+and :func:`_readme` (the README.md it writes into OUT). A rerun reuses the checkpoint and the
+dataset when ``demo.json`` says they were built with the same settings (and their files are
+there), and the cache resumes; the model, fine-tune and report are made again. Everything made
+here carries :data:`DEMO_NOTICE`.
 """
 
 from __future__ import annotations
@@ -97,11 +82,10 @@ class DemoSettings:
     n_examples: int = 3
 
     @classmethod
-    def quick(cls, **overrides: Any) -> "DemoSettings":
+    def quick(cls) -> "DemoSettings":
         """Test-sized settings (40 images, 1 fine-tune step, 200 resamples, short MLP)."""
-        base = cls(n_images=40, image_px=64, tiny_hidden_size=32, finetune_steps=1, finetune_batch_size=4,
+        return cls(n_images=40, image_px=64, tiny_hidden_size=32, finetune_steps=1, finetune_batch_size=4,
                    n_boot=200, mlp_max_epochs=20, mlp_patience=5, n_examples=2)
-        return replace(base, **overrides)
 
     def checkpoint_params(self) -> dict[str, Any]:
         """Arguments of build_tiny_siglip (also the reuse key)."""
@@ -153,10 +137,6 @@ class DemoResult:
         lines += [f"  {t.step:<34}{t.wall_s:>8.1f}{t.cpu_s:>8.1f}" for t in self.times]
         lines.append(f"  {'total':<34}{self.total_seconds:>8.1f}{sum(t.cpu_s for t in self.times):>8.1f}")
         return "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
 
 
 def _cpu_seconds() -> float:
@@ -254,15 +234,13 @@ that every stage runs end to end on this machine; nothing here is a measurement 
 - `{RELEASE_DIR}/`: generated wound drawings in the SurgWound release format
   (`embed.synthetic.make_release`); labels leave drawn traces (red halo = erythema, yellow patch =
   exudate, ...). Not photographs of wounds.
-- `cache.h5`, `models/mlp/`, `finetune/`, `report/`: what the stages made from them.
+- `cache.h5`, `models/mlp/`, `finetune/`, `report/`: what the stages made from them;
+  `example-images/`: a few test images as JPEG files (for predict); `demo.json`: what was built
+  with which settings (the rerun's reuse check) and the step timings.
 
 For the real path (MedSigLIP-448 and the SurgWound release) see the repository README,
 section "The real path".
 """
-
-
-# ---------------------------------------------------------------------------------------------
-# the steps
 
 
 def _checkpoint_and_dataset(r: _Run) -> tuple[bool, bool, list[Path]]:
@@ -371,32 +349,16 @@ def _finish(r: _Run, result: DemoResult) -> None:
     r.say("  Real MedSigLIP-448 and the SurgWound release: see README, \"The real path\".")
 
 
-# ---------------------------------------------------------------------------------------------
-# the demo
-
-
 def run_demo(out_dir: str | os.PathLike = "demo_out", *, n_images: int | None = None, seed: int | None = None,
-             finetune_steps: int | None = None, n_boot: int | None = None, quick: bool = False,
-             settings: DemoSettings | None = None, quiet: bool = False,
-             echo: Callable[[str], None] | None = None) -> DemoResult:
+             quick: bool = False, quiet: bool = False, echo: Callable[[str], None] | None = None) -> DemoResult:
     """Run every stage offline on a tiny random SigLIP and a generated release; write a report.
 
-    Args:
-        out_dir: the demo folder (created; see the module docstring for its layout).
-        n_images, seed, finetune_steps, n_boot: override :class:`DemoSettings` (defaults: 100
-            images, seed 0, 30 fine-tune steps, 2,000 bootstrap resamples).
-        quick: start from :meth:`DemoSettings.quick` (test size) instead of the defaults.
-        settings: full settings (then quick is ignored; the overrides above still apply).
-        quiet: no progress bars or per-stage logs (the step headings and results still print).
-        echo: where the step headings and results go (default: print to stdout).
-    Returns:
-        :class:`DemoResult` (paths, the predict JSON, reuse flags, step timings).
-    Raises:
-        DemoError naming the step, for any stage's error.
+    ``n_images`` and ``seed`` override :class:`DemoSettings` (``quick``: :meth:`DemoSettings.quick`,
+    test size); ``quiet``: no progress bars or stage logs (step headings and results still go to
+    ``echo``, default stdout). Returns :class:`DemoResult`; raises DemoError naming the step.
     """
-    s = settings or (DemoSettings.quick() if quick else DemoSettings())
-    s = replace(s, **{k: v for k, v in (("n_images", n_images), ("seed", seed), ("finetune_steps", finetune_steps),
-                                        ("n_boot", n_boot)) if v is not None})
+    s = DemoSettings.quick() if quick else DemoSettings()
+    s = replace(s, **{k: v for k, v in (("n_images", n_images), ("seed", seed)) if v is not None})
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     r = _Run(s=s, out=out, say=echo or (lambda msg: print(msg, flush=True)), quiet=quiet, manifest=_read_manifest(out))
@@ -417,9 +379,6 @@ def run_demo(out_dir: str | os.PathLike = "demo_out", *, n_images: int | None = 
     )
     _finish(r, result)
     return result
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 def _indent(text: str, *, wrap: bool = False) -> str:
@@ -463,7 +422,3 @@ def _write_examples(release: Path, folder: Path, n: int) -> list[Path]:
         p.write_bytes(smp.read_bytes())
         paths.append(p)
     return paths
-
-
-__all__ = ["CHECKPOINT_DIR", "DEMO_NOTICE", "DemoError", "DemoResult", "DemoSettings", "RELEASE_DIR", "StepTime",
-           "run_demo"]

@@ -1,25 +1,14 @@
 """Selective-unfreeze fine-tune of MedSigLIP (the seed's plan), run by ``wound-compare finetune``.
 
-Plan: ``AutoModelForImageClassification`` from the encoder checkpoint with 6 labels
-(``problem_type="multi_label_classification"``, id2label from ``cache.schema.LABEL_NAMES``);
-freeze everything, unfreeze the last N encoder blocks + post_layernorm (+ the attention-pooling
-head with ``pooling="attention"``) + the classifier (see :mod:`compare.prefix`); train with the
-Hugging Face ``Trainer`` and the seed's arguments (:data:`SEED_ARGS`; eval + save each epoch,
-best by validation macro AUC, TensorBoard logs) and the ONE masked, pos_weighted BCE of
-``classify.loss`` as the Trainer's ``compute_loss_func``. Images go through the same
-``embed.preprocess`` function as the embeddings, so train and inference see identical pixels.
-
-Outputs in ``out_dir``:
-
-- ``predictions.csv`` (+ ``predictions.json`` cost sidecar): test-split probabilities for the
-  report, then the val split's (the report chooses the fine-tune's thresholds on them)
-- ``model/``: the best model (``save_pretrained`` of the ``SiglipForImageClassification``) and its
-  model card ``README.md`` with the metrics
-- ``trainer/``: Trainer checkpoints (trainable weights only) and TensorBoard logs (``trainer/runs``)
-
-Mixed precision: ``dtype="auto"`` is bfloat16 autocast on GPUs that support it, float16 (with the
-Trainer's loss scaling) on T4-class GPUs, float32 on CPU. A non-finite loss is skipped with a
-warning; three in a row stop the run with :class:`NonFiniteLossError`.
+``AutoModelForImageClassification`` with the 6 labels, only the last N blocks (+ norm, head,
+classifier) trainable (:mod:`compare.prefix`), trained by the Hugging Face ``Trainer`` with the
+seed's arguments (:data:`SEED_ARGS`, best epoch by val macro AUC) and ``classify.loss``'s masked
+BCE; images go through ``embed.preprocess`` like the embeddings. Outputs in ``out_dir``:
+``predictions.csv`` (+ ``.json`` sidecar; test rows, then val rows for the report's thresholds),
+``model/`` (``save_pretrained`` + model card) and ``trainer/`` (trainable-only checkpoints,
+TensorBoard logs in ``trainer/runs``). dtype "auto": bf16 autocast on GPUs with it, fp16 with loss
+scaling on T4-class GPUs, fp32 on CPU. Three non-finite losses in a row raise
+:class:`NonFiniteLossError` (CLI exit 3). See README, ``wound-compare finetune``.
 
 torch and transformers are imported at the top: this module is only imported to fine-tune.
 """
@@ -49,7 +38,7 @@ from woundscore.compare.finetune_trainer import (  # noqa: F401  (NonFiniteLossE
     compute_metrics, load_classifier, masked_auc, replace_pickles, scan)
 from woundscore.compare.model_card import build_model_card, push_to_hub
 from woundscore.compare.predictions import write_predictions
-from woundscore.compare.prefix import POOLINGS, SelectiveUnfreezeClassifier, UnfreezeError
+from woundscore.compare.prefix import SelectiveUnfreezeClassifier, UnfreezeError
 from woundscore.embed.preprocess import resolve_spec
 from woundscore.embed.runtime import DEFAULT_MODEL, peak_memory, quiet_transformers, resolve_device, resolve_dtype
 from woundscore.embed.sources import open_source
@@ -58,10 +47,6 @@ from woundscore.embed.sources import open_source
 SEED_ARGS: dict[str, Any] = {"epochs": 5, "batch_size": 4, "grad_accum": 16, "lr": 5e-5, "weight_decay": 0.01,
                              "warmup_steps": 10, "lr_scheduler_type": "cosine"}
 _AMP = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-# ---------------------------------------------------------------------------------------------
-# Settings and model
 
 
 @dataclass(frozen=True)
@@ -94,17 +79,12 @@ class _Settings:
 
 
 def _check_settings(*, device: str, dtype: str, workers: int | None, **kw: Any) -> _Settings:
-    if kw["pooling"] not in POOLINGS:
-        raise FineTuneError(f"pooling must be one of {', '.join(POOLINGS)}, got {kw['pooling']!r}")
-    for name in ("epochs", "batch_size", "grad_accum"):
-        if kw[name] < 1:
+    # pooling and unfreeze_last are checked by SelectiveUnfreezeClassifier, device by resolve_device
+    for name in ("epochs", "batch_size", "grad_accum", "max_steps"):
+        if kw[name] is not None and kw[name] < 1:
             raise FineTuneError(f"{name} must be >= 1, got {kw[name]}")
-    if kw["max_steps"] is not None and kw["max_steps"] < 1:
-        raise FineTuneError(f"max_steps must be >= 1, got {kw['max_steps']}")
     if not (kw["lr"] > 0 and math.isfinite(kw["lr"])):
         raise FineTuneError(f"lr must be a positive number, got {kw['lr']}")
-    if device not in ("auto", "cpu", "cuda"):
-        raise FineTuneError(f"device must be one of auto, cpu, cuda, got {device!r}")
     dev = resolve_device(device)
     # "auto" trains in float32 on CPU (mixed precision there is for inference); on a GPU
     # embed.runtime picks bfloat16, or float16 on T4-class GPUs.
@@ -138,10 +118,6 @@ def _build_model(model: str | os.PathLike, revision: str | None, st: _Settings,
     if st.device != "cpu":
         torch.cuda.reset_peak_memory_stats()
     return base, ckpt, spec, net, st
-
-
-# ---------------------------------------------------------------------------------------------
-# Data
 
 
 def _split_samples(samples: Sequence[Any], source: Any) -> dict[str, list[Any]]:
@@ -208,10 +184,6 @@ def _prepare_data(net: SelectiveUnfreezeClassifier, splits: dict[str, list[Any]]
     return data
 
 
-# ---------------------------------------------------------------------------------------------
-# Train and predict
-
-
 def _train(net: SelectiveUnfreezeClassifier, data: _Data, loss_func: MaskedBCELossFunc, st: _Settings,
            out: Path) -> tuple[Any, float]:
     """Train with the seed's Trainer arguments; the best checkpoint (val macro AUC) is loaded at
@@ -264,10 +236,6 @@ def _predict(net: SelectiveUnfreezeClassifier, data: _Data, split: str, spec: An
     return np.concatenate(probs).astype(np.float64), seconds
 
 
-# ---------------------------------------------------------------------------------------------
-# Outputs
-
-
 def _settings_table(st: _Settings, data: _Data, device_name: str) -> dict[str, Any]:
     """The training settings the model card lists."""
     keys = ("unfreeze_last", "pooling", "epochs", "max_steps", "batch_size", "grad_accum", "lr", "weight_decay",
@@ -279,27 +247,26 @@ def _settings_table(st: _Settings, data: _Data, device_name: str) -> dict[str, A
 
 def _sidecar(*, st: _Settings, data: _Data, net: SelectiveUnfreezeClassifier, trainer: Any, train_seconds: float,
              peak: tuple[float, str], infer_s: float, test_metrics: dict[str, Any], model: str, ckpt: Any, spec: Any,
-             device_name: str, loss_func: MaskedBCELossFunc, notice: str | None) -> dict[str, Any]:
-    """The predictions.json cost sidecar: what the report reads next to the probabilities."""
+             settings: dict[str, Any], loss_func: MaskedBCELossFunc, notice: str | None) -> dict[str, Any]:
+    """The predictions.json cost sidecar (what the report reads next to the probabilities), with
+    the model card's settings table in it."""
     peak_mb, memory_kind = peak
     trainable, total = net.parameter_counts()
     best_val = trainer.state.best_metric
     return {
+        **settings,
         "method": f"SigLIP fine-tune, last {st.unfreeze_last} of {len(net.vision.encoder.layers)} blocks, "
                   f"{st.pooling} pooling",
         "train_seconds": round(train_seconds, 3), "peak_memory_mb": round(peak_mb, 1), "memory_kind": memory_kind,
-        "trainable_params": trainable, "total_params": total, "device": device_name,
+        "trainable_params": trainable, "total_params": total,
         "inference_ms_per_image": round(1000.0 * infer_s / max(len(data.samples["test"]), 1), 3),
         "notes": (("prefix cache (frozen part computed once); " if st.prefix_cache else "")
                   + f"{st.dtype}; best val macro AUC {best_val if best_val is None else round(best_val, 4)}"),
-        "dtype": st.dtype, "model": model, "revision": ckpt.revision,
-        **{k: getattr(st, k) for k in ("unfreeze_last", "pooling", "epochs", "max_steps")},
-        "global_steps": int(trainer.state.global_step), "prefix_cache": st.prefix_cache,
+        "model": model, "revision": ckpt.revision, "global_steps": int(trainer.state.global_step),
         "scan_seconds": round(data.scan_seconds, 3),  # the pass before training, in train_seconds
         "prefix_cache_mb": round(data.prefix_bytes / 2**20, 1) if st.prefix_cache else None,
         "best_val_macro_auc": best_val, "test_macro_auc": test_metrics["macro_auc"],
         "nonfinite_batches_skipped": loss_func.nonfinite_total,
-        **{f"n_{s}": len(data.samples[s]) for s in ("train", "val", "test")},
         "rows": "test then val images (val rows let the report choose thresholds on val)",
         "skipped_images": data.skipped, "preprocessing": spec.to_dict() if hasattr(spec, "to_dict") else None,
         "label_schema": SCHEMA.to_json(), "versions": package_versions(), "notice": notice,
@@ -319,10 +286,6 @@ def _save_model(base: Any, out: Path, *, model: str, st: _Settings, test_metrics
     if push:
         push_to_hub(model_dir, push)
         say(f"pushed {model_dir} to https://huggingface.co/{push}")
-
-
-# ---------------------------------------------------------------------------------------------
-# The fine-tune
 
 
 @dataclass
@@ -365,17 +328,9 @@ def finetune(
 ) -> FineTuneResult:
     """Fine-tune the last ``unfreeze_last`` blocks of a SigLIP encoder on ``source``; score its test split.
 
-    Args:
-        source: anything ``embed.sources.open_source`` reads, with train, val and test images.
-        out_dir: where predictions.csv/.json, model/ and trainer/ go (created).
-        model: hub id or local folder of a SigLIP checkpoint (vision tower is enough).
-        unfreeze_last: N trainable encoder blocks (0..L); pooling: "mean" or "attention".
-        epochs, batch_size, grad_accum, lr, weight_decay, warmup_steps: the Trainer's arguments.
-        max_steps: stop after this many optimizer steps (tests, smoke runs); evaluates and saves then.
-        device, dtype: "auto" picks cuda + bf16/fp16 when there is a GPU, else cpu + float32.
-        prefix_cache: train on the frozen part's outputs computed once (same gradients, faster).
-        workers: DataLoader workers for decoding (default: 0 on CPU, min(8, cores) on GPU).
-        push_to_hub: repo id to upload model/ (with its card) to; needs a logged-in token.
+    The arguments are the CLI's options (README, ``wound-compare finetune``); ``model`` may be a
+    vision-only checkpoint; ``save_model=False`` writes no model/ (unless ``push_to_hub``); ``log``
+    gets the progress lines (default: stderr unless ``quiet``).
 
     Returns:
         :class:`FineTuneResult`; predictions.csv holds (n_test + n_val, 6) probabilities, test rows first.
@@ -408,8 +363,9 @@ def finetune(
     notice = "; ".join(dict.fromkeys(n for n in (getattr(src, "notice", None),
                                                   getattr(base.config, "woundscore_notice", None)) if n)) or None
     device_name = "cpu" if st.device == "cpu" else f"cuda ({torch.cuda.get_device_name()})"
+    settings = _settings_table(st, data, device_name)
     meta = _sidecar(st=st, data=data, net=net, trainer=trainer, train_seconds=train_seconds, peak=peak, infer_s=infer_s,
-                    test_metrics=test_metrics, model=str(model), ckpt=ckpt, spec=spec, device_name=device_name,
+                    test_metrics=test_metrics, model=str(model), ckpt=ckpt, spec=spec, settings=settings,
                     loss_func=loss_func, notice=notice)
     ids, val_ids = data.ids("test"), data.ids("val")
     pred_path = write_predictions(out / "predictions.csv", np.concatenate([ids, val_ids]),
@@ -418,7 +374,7 @@ def finetune(
     say(f"wrote {pred_path} ({len(ids)} test images); test macro AUC "
         f"{'not estimable' if macro is None else round(macro, 3)}")
     if save_model or push_to_hub:
-        _save_model(base, out, model=str(model), st=st, test_metrics=test_metrics,
-                    settings=_settings_table(st, data, device_name), notice=notice, push=push_to_hub, say=say)
+        _save_model(base, out, model=str(model), st=st, test_metrics=test_metrics, settings=settings, notice=notice,
+                    push=push_to_hub, say=say)
     return FineTuneResult(out_dir=out, predictions_path=pred_path, ids=ids, P=P, meta=meta, test_metrics=test_metrics,
                           skipped=data.skipped, val_ids=val_ids, P_val=P_val)

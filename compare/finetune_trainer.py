@@ -11,7 +11,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -112,31 +112,23 @@ class MaskedBCELossFunc:
     gradients and skips the step (a zero with no gradients would trip its "no inf checks" assert).
     """
 
-    def __init__(self, pos_weight: np.ndarray, *, max_nonfinite: int = 3, scaler_skips: bool = False,
-                 loss_fn: Callable | None = None) -> None:
-        self.pos_weight = np.asarray(pos_weight, dtype=np.float32)
+    def __init__(self, pos_weight: np.ndarray, *, max_nonfinite: int = 3, scaler_skips: bool = False) -> None:
+        self.pos_weight = torch.as_tensor(np.asarray(pos_weight, dtype=np.float32))
         self.max_nonfinite = max_nonfinite
         self.scaler_skips = scaler_skips
-        self.loss_fn = loss_fn
         self.nonfinite_total = 0
         self.nonfinite_run = 0
-        self._pw_cache: dict[Any, torch.Tensor] = {}
 
     def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
-        if self.loss_fn is None:
-            from woundscore.classify.loss import masked_bce  # keras: imported when the first batch is scored
+        from woundscore.classify.loss import masked_bce  # keras: imported when the first batch is scored
 
-            self.loss_fn = masked_bce
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         logits = logits.float()  # BCE in float32 also under bf16/fp16 autocast
-        key = (logits.device, logits.dtype)
-        if key not in self._pw_cache:
-            self._pw_cache[key] = torch.as_tensor(self.pos_weight, device=logits.device, dtype=logits.dtype)
         y = labels.to(device=logits.device, dtype=logits.dtype)
         y = torch.where(y == IGNORE_INDEX, torch.full_like(y, float(MISSING)), y)
-        loss = torch.as_tensor(self.loss_fn(y, logits, self._pw_cache[key])).to(logits.device)
+        loss = torch.as_tensor(masked_bce(y, logits, self.pos_weight.to(logits.device))).to(logits.device)
         if num_items_in_batch is not None:
-            total = float(num_items_in_batch.item() if hasattr(num_items_in_batch, "item") else num_items_in_batch)
+            total = float(num_items_in_batch)  # an int or a 0-d tensor
             if total > 0:
                 loss = loss * ((y != MISSING).sum().float() / total)
         if bool(torch.isfinite(loss)):

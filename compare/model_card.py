@@ -62,10 +62,8 @@ def build_model_card(*, base_model: str, metrics: dict[str, Any], settings: dict
                      notice: str | None = None) -> str:
     """Markdown model card (YAML front matter + metrics table) for ``model/README.md`` and the hub.
 
-    Args:
-        base_model: the encoder checkpoint fine-tuned.
-        metrics: ``masked_auc`` result on the test split, plus optional "best_val_macro_auc".
-        settings: unfreeze_last, pooling, epochs, lr, batch_size, grad_accum, dtype, device, n_train ...
+    ``metrics``: ``masked_auc`` of the test split (+ optional "best_val_macro_auc"); ``settings``:
+    the training settings table (unfreeze_last and pooling are also named in the text).
     """
     per = metrics.get("per_label", {})
     best = metrics.get("best_val_macro_auc")

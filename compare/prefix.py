@@ -1,59 +1,40 @@
 """Selective unfreezing of a SigLIP image classifier, and the frozen-prefix cache.
 
-The fine-tune freezes everything, then unfreezes the last ``N`` of the vision encoder's blocks,
-``post_layernorm``, the pooling head (``pooling="attention"`` only) and the classifier. With no
-augmentation and no dropout in the frozen part, the frozen part (patch embedding + the first
-``L - N`` blocks) gives the same output for an image every epoch. :func:`compute_prefix` runs it
-once per image; :class:`SelectiveUnfreezeClassifier` then trains on those hidden states
-(``prefix_states``) instead of pixels: same logits, same loss, same gradients, but each step runs
-only the last ``N`` blocks. ``tests/test_finetune.py`` checks the equality on a tiny model (fp32).
+The fine-tune trains only the last ``N`` blocks, ``post_layernorm``, the pooling head
+(``pooling="attention"`` only) and the classifier. With no augmentation and no dropout, the frozen
+part (patch embedding + the first ``L - N`` blocks) gives the same output for an image every
+epoch, so :func:`compute_prefix` runs it once per image and :class:`SelectiveUnfreezeClassifier`
+trains on those hidden states (``prefix_states``): same logits, loss and gradients (bit for bit
+in float32; ``tests/test_finetune.py``; a real-size bf16 run on an H200 gave test probabilities
+within 1.3e-3 of the plain path, not separated from GPU backward nondeterminism), each step
+running only the last ``N`` blocks.
 
-Cost model (MedSigLIP: 27 blocks; backward of a block ~ 2x its forward): a plain step costs
-~27 + 2N block-forwards, a prefix step ~3N, so N=4 bounds the per-step speed-up at
-(27 + 8) / 12 ~ 2.9x, minus the one-time prefix pass (27 - N block-forwards per image).
+Cost (MedSigLIP: 27 blocks; a block's backward ~ 2x its forward): a plain step ~27 + 2N
+block-forwards, a prefix step ~3N, so N=4 caps the speed-up at ~2.9x per step (measured: README,
+section "Benchmarks"; ``bench/bench_finetune_step.py``). Memory: one image's prefix is 1024 tokens
+x 1152 float32 = 4.7 MB, ~3.2 GB of host RAM for SurgWound's 686 images.
 
-Measured on one H200 (real architecture, random weights, N=4, ``bench/bench_finetune_step.py``): per step plain /
-prefix = 2.2x at bf16 batch 4 (31 vs 14.5 ms: batch 4 leaves the GPU launch-bound), 3.2x at bf16
-batch 8, 3.0x at fp32 batch 4; per epoch over 5 epochs with the prefix pass paid once, 1.7-2.2x.
-Equality: exact (bit for bit) in float32 on CPU (tests) and for the tiny model on GPU in bf16 and
-fp16; a real-size bf16 run on the H200 (96 images, 2 epochs, 4 optimizer steps) gave test
-probabilities within 1.3e-3 of the plain path, also with the prefix computed in the training batch
-size. Whether that is the prefix or the GPU's nondeterministic backward kernels (which also make
-two plain runs differ) was not separated.
-
-Memory of the cache: one image's prefix is tokens x hidden floats, 1024 x 1152 = 1.18 M values:
-4.7 MB in float32 (what the frozen blocks' residual stream holds, also under bf16/fp16 autocast),
-so the 686 SurgWound images take ~3.2 GB of host RAM (2.4 MB / 1.6 GB if stored as bfloat16,
-``store_dtype=torch.bfloat16``, at the cost of exact equality with the plain path).
-
-Pooling: ``SiglipForImageClassification`` mean-pools the last hidden states of the patch tokens
-and ignores the attention-pooling head that produced the pretrained (and cached) embedding.
-``pooling="mean"`` keeps the seed's model as it is (comparable with the public fine-tune result);
-``pooling="attention"`` classifies ``pooler_output`` (the MAP head, as the MLP's embeddings do)
-and trains that head too.
+Pooling: ``SiglipForImageClassification`` mean-pools the patch tokens and ignores the
+attention-pooling head that produced the cached embeddings. ``pooling="mean"`` keeps the seed's
+model (comparable with the public fine-tune result); ``pooling="attention"`` classifies
+``pooler_output`` (the MAP head, as the MLP's embeddings do) and trains that head too.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable
 
 import torch  # this module is the torch boundary of the fine-tune: imported only when one runs
 from torch import nn
+from transformers.modeling_outputs import ImageClassifierOutput
 
 from woundscore.cache.errors import WoundscoreError
 
 POOLINGS = ("mean", "attention")
-Pooling = Literal["mean", "attention"]
 
 
 class UnfreezeError(WoundscoreError, ValueError):
     """An unfreeze setting the model cannot satisfy (too many blocks, unknown pooling, dropout)."""
-
-
-def _output_cls():
-    from transformers.modeling_outputs import ImageClassifierOutput
-
-    return ImageClassifierOutput
 
 
 class SelectiveUnfreezeClassifier(nn.Module):
@@ -72,7 +53,7 @@ class SelectiveUnfreezeClassifier(nn.Module):
     Trainer passes them to its ``compute_loss_func``) and ignored here.
     """
 
-    def __init__(self, base: nn.Module, *, unfreeze_last: int = 4, pooling: Pooling = "mean") -> None:
+    def __init__(self, base: nn.Module, *, unfreeze_last: int = 4, pooling: str = "mean") -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise UnfreezeError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
@@ -167,20 +148,18 @@ class SelectiveUnfreezeClassifier(nn.Module):
             logits = self.base(pixel_values=pixel_values).logits
         else:
             logits = self.classifier(self.vision(pixel_values=pixel_values).pooler_output)
-        return _output_cls()(logits=logits)
+        return ImageClassifierOutput(logits=logits)
 
 
 def compute_prefix(model: SelectiveUnfreezeClassifier, batches: Iterable[torch.Tensor], *, n: int,
                    device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
-                   store_dtype: torch.dtype | None = None, store_device: torch.device | str = "cpu",
-                   progress: Any = None) -> torch.Tensor:
+                   store_device: torch.device | str = "cpu", progress: Any = None) -> torch.Tensor:
     """Run the frozen part once over ``n`` images given as pixel batches.
 
     Args:
         batches: iterable of (b, 3, H, W) float pixel tensors, in dataset order, ``n`` rows in all.
         autocast_dtype: torch.bfloat16 / torch.float16 to run under autocast as the Trainer will
             (so the cached states equal what the plain path computes), None for no autocast.
-        store_dtype: dtype of the cache; None keeps what the blocks output (float32 residual stream).
         progress: a tqdm-like bar, updated per image.
 
     Returns (n, T, D) states on ``store_device``.
@@ -197,9 +176,9 @@ def compute_prefix(model: SelectiveUnfreezeClassifier, batches: Iterable[torch.T
                                                         enabled=autocast_dtype is not None):
                 h = model.prefix(pixels)
             if out is None:
-                out = torch.empty((n, *h.shape[1:]), dtype=store_dtype or h.dtype, device=store_device)
+                out = torch.empty((n, *h.shape[1:]), dtype=h.dtype, device=store_device)
             b = h.shape[0]
-            out[i : i + b] = h.to(out.dtype)
+            out[i : i + b] = h
             i += b
             if progress is not None:
                 progress.update(b)

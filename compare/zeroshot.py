@@ -1,19 +1,11 @@
 """Zero-shot MedSigLIP: each label scored by a positive and a negative text prompt, no training.
 
-The SigLIP text tower embeds the two prompts of each label (:data:`PROMPTS`); the image tower
-embeds the image through the same ``embed.preprocess`` function as every other method. SigLIP
-was trained with a sigmoid per (image, text) pair: ``logit = exp(logit_scale) * cos + logit_bias``.
-
-Scoring choice: ``p(label) = softmax([logit_pos, logit_neg])[0]``, which equals
-``sigmoid(exp(logit_scale) * (cos_pos - cos_neg))`` (the bias cancels). Each pair's own sigmoid
-(``sigmoid(logit_pos)``) would be the alternative, but it answers "does this caption match at
-all", which for any wound photo is low for most captions; the pairwise contrast asks "which of
-the two descriptions fits better", which is the clinical question and gives usable rankings (AUC
-depends only on the ranking; calibration of zero-shot scores is poor either way and the report
-shows it).
-
-Text: the checkpoint's own SentencePiece tokenizer, ``padding="max_length"``, ``max_length=64``
-(how SigLIP was trained; other padding changes the text embedding).
+``p(label) = softmax([logit_pos, logit_neg])[0] = sigmoid(exp(logit_scale) * (cos_pos - cos_neg))``
+(SigLIP's bias cancels). The pair's contrast asks "which of the two descriptions fits better",
+the clinical question; each prompt's own sigmoid would ask "does this caption match at all", low
+for most captions on any wound photo. Images go through ``embed.preprocess`` like every other
+method; prompts are tokenized as SigLIP was trained (``padding="max_length"``, 64 tokens: other
+padding changes the text embedding).
 
 torch and transformers are imported inside the functions: the report imports this module to
 score zero-shot only when asked.
@@ -24,7 +16,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -67,9 +59,7 @@ class ZeroShotError(WoundscoreError):
 
 def tokenize_prompts(tokenizer: Any, texts: Sequence[str], *, max_length: int = MAX_TEXT_LENGTH) -> Any:
     """Token ids (len(texts), max_length) the way SigLIP was trained: padded to ``max_length``."""
-    return tokenizer(
-        list(texts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
-    )
+    return tokenizer(list(texts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
 
 
 def _pooled(out: Any) -> Any:
@@ -96,12 +86,10 @@ class ZeroShotModel:
     revision: str = ""
     notice: str | None = None
     autocast_dtype: Any = None
-    prompts: dict[str, tuple[str, str]] = field(default_factory=lambda: dict(PROMPTS))
 
     @classmethod
     def from_pretrained(cls, model: str | os.PathLike, *, revision: str | None = None,
-                        tokenizer: str | os.PathLike | None = None, device: str = "auto",
-                        prompts: dict[str, tuple[str, str]] | None = None) -> "ZeroShotModel":
+                        device: str = "auto") -> "ZeroShotModel":
         """Load a full SigLIP checkpoint (both towers) and its tokenizer from a folder or hub id."""
         import torch
         from transformers import AutoModel, AutoTokenizer
@@ -120,9 +108,8 @@ class ZeroShotModel:
         # The checkpoint's own tokenizer when its folder has one; else the vendored copy of
         # MedSigLIP's SentencePiece tokenizer (embed/assets, Apache-2.0): embed downloads weights
         # and configs only.
-        if tokenizer is None:
-            has_own = any((ckpt.path / f).is_file() for f in ("spiece.model", "tokenizer.json"))
-            tokenizer = ckpt.path if has_own else ASSETS
+        has_own = any((ckpt.path / f).is_file() for f in ("spiece.model", "tokenizer.json"))
+        tokenizer = ckpt.path if has_own else ASSETS
         try:
             tok = AutoTokenizer.from_pretrained(str(tokenizer))
         except (OSError, ValueError, ImportError) as e:
@@ -131,11 +118,8 @@ class ZeroShotModel:
         if len(tok) > vocab:
             raise ZeroShotError(f"{tokenizer}: tokenizer has {len(tok)} tokens, text tower only {vocab}")
         net.eval().to(dev)
-        table = dict(prompts or PROMPTS)
-        if tuple(table) != LABEL_NAMES:
-            raise ZeroShotError(f"prompts must be keyed by {', '.join(LABEL_NAMES)} in that order")
         max_len = getattr(net.config.text_config, "max_position_embeddings", MAX_TEXT_LENGTH)
-        texts = [table[k][0] for k in LABEL_NAMES] + [table[k][1] for k in LABEL_NAMES]
+        texts = [PROMPTS[k][0] for k in LABEL_NAMES] + [PROMPTS[k][1] for k in LABEL_NAMES]
         enc = tokenize_prompts(tok, texts, max_length=min(MAX_TEXT_LENGTH, max_len))
         with torch.inference_mode():
             t = _pooled(net.get_text_features(input_ids=enc["input_ids"].to(dev))).float()
@@ -144,8 +128,7 @@ class ZeroShotModel:
         n = len(LABEL_NAMES)
         return cls(model=net, spec=resolve_spec(ckpt.path), device=dev, text_pos=t[:n], text_neg=t[n:], scale=scale,
                    model_id=ckpt.model_id, revision=ckpt.revision, notice=checkpoint_notice(ckpt.path),
-                   autocast_dtype=torch.bfloat16 if dev != "cpu" and torch.cuda.is_bf16_supported() else None,
-                   prompts=table)
+                   autocast_dtype=torch.bfloat16 if dev != "cpu" and torch.cuda.is_bf16_supported() else None)
 
     def probabilities_from_pixels(self, pixel_values: Any) -> np.ndarray:
         """(b, 3, H, W) preprocessed pixels -> (b, 6) p(label) = sigmoid(scale * (cos_pos - cos_neg))."""
@@ -266,7 +249,7 @@ def zero_shot_source(source: str | os.PathLike, model: "str | os.PathLike | Zero
         "model_load_seconds": round(load_s, 3),
         "model": zs.model_id,
         "revision": zs.revision,
-        "prompts": {k: list(v) for k, v in zs.prompts.items()},
+        "prompts": {k: list(v) for k, v in PROMPTS.items()},
         "scoring": "sigmoid(exp(logit_scale) * (cos_pos - cos_neg)) = softmax over [pos, neg] logits",
         "skipped_images": skipped,
         "notes": "no training; prompts in compare/zeroshot.py PROMPTS",
