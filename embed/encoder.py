@@ -24,9 +24,8 @@ import numpy as np
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.util import package_versions
 from woundscore.embed.preprocess import PreprocessSpec, load_image, preprocess, resolve_spec
-# Re-exported: callers import these from the encoder (one implementation, in runtime).
-from woundscore.embed.runtime import (DEFAULT_MODEL, EncoderLoadError, checkpoint_notice, cpu_has_native_bf16,
-                                      default_batch_size, quiet_transformers, resolve_device, resolve_dtype)
+from woundscore.embed.runtime import (DEFAULT_MODEL, EncoderLoadError, checkpoint_notice, default_batch_size,
+                                      quiet_transformers, resolve_device, resolve_dtype)
 
 # torch, transformers and huggingface_hub are imported inside the functions that need them:
 # the readers and `--help` must not pay for them, and tests patch huggingface_hub's functions.
@@ -195,12 +194,14 @@ class ImageEncoder:
         self.dim = int(model.config.hidden_size)
         self.checkpoint_dir, self.notice = checkpoint_dir, notice
         self.fp32_redone = 0
-        self._fp32_model = model if self.dtype == _float32() else None
+        self._fp32_model = model if str(self.dtype) == "torch.float32" else None
 
     def _fp32(self):
+        import torch
+
         if self._fp32_model is None:
             if self.checkpoint_dir is not None:  # reload: the fp32 weights, not upcast bf16 ones
-                self._fp32_model = _load_vision_tower(self.checkpoint_dir, _float32(), self.device)
+                self._fp32_model = _load_vision_tower(self.checkpoint_dir, torch.float32, self.device)
             else:
                 self._fp32_model = copy.deepcopy(self._model).float()
         return self._fp32_model
@@ -269,25 +270,16 @@ class ImageEncoder:
                 f"dtype={self.dtype}, device={self.device!r}, size={self.spec.size})")
 
 
-def _float32() -> "torch.dtype":
-    import torch
-
-    return torch.float32
-
-
 def load_encoder(model: str | Path = DEFAULT_MODEL, revision: str | None = None, device: str = "auto",
                  dtype: str = "auto", *, fast_decode: bool = False, cache_dir: str | Path | None = None) -> ImageEncoder:
     """Load the vision tower (+ attention-pooling head) of a SigLIP checkpoint.
 
-    Args:
-        model: hub id (default google/medsiglip-448, gated) or a local checkpoint folder.
-        revision: hub branch/tag/commit; the commit actually loaded is recorded.
-        device: "auto", "cpu", "cuda", "cuda:1".
-        dtype: "auto", "float32", "bfloat16", "float16" (see :func:`resolve_dtype`).
-        fast_decode: JPEG draft-mode decode (recorded in the preprocessing spec).
-    Raises:
-        EncoderLoadError: missing folder, gated model without access, no token, offline without
-            a cached copy; the message says what to do.
+    ``model``: hub id (default google/medsiglip-448, gated) or a local checkpoint folder;
+    ``revision``: hub branch/tag/commit (the commit actually loaded is recorded); ``device``:
+    "auto", "cpu", "cuda", "cuda:1"; ``dtype``: see :func:`resolve_dtype`; ``fast_decode``: JPEG
+    draft-mode decode (recorded in the preprocessing spec).
+    Raises EncoderLoadError (missing folder, gated model without access, no token, offline without
+    a cached copy): the message says what to do.
     """
     ckpt = resolve_checkpoint(model, revision, cache_dir=cache_dir)
     spec = resolve_spec(ckpt.path).with_decode(fast_decode)
@@ -299,7 +291,3 @@ def load_encoder(model: str | Path = DEFAULT_MODEL, revision: str | None = None,
     return ImageEncoder(net, spec, model_id=ckpt.model_id, revision=ckpt.revision, device=dev,
                         checkpoint_dir=ckpt.path, notice=checkpoint_notice(ckpt.path))
 
-
-__all__ = ["DEFAULT_MODEL", "Checkpoint", "EncoderLoadError", "ImageEncoder", "NonFiniteEmbeddingError",
-           "cpu_has_native_bf16", "default_batch_size", "load_encoder", "local_revision", "resolve_checkpoint",
-           "resolve_device", "resolve_dtype"]

@@ -11,14 +11,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from woundscore.embed.encoder import (
-    EncoderLoadError,
-    NonFiniteEmbeddingError,
-    cpu_has_native_bf16,
-    load_encoder,
-    local_revision,
-    resolve_dtype,
-)
+from woundscore.embed.encoder import NonFiniteEmbeddingError, load_encoder, local_revision
+from woundscore.embed.runtime import EncoderLoadError, cpu_has_native_bf16, resolve_dtype
 from woundscore.embed.preprocess import preprocess
 from tests.test_hostile_images import encode, jpeg, photo
 
