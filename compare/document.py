@@ -9,7 +9,7 @@ the renderers escape it, so the two documents say the same thing and escaping ha
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 

@@ -13,18 +13,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.types import EmbeddingSet
-from woundscore.compare.predictions import read_predictions, read_predictions_meta
+from woundscore.compare.predictions import META_KEYS, read_predictions, read_predictions_meta
 
 PROBE, MLP, ZERO_SHOT, FINETUNE = "probe", "mlp", "zero-shot", "finetune"
-#: Cost keys a predictions sidecar or a zero-shot run may report (compare.predictions.META_KEYS).
-_COST_KEYS = ("train_seconds", "peak_memory_mb", "memory_kind", "trainable_params", "total_params", "device",
-              "inference_ms_per_image")
+#: Cost keys a predictions sidecar or a zero-shot run may report.
+_COST_KEYS = tuple(k for k in META_KEYS if k not in ("method", "notes"))
+#: The heads trained here, as the report describes them.
+TRAINED = {PROBE: "logistic regression per label on standardised embeddings (scikit-learn)",
+           MLP: "Keras MLP 512-256 on frozen embeddings, masked class-weighted BCE"}
 
 
 class ReportError(WoundscoreError):
@@ -147,13 +149,23 @@ def _val_thresholds(
     return thresholds, f"chosen on {len(val_ids)} val rows{where}: {rule}"
 
 
-def trained_method(
-    name: str, make: Callable[[], Any], data: EmbeddingSet, description: str, device: Callable[[], str],
-) -> MethodRun:
-    """Fit ``make()`` on the train split (early stopping on val), score val and test, time it."""
+def _make_head(name: str, seed: int, params: Mapping[str, Any] | None) -> Any:
+    """The untrained probe or MLP. Its heavy imports happen here, before the training clock starts:
+    a method's train time is training, its import time is reported apart."""
+    if name == PROBE:
+        import sklearn.linear_model  # noqa: F401
+
+    from woundscore.classify.models import KerasMLPClassifier, LogisticProbe
+
+    return (LogisticProbe if name == PROBE else KerasMLPClassifier)(**{"seed": seed, **(params or {})})
+
+
+def trained_method(name: str, data: EmbeddingSet, seed: int, params: Mapping[str, Any] | None) -> MethodRun:
+    """Fit the probe or the MLP (``name``) on the train split (early stopping on val), score val
+    and test, time it. ``params``: extra constructor arguments."""
     train, val, test = data.subset("train"), data.subset("val"), data.subset("test")
     t0 = time.perf_counter()
-    est = make()
+    est = _make_head(name, seed, params)
     import_s = time.perf_counter() - t0
     with PeakRSS() as mem:
         t0 = time.perf_counter()
@@ -170,11 +182,11 @@ def trained_method(
         "peak_memory_mb": mem.increase_mb,
         "memory_kind": "process RSS increase while training (sampled)",
         "trainable_params": _count_params(est),
-        "device": device(),
+        "device": "cpu (scikit-learn)" if name == PROBE else keras_device(),
         "inference_ms_per_image": round(1000.0 * infer_s / max(len(test), 1), 4),
     }
     return MethodRun(
-        name=name, description=description,
+        name=name, description=TRAINED[name],
         origin=f"trained here: {len(train)} train rows, early stopping / thresholds on {len(val)} val rows",
         P_test=P_test, thresholds=thresholds, threshold_rule=rule, cost=cost,
     )
@@ -230,8 +242,7 @@ def zero_shot_method(
     thresholds, rule = _val_thresholds(val, res.ids, res.P, label_names, "",
                                        "0.5 only (some val images could not be scored)")
     meta = dict(res.meta)
-    cost = {k: meta.get(k) for k in ("train_seconds", "trainable_params", "total_params", "device",
-                                     "inference_ms_per_image")}
+    cost = {k: meta.get(k) for k in _COST_KEYS}
     cost.update(peak_memory_mb=mem.increase_mb, memory_kind="process RSS increase while loading and scoring (sampled)")
     return MethodRun(
         name=ZERO_SHOT, description=str(meta.get("method") or "zero-shot MedSigLIP"),
@@ -240,24 +251,3 @@ def zero_shot_method(
         notes=[str(meta["notes"])] if meta.get("notes") else [], notice=meta.get("notice") or None,
     )
 
-
-# Heavy libraries (scikit-learn, Keras) are imported inside make(), before the clock starts:
-# a method's train time is training, its import time is reported apart.
-def make_probe(seed: int, params: Mapping[str, Any] | None) -> Callable[[], Any]:
-    def make():
-        import sklearn.linear_model  # noqa: F401
-
-        from woundscore.classify.models import LogisticProbe
-
-        return LogisticProbe(**{"seed": seed, **(params or {})})
-
-    return make
-
-
-def make_mlp(seed: int, params: Mapping[str, Any] | None) -> Callable[[], Any]:
-    def make():
-        from woundscore.classify.models import KerasMLPClassifier
-
-        return KerasMLPClassifier(**{"seed": seed, **(params or {})})
-
-    return make

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from woundscore.compare.document import fmt_est
-from woundscore.compare.metrics import reliability_curve
-
-_DPI = 100
-
+from woundscore.compare.metrics import DEFAULT_N_BINS, reliability_curve
 
 def _figure(nrows: int, ncols: int, size: tuple[float, float]):
     import matplotlib
@@ -26,9 +23,8 @@ def _figure(nrows: int, ncols: int, size: tuple[float, float]):
     from matplotlib.figure import Figure
 
     # no layout engine: "constrained" doubles the drawing time; margins are set per figure
-    fig = Figure(figsize=size, dpi=_DPI)
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    return fig, axes
+    fig = Figure(figsize=size, dpi=100)
+    return fig, fig.subplots(nrows, ncols, squeeze=False).ravel()
 
 
 def _safe(text: object) -> str:
@@ -36,87 +32,77 @@ def _safe(text: object) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _grid(n: int) -> tuple[int, int]:
-    ncols = min(3, max(1, n))
-    return (n + ncols - 1) // ncols, ncols
-
-
-def plot_roc(
-    Y: np.ndarray,
-    probs: Mapping[str, np.ndarray],
-    label_names: Sequence[str],
-    per_label: Mapping[str, Mapping[str, Mapping]],
-    path: str | os.PathLike,
-    *,
-    notice: str | None = None,
+def _label_panels(
+    Y: np.ndarray, label_names: Sequence[str], draw: Callable[[Any, int, np.ndarray], None], title: str,
+    path: str | os.PathLike, notice: str | None,
 ) -> Path:
-    """One panel per label: every method's ROC curve on the observed test rows; legend has AUC and CI."""
-    from sklearn.metrics import roc_curve
-
-    rows, cols = _grid(len(label_names))
-    fig, axes = _figure(rows, cols, (4.2 * cols, 3.9 * rows))
+    """One panel per label, titled with its observed n and positives; ``draw(ax, j, y)`` fills it."""
+    ncols = min(3, max(1, len(label_names)))
+    rows = (len(label_names) + ncols - 1) // ncols
+    fig, axes = _figure(rows, ncols, (4.2 * ncols, 3.9 * rows))
     for ax, (j, label) in zip(axes, enumerate(label_names)):
         y = np.asarray(Y)[:, j]
-        m = y != -1
-        first = per_label[label][next(iter(probs))] if probs else {"n": int(m.sum()), "positives": 0}
-        ax.set_title(_safe(f"{label} (n={first['n']}, positives={first['positives']})"), fontsize=10)
-        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
-        estimable = len(np.unique(y[m])) == 2
-        for name, P in probs.items():
-            auc = per_label[label][name]["auc"]
-            if estimable:
-                fpr, tpr, _ = roc_curve(y[m], np.asarray(P)[m, j])
-                ax.plot(fpr, tpr, lw=1.4, label=_safe(f"{name}: AUC {fmt_est(auc, digits=2)}"))
-        if not estimable:
-            ax.text(0.5, 0.5, "not estimable:\none class in test", ha="center", va="center", fontsize=9)
-        else:
-            ax.legend(fontsize=7, loc="lower right")
-        ax.set_xlabel("1 - specificity (false positive rate)", fontsize=8)
-        ax.set_ylabel("sensitivity (true positive rate)", fontsize=8)
+        ax.set_title(_safe(f"{label} (n={int((y != -1).sum())}, positives={int((y == 1).sum())})"), fontsize=10)
+        draw(ax, j, y)
         ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
         ax.tick_params(labelsize=7)
     for ax in axes[len(label_names):]:
         ax.set_visible(False)
-    fig.suptitle("ROC curves on the test split (95% bootstrap CI in the legend)", fontsize=11)
+    fig.suptitle(title, fontsize=11)
     fig.subplots_adjust(left=0.07, right=0.98, bottom=0.09, top=0.88, wspace=0.28, hspace=0.42)
     return _save(fig, path, notice)
 
 
+def plot_roc(
+    Y: np.ndarray, probs: Mapping[str, np.ndarray], label_names: Sequence[str],
+    per_label: Mapping[str, Mapping[str, Mapping]], path: str | os.PathLike, *, notice: str | None = None,
+) -> Path:
+    """One panel per label: every method's ROC curve on the observed test rows; legend has AUC and CI.
+
+    Y: (n, L) test labels 1 / 0 / -1; probs: method -> (n, L); per_label: ``evaluate``'s per-label dicts.
+    """
+    from sklearn.metrics import roc_curve
+
+    def draw(ax, j: int, y: np.ndarray) -> None:
+        m = y != -1
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+        if len(np.unique(y[m])) < 2:
+            ax.text(0.5, 0.5, "not estimable:\none class in test", ha="center", va="center", fontsize=9)
+        else:
+            for name, P in probs.items():
+                fpr, tpr, _ = roc_curve(y[m], np.asarray(P)[m, j])
+                auc = per_label[label_names[j]][name]["auc"]
+                ax.plot(fpr, tpr, lw=1.4, label=_safe(f"{name}: AUC {fmt_est(auc, digits=2)}"))
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set_xlabel("1 - specificity (false positive rate)", fontsize=8)
+        ax.set_ylabel("sensitivity (true positive rate)", fontsize=8)
+        ax.set_ylim(0, 1.01)
+
+    return _label_panels(Y, label_names, draw, "ROC curves on the test split (95% bootstrap CI in the legend)",
+                         path, notice)
+
+
 def plot_reliability(
-    Y: np.ndarray,
-    probs: Mapping[str, np.ndarray],
-    label_names: Sequence[str],
-    per_label: Mapping[str, Mapping[str, Mapping]],
-    path: str | os.PathLike,
-    *,
-    n_bins: int = 10,
-    notice: str | None = None,
+    Y: np.ndarray, probs: Mapping[str, np.ndarray], label_names: Sequence[str],
+    per_label: Mapping[str, Mapping[str, Mapping]], path: str | os.PathLike, *, notice: str | None = None,
 ) -> Path:
     """One panel per label: fraction positive vs mean predicted probability per bin, every method."""
-    rows, cols = _grid(len(label_names))
-    fig, axes = _figure(rows, cols, (4.2 * cols, 3.9 * rows))
-    for ax, (j, label) in zip(axes, enumerate(label_names)):
-        y = np.asarray(Y)[:, j]
-        n = int((y != -1).sum())
-        ax.set_title(_safe(f"{label} (n={n}, positives={int((y == 1).sum())})"), fontsize=10)
+    n_bins = DEFAULT_N_BINS  # the bins of the report's ECE
+
+    def draw(ax, j: int, y: np.ndarray) -> None:
         ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--", label="perfect calibration")
-        if n:
+        if (y != -1).any():
             for name, P in probs.items():
-                mean_p, frac, count = reliability_curve(y, np.asarray(P)[:, j], n_bins)
-                ece = per_label[label][name]["ece"]
+                mean_p, frac, _ = reliability_curve(y, np.asarray(P)[:, j], n_bins)
+                ece = per_label[label_names[j]][name]["ece"]
                 ax.plot(mean_p, frac, marker="o", ms=3, lw=1.2, label=_safe(f"{name}: ECE {fmt_est(ece, digits=2)}"))
         ax.legend(fontsize=7, loc="upper left")
         ax.set_xlabel("mean predicted probability (bin)", fontsize=8)
         ax.set_ylabel("fraction positive (bin)", fontsize=8)
-        ax.set_xlim(0, 1)
         ax.set_ylim(-0.02, 1.02)
-        ax.tick_params(labelsize=7)
-    for ax in axes[len(label_names):]:
-        ax.set_visible(False)
-    fig.suptitle(f"Reliability diagrams on the test split ({n_bins} equal-width bins)", fontsize=11)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.09, top=0.88, wspace=0.28, hspace=0.42)
-    return _save(fig, path, notice)
+
+    return _label_panels(Y, label_names, draw, f"Reliability diagrams on the test split ({n_bins} equal-width bins)",
+                         path, notice)
 
 
 def plot_forest(
@@ -167,5 +153,3 @@ def _save(fig, path: str | os.PathLike, notice: str | None = None) -> Path:
     fig.savefig(path, format="png")
     return path
 
-
-__all__ = ["plot_forest", "plot_reliability", "plot_roc"]

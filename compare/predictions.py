@@ -45,11 +45,6 @@ class PredictionsError(WoundscoreError, ValueError):
     """A predictions file (or its sidecar) is unusable. The message names the file, row and field."""
 
 
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """The sidecar JSON of a predictions CSV: ``predictions.csv`` -> ``predictions.json``."""
-    return Path(path).with_suffix(".json")
-
-
 def _check_header(path: Path, header: list[str] | None) -> list[int]:
     """The column index of each of ``HEADER`` in the file's header row; PredictionsError if unusable."""
     if header is None:
@@ -156,16 +151,21 @@ def write_predictions(
         raise PredictionsError(
             f"{path}: image {ids[r]!r}: {LABEL_NAMES[c]}={float(P[r, c])!r} is not a probability in [0, 1]"
         )
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(HEADER)
+    # repr-precision floats: a read-back gives the identical array
+    w.writerows([i] + [repr(float(v)) for v in row] for i, row in zip(ids, P))
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, _csv_text(ids, P))
+    atomic_write_text(path, buf.getvalue())
     if meta is not None:
-        atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return path
 
 
 def read_predictions_meta(path: str | os.PathLike) -> dict[str, Any] | None:
     """The sidecar JSON of a predictions CSV as a dict, or None when there is none."""
-    side = sidecar_path(path)
+    side = Path(path).with_suffix(".json")
     if not side.is_file():
         return None
     try:
@@ -176,23 +176,3 @@ def read_predictions_meta(path: str | os.PathLike) -> dict[str, Any] | None:
         raise PredictionsError(f"{side}: sidecar must be a JSON object, got {type(meta).__name__}")
     return meta
 
-
-def _csv_text(ids: list[str], P: np.ndarray) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(HEADER)
-    for i, row in zip(ids, P):
-        # repr-precision floats: a read-back gives the identical array
-        w.writerow([i] + [repr(float(v)) for v in row])
-    return buf.getvalue()
-
-
-__all__ = [
-    "HEADER",
-    "META_KEYS",
-    "PredictionsError",
-    "read_predictions",
-    "read_predictions_meta",
-    "sidecar_path",
-    "write_predictions",
-]

@@ -32,8 +32,7 @@ from woundscore.compare import metrics as M
 from woundscore.compare import plots
 from woundscore.compare.document import build_document, notices, report_data
 from woundscore.compare.methods import (
-    FINETUNE, MLP, PROBE, ZERO_SHOT, MethodRun, ReportError, external_method, keras_device, make_mlp, make_probe,
-    trained_method, zero_shot_method,
+    FINETUNE, MLP, PROBE, ZERO_SHOT, MethodRun, ReportError, external_method, trained_method, zero_shot_method,
 )
 from woundscore.compare.render import render_html, render_markdown
 
@@ -104,15 +103,11 @@ def _trained_runs(
 ) -> dict[str, MethodRun]:
     n_train, n_val = len(data.subset("train")), len(data.subset("val"))
     runs = {}
-    if PROBE in methods:
-        say(f"training the logistic probe on {n_train} rows")
-        runs[PROBE] = trained_method(PROBE, make_probe(seed, probe_params), data,
-                                     "logistic regression per label on standardised embeddings (scikit-learn)",
-                                     lambda: "cpu (scikit-learn)")
-    if MLP in methods:
-        say(f"training the MLP on {n_train} rows (early stopping on {n_val} val rows)")
-        runs[MLP] = trained_method(MLP, make_mlp(seed, mlp_params), data,
-                                   "Keras MLP 512-256 on frozen embeddings, masked class-weighted BCE", keras_device)
+    for name, params, what in ((PROBE, probe_params, f"the logistic probe on {n_train} rows"),
+                               (MLP, mlp_params, f"the MLP on {n_train} rows (early stopping on {n_val} val rows)")):
+        if name in methods:
+            say(f"training {what}")
+            runs[name] = trained_method(name, data, seed, params)
     return runs
 
 
