@@ -1,22 +1,11 @@
 """Dataset readers: every source becomes a list of :class:`Sample` (image bytes + labels + split).
 
-Four layouts are recognised by :func:`open_source`:
-
-``hf_release``
-    The Hugging Face release ``xuxuxuxuxu/SurgWound``: ``{train,val,test}_question.json`` (and
-    ``*_report.json``), read streaming (:mod:`embed.release`).
-``labels_csv``
-    A folder with ``labels.csv`` and ``images/`` (:mod:`embed.tables`).
-``image_folder``
-    A plain folder of images (no labels: split ``""``, labels all -1, id = relative path).
-``image_file``
-    One image file.
-
-Label problems (unknown value, missing column, conflicting answers, duplicate ids with different
-labels, empty or unknown split) raise before :meth:`Source.samples` returns, so nothing is embedded
-from a source whose labels are wrong. Problems with one image (bad base64, a path escaping
-``images/``, a missing file, two different images under one name) are deferred to
-:meth:`Sample.read_bytes`, which raises :class:`ImageReadError`; a run records it and goes on.
+:func:`open_source` recognises four layouts: the Hugging Face release ``xuxuxuxuxu/SurgWound``
+(``hf_release``, read streaming by :mod:`embed.release`), a folder with ``labels.csv`` and
+``images/`` (``labels_csv``, :mod:`embed.tables`), a plain folder of images (``image_folder``: split
+``""``, labels all -1, id = relative path) and one image file (``image_file``). Label problems raise
+before :meth:`Source.samples` returns, so nothing is embedded from a source whose labels are wrong;
+a problem with one image is deferred to :meth:`Sample.read_bytes` (see :mod:`embed.samples`).
 """
 
 from __future__ import annotations
@@ -29,9 +18,8 @@ from typing import Iterator
 import numpy as np
 
 from woundscore.cache.schema import LABEL_NAMES, MISSING, SPLITS, encode_annotations, label_counts, pos_weight
-from woundscore.embed.release import RELEASE_KINDS, iter_json_array, read_release
-from woundscore.embed.samples import (NOTICE_FILE, ImageReadError, Sample, SourceError, SourceLabelError,
-                                      SourceLabelValueError, label_errors_are_source_errors)
+from woundscore.embed.release import RELEASE_KINDS, read_release
+from woundscore.embed.samples import NOTICE_FILE, Sample, SourceError, label_errors_are_source_errors
 from woundscore.embed.tables import read_annotation_sheet, read_labels_folder
 
 #: File suffixes treated as images in a plain folder (compared lower-case).
@@ -51,9 +39,7 @@ class Source:
         """All samples, labels validated (raises LabelError / SourceError before returning)."""
         if self._samples is None:
             read = {"hf_release": read_release, "labels_csv": read_labels_folder, "image_folder": read_image_folder,
-                    "image_file": lambda p: [_unlabelled(p.name, p, None)]}.get(self.kind)
-            if read is None:
-                raise SourceError(f"{self.path}: unknown source kind {self.kind!r}")
+                    "image_file": lambda p: [_unlabelled(p.name, p, None)]}[self.kind]
             self._samples = read(self.path)
         return self._samples
 
@@ -165,8 +151,3 @@ def format_stats(stats: dict[str, dict]) -> str:
             lines.append(f"  {name:<16}{c['pos']:>6}{c['neg']:>6}{c['missing']:>9}{pw:>12}")
     return "\n".join(lines)
 
-
-__all__ = ["EXPECTED_LAYOUTS", "IMAGE_SUFFIXES", "NOTICE_FILE", "ImageReadError", "Sample", "Source", "SourceError",
-           "SourceLabelError", "SourceLabelValueError", "format_stats", "iter_json_array", "open_source",
-           "read_annotation_sheet", "read_image_folder", "read_labels_folder", "read_release", "source_stats",
-           "split_stats"]

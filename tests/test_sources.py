@@ -12,15 +12,9 @@ import numpy as np
 import pytest
 
 from woundscore.cache.schema import LABEL_NAMES, LabelError, LabelValueError, encode_annotations
-from woundscore.embed.sources import (
-    ImageReadError,
-    Sample,
-    SourceError,
-    SourceLabelError,
-    iter_json_array,
-    open_source,
-    read_release,
-)
+from woundscore.embed.release import iter_json_array, read_release
+from woundscore.embed.samples import ImageReadError, Sample, SourceError, SourceLabelError
+from woundscore.embed.sources import open_source
 from woundscore.embed.synthetic import make_release_images, write_release
 
 B1 = base64.b64encode(b"\xff\xd8image-one").decode()

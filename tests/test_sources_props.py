@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from woundscore.cache.schema import encode_annotations
-from woundscore.embed.sources import iter_json_array, open_source
+from woundscore.embed.release import iter_json_array
+from woundscore.embed.sources import open_source
 from woundscore.embed.synthetic import EXUDATES, LOCATIONS, URGENCY_TEXT, ReleaseImage, write_release
 
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

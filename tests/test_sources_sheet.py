@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from woundscore.cache.schema import LABEL_NAMES
 from woundscore.embed.cli import cli
-from woundscore.embed.sources import read_annotation_sheet, source_stats
+from woundscore.embed.sources import source_stats
+from woundscore.embed.tables import read_annotation_sheet
 
 # From the README's table "Counts over all 686 images" (pos, neg, missing).
 EXPECTED = {
