@@ -78,9 +78,7 @@ def _classifier_from_vision_only(folder: Path) -> SiglipForImageClassification:
     """
     vision = SiglipVisionModel.from_pretrained(str(folder), attn_implementation="sdpa")
     cfg = SiglipConfig(vision_config=vision.config.to_dict(), **_LABELS)
-    notice = getattr(vision.config, "woundscore_notice", None)
-    if notice:
-        cfg.woundscore_notice = notice
+    cfg.woundscore_notice = getattr(vision.config, "woundscore_notice", None)  # random weights: the tiny model's
     with torch.device("meta"):  # no time spent initialising a vision tower that is replaced
         net = SiglipForImageClassification(cfg)
     net.vision_model = vision
@@ -251,32 +249,22 @@ def scan(model: Any, ds: PixelDataset, *, batch_size: int, workers: int, device:
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate_safe, shuffle=False)
     kept: list[int] = []
     errors: list[tuple[int, str]] = []
-    bar = tqdm(total=len(ds), desc=desc, disable=quiet, unit="img")
+    with tqdm(total=len(ds), desc=desc, disable=quiet, unit="img") as bar:
+        def batches():
+            for b in loader:  # compute_prefix counts the readable images on the bar
+                errors.extend(b["errors"])
+                bar.update(len(b["errors"]) + (0 if with_prefix else len(b["index"])))
+                if b["pixel_values"] is not None:
+                    kept.extend(b["index"])
+                    yield b["pixel_values"]
 
-    def batches():
-        for b in loader:
-            errors.extend(b["errors"])
-            bar.update(len(b["errors"]))
-            if b["pixel_values"] is None:
-                continue
-            kept.extend(b["index"])
-            if with_prefix:
-                yield b["pixel_values"]  # compute_prefix counts these on the bar
-            else:
-                bar.update(len(b["index"]))
-
-    states = None
-    try:
         if with_prefix:
             states = compute_prefix(model, batches(), n=len(ds), device=device, autocast_dtype=autocast_dtype,
                                     progress=bar)
         else:
+            states = None
             for _ in batches():
                 pass
-    finally:
-        bar.close()
-    if states is not None and len(kept) < len(ds):
-        states = states[: len(kept)].clone()  # free the rows reserved for failed images
     return kept, errors, states
 
 

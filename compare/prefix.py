@@ -40,17 +40,10 @@ class UnfreezeError(WoundscoreError, ValueError):
 class SelectiveUnfreezeClassifier(nn.Module):
     """A ``SiglipForImageClassification`` with only its top unfrozen, trainable from pixels or prefixes.
 
-    Args:
-        base: a ``SiglipForImageClassification`` (``AutoModelForImageClassification`` of a SigLIP
-            checkpoint); only it is registered as a submodule, so its ``state_dict`` keys are the
-            base model's keys prefixed with ``base.``.
-        unfreeze_last: N, the number of last encoder blocks to train (0..L).
-        pooling: "mean" (the base model's own forward) or "attention" (the vision head's
-            ``pooler_output``).
-
-    ``forward(pixel_values=(b, 3, H, W))`` or ``forward(prefix_states=(b, T, D))`` returns an
-    ``ImageClassifierOutput`` with ``logits`` (b, num_labels); ``labels`` are accepted (the
-    Trainer passes them to its ``compute_loss_func``) and ignored here.
+    ``base`` is the only submodule, so ``state_dict`` keys are its keys prefixed with ``base.``;
+    ``unfreeze_last``: N of the L blocks (0..L). ``forward(pixel_values=(b, 3, H, W))`` or
+    ``forward(prefix_states=(b, T, D))`` returns an ``ImageClassifierOutput`` with ``logits``
+    (b, num_labels); ``labels`` are accepted (the Trainer's ``compute_loss_func`` uses them), ignored.
     """
 
     def __init__(self, base: nn.Module, *, unfreeze_last: int = 4, pooling: str = "mean") -> None:
@@ -110,14 +103,12 @@ class SelectiveUnfreezeClassifier(nn.Module):
 
     def parameter_counts(self) -> tuple[int, int]:
         """(trainable, total) parameter counts of the whole checkpoint's classifier model."""
-        total = sum(p.numel() for p in self.base.parameters())
-        trainable = sum(p.numel() for p in self.base.parameters() if p.requires_grad)
-        return trainable, total
+        return (sum(p.numel() for p in self.base.parameters() if p.requires_grad),
+                sum(p.numel() for p in self.base.parameters()))
 
     def frozen_has_dropout(self) -> bool:
         """True when a frozen block would be random in train mode (then the prefix cache is wrong)."""
-        cfg = self.vision.config
-        return float(getattr(cfg, "attention_dropout", 0.0) or 0.0) > 0.0
+        return float(getattr(self.vision.config, "attention_dropout", 0.0) or 0.0) > 0.0
 
     @torch.no_grad()
     def prefix(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -153,16 +144,17 @@ class SelectiveUnfreezeClassifier(nn.Module):
 
 def compute_prefix(model: SelectiveUnfreezeClassifier, batches: Iterable[torch.Tensor], *, n: int,
                    device: torch.device | str = "cpu", autocast_dtype: torch.dtype | None = None,
-                   store_device: torch.device | str = "cpu", progress: Any = None) -> torch.Tensor:
-    """Run the frozen part once over ``n`` images given as pixel batches.
+                   store_device: torch.device | str = "cpu", progress: Any = None) -> torch.Tensor | None:
+    """Run the frozen part once over at most ``n`` images given as pixel batches.
 
     Args:
-        batches: iterable of (b, 3, H, W) float pixel tensors, in dataset order, ``n`` rows in all.
+        batches: iterable of (b, 3, H, W) float pixel tensors, in dataset order, ``m <= n`` rows in
+            all (the fine-tune's scan passes only the readable images of a split of ``n``).
         autocast_dtype: torch.bfloat16 / torch.float16 to run under autocast as the Trainer will
             (so the cached states equal what the plain path computes), None for no autocast.
         progress: a tqdm-like bar, updated per image.
 
-    Returns (n, T, D) states on ``store_device``.
+    Returns (m, T, D) states on ``store_device``; None when no batch came.
     """
     device = torch.device(device)
     was_training = model.training
@@ -184,6 +176,4 @@ def compute_prefix(model: SelectiveUnfreezeClassifier, batches: Iterable[torch.T
                 progress.update(b)
     finally:
         model.train(was_training)
-    if out is None or i != n:
-        raise ValueError(f"compute_prefix: expected {n} images, got {i}")
-    return out
+    return out if out is None or i == n else out[:i].clone()  # the clone frees the rows reserved for failed images

@@ -112,6 +112,34 @@ def test_unfreeze_selects_last_blocks_norm_head_and_classifier(base_model) -> No
     )
 
 
+def test_scan_skips_unreadable_images_with_the_prefix_cache(base_model, tiny_dir: Path) -> None:
+    """An unreadable image is recorded and left out of the prefix cache (the run goes on); a split
+    with no readable image gives no states (the fine-tune then says so)."""
+    import io
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from woundscore.compare.finetune_trainer import PixelDataset, scan
+    from woundscore.embed.preprocess import resolve_spec
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(buf, "JPEG")
+
+    def sample(i: int, data: bytes) -> SimpleNamespace:
+        return SimpleNamespace(image_id=f"i{i}", origin=f"i{i}", labels=[1, 0, -1, 0, 1, 0], read_bytes=lambda: data)
+
+    net, spec = _fresh(base_model, unfreeze_last=1), resolve_spec(tiny_dir)
+    kw = {"batch_size": 2, "workers": 0, "device": "cpu", "autocast_dtype": None, "with_prefix": True, "desc": "t",
+          "quiet": True}
+    good = [sample(0, buf.getvalue()), sample(1, b"junk"), sample(2, buf.getvalue())]
+    kept, errors, states = scan(net, PixelDataset(good, spec, safe=True), **kw)
+    assert kept == [0, 2] and [i for i, _ in errors] == [1] and states.shape[0] == 2
+    torch.testing.assert_close(states[1], states[0])  # same image, same prefix
+    kept, errors, states = scan(net, PixelDataset([sample(1, b"junk")], spec, safe=True), **kw)
+    assert kept == [] and len(errors) == 1 and states is None
+
+
 def test_a_vision_only_checkpoint_loads_as_the_same_classifier(tmp_path: Path) -> None:
     from transformers import SiglipVisionModel
 
