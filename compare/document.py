@@ -19,7 +19,6 @@ from woundscore.compare.methods import FINETUNE, MLP, MethodRun
 from woundscore.compare.metrics import one_class_reason
 
 METRICS_SCHEMA_VERSION = 1
-NOT_ESTIMABLE = "not estimable"
 Block = tuple
 
 #: The nearest public result (external; quoted, never recomputed here).
@@ -57,9 +56,7 @@ FIXED_CAVEATS = (
 QUESTION = ("On the same test images, how does the cheap MLP compare with the fine-tune "
             "(or the best alternative present), and how sure are we?")
 
-# ---------------------------------------------------------------------------------------------
-# Content as data
-# ---------------------------------------------------------------------------------------------
+# --- Content as data ---
 
 
 def notices(data: EmbeddingSet, runs: Mapping[str, MethodRun]) -> list[str]:
@@ -172,16 +169,14 @@ def report_data(
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# Formatting
-# ---------------------------------------------------------------------------------------------
+# --- Formatting ---
 
 
 def fmt_est(e: Mapping[str, Any], *, signed: bool = False, digits: int = 3) -> str:
     """'0.718 (0.620 to 0.810)'; 'not estimable (reason)' when value is None."""
     if e.get("value") is None:
         reason = str(e.get("reason") or "").replace("not estimable: ", "")
-        return f"{NOT_ESTIMABLE} ({reason})" if reason else NOT_ESTIMABLE
+        return f"not estimable ({reason})" if reason else "not estimable"
     f = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
     if e.get("low") is None:
         return f.format(e["value"]) + " (no interval)"
@@ -206,9 +201,7 @@ def _fmt_cost(v: Any, unit: str = "", digits: int = 1) -> str:
     return f"{v}{unit}"
 
 
-# ---------------------------------------------------------------------------------------------
-# Content as blocks, one function per section
-# ---------------------------------------------------------------------------------------------
+# --- Content as blocks, one function per section ---
 
 
 def _head(d: Mapping[str, Any]) -> list[Block]:

@@ -1,17 +1,11 @@
 """The comparison report: MLP vs logistic probe vs zero-shot vs fine-tune, on the same test images.
 
-:func:`run_comparison` trains the probe and the MLP on the cache's train split (the MLP early-stops
-on val), chooses thresholds on val, scores the test split, adds zero-shot MedSigLIP and any
-external predictions files (a fine-tune run elsewhere) (:mod:`~woundscore.compare.methods`),
-computes every metric with its 95% interval (:mod:`~woundscore.compare.metrics`), draws the
-figures (:mod:`~woundscore.compare.plots`), says it all as blocks
-(:mod:`~woundscore.compare.document`) and renders them (:mod:`~woundscore.compare.render`) into:
-
-- ``report.md``: the answer first, then the tables; every estimate carries its n and a 95% CI;
-- ``report.html``: the same document, self-contained (figures embedded as base64 PNG); every
-  string that comes from data (ids, labels, file and method names, notices) is HTML-escaped;
-- ``metrics.json``: everything above as data (``null`` + a reason where not estimable);
-- ``roc.png``, ``reliability.png``, ``forest.png``.
+:func:`run_comparison` gathers the methods (:mod:`~woundscore.compare.methods`), computes every
+metric with its 95% interval (:mod:`~woundscore.compare.metrics`), draws the figures
+(:mod:`~woundscore.compare.plots`), says it all as blocks (:mod:`~woundscore.compare.document`) and
+renders them (:mod:`~woundscore.compare.render`). The files it writes: README, `wound-compare run`.
+metrics.json is the content as data (``null`` + a reason where not estimable); report.html is
+self-contained, and every string in it that comes from data is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -98,16 +92,15 @@ def _external_runs(
 
 
 def _trained_runs(
-    data: EmbeddingSet, methods: Sequence[str], seed: int, probe_params: Any, mlp_params: Any,
-    say: Callable[[str], None],
+    data: EmbeddingSet, methods: Sequence[str], seed: int, mlp_params: Any, say: Callable[[str], None],
 ) -> dict[str, MethodRun]:
     n_train, n_val = len(data.subset("train")), len(data.subset("val"))
     runs = {}
-    for name, params, what in ((PROBE, probe_params, f"the logistic probe on {n_train} rows"),
-                               (MLP, mlp_params, f"the MLP on {n_train} rows (early stopping on {n_val} val rows)")):
+    for name, what in ((PROBE, f"the logistic probe on {n_train} rows"),
+                       (MLP, f"the MLP on {n_train} rows (early stopping on {n_val} val rows)")):
         if name in methods:
             say(f"training {what}")
-            runs[name] = trained_method(name, data, seed, params)
+            runs[name] = trained_method(name, data, seed, mlp_params if name == MLP else None)
     return runs
 
 
@@ -172,7 +165,6 @@ def run_comparison(
     n_boot: int = M.DEFAULT_N_BOOT,
     seed: int = 0,
     methods: Sequence[str] = (PROBE, MLP),
-    probe_params: Mapping[str, Any] | None = None,
     mlp_params: Mapping[str, Any] | None = None,
     quiet: bool = False,
 ) -> ComparisonResult:
@@ -188,7 +180,7 @@ def run_comparison(
         zero_shot: False skips zero-shot.
         n_boot, seed: bootstrap resamples and the seed of every random choice (training too).
         methods: which of ("probe", "mlp") to train here.
-        probe_params, mlp_params: extra constructor arguments of LogisticProbe / KerasMLPClassifier.
+        mlp_params: extra constructor arguments of KerasMLPClassifier.
 
     Raises:
         ReportError, compare.predictions.PredictionsError, cache errors. Predictions files are
@@ -202,7 +194,7 @@ def run_comparison(
     timing = {"load_seconds": round(time.perf_counter() - t_start, 3)}
 
     runs = _external_runs(data, finetune_dir, predictions, say)
-    runs.update(_trained_runs(data, methods, seed, probe_params, mlp_params, say))
+    runs.update(_trained_runs(data, methods, seed, mlp_params, say))
     zs_run, skipped = _zero_shot_run(data, zero_shot, source, model, quiet, say)
     runs.update(zs_run)
     # Order: the MLP first, then the fine-tune, the probe, zero-shot, other predictions.
@@ -236,5 +228,3 @@ def run_comparison(
     say(f"wrote {files['report.md']} and {files['report.html']} in {seconds:.1f} s")
     return ComparisonResult(out_dir=out, files=files, metrics=doc, seconds=seconds)
 
-
-__all__ = ["ComparisonResult", "MethodRun", "ReportError", "run_comparison"]
