@@ -3,14 +3,8 @@
 :func:`make_release` writes the six JSON files of the Hugging Face release in its real format
 (one JSON array per file; one multiple-choice record per annotated field with ``options``; the
 image base64 repeated in every record; an unsure field simply has no record; full urgency strings;
-one "Medical Report" record per image). The images are drawn so that labels leave visible traces:
-
-* a skin-tone background with an incision line: thin and pale when healed, thick and dark when not;
-* erythema: a red halo around the incision;
-* edema: a swollen, lighter ring around it;
-* exudate: a yellow (serous / purulent / seropurulent) or dark-red (sanguineous) patch on the line;
-* infection risk and urgency: the whole wound area darker and redder (they correlate with the rest);
-* closure method: suture crosses, staples, adhesive strips or nothing.
+one "Medical Report" record per image). The images are drawn so that labels leave visible traces
+(:func:`draw_wound`: incision, red halo, swollen ring, exudate patch, closure marks).
 
 Labels come from one latent severity per image, with SurgWound-like imbalance (erythema ~29 %,
 edema ~15 %, exudate ~15 %, infection risk ~17 %, urgency ~12 % positive) and unsure rates, but each
@@ -77,6 +71,8 @@ QUESTIONS: dict[str, str] = {
 }
 REPORT_QUESTION = "Write a medical report describing the surgical wound in this image."
 SPLIT_FRACTIONS = {"train": 0.70, "val": 0.10, "test": 0.20}  # SurgWound: 480 / 69 / 137
+MIN_PER_SPLIT = 2  # positives and negatives per label and split, so that every metric is estimable
+NOISE = 4.0  # per-pixel noise std of a drawing
 
 # Share of images with no record for a field (SurgWound's "Uncertain" rates).
 UNSURE_RATE = {"location": 0.24, "closure_method": 0.28, "exudate": 0.09, "erythema": 0.04, "edema": 0.19}
@@ -201,7 +197,7 @@ def _blend(img: np.ndarray, rgb: Sequence[float], weight: np.ndarray) -> None:
     img += w * np.asarray(rgb, dtype=np.float32)
 
 
-def draw_wound(t: _Truth, size: tuple[int, int], rng: np.random.Generator, *, noise: float = 4.0) -> np.ndarray:
+def draw_wound(t: _Truth, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """A (H, W, 3) uint8 picture of a wound whose look follows the labels in ``t``."""
     w, h = size
     s = float(min(w, h))
@@ -250,8 +246,7 @@ def draw_wound(t: _Truth, size: tuple[int, int], rng: np.random.Generator, *, no
             c = p0 + (j + 0.5) / n_marks * (p1 - p0)
             a, b = c - half_mark * s * normal, c + half_mark * s * normal
             _blend(img, colour, np.exp(-((_segment_distance(xx, yy, a, b) / max(width * s, 0.5)) ** 2)))
-    if noise:
-        img += rng.normal(0, noise, img.shape).astype(np.float32)
+    img += rng.normal(0, NOISE, img.shape).astype(np.float32)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
@@ -286,20 +281,6 @@ def _title(key: str, field_names: str, rng: np.random.Generator) -> str:
     return FIELD_TITLES[key]
 
 
-def release_records(img: ReleaseImage, b64: str, *, field_names: str = "new",
-                    rng: np.random.Generator | None = None) -> tuple[list[dict], list[dict]]:
-    """The question records and report records of one image, in the release's format."""
-    rng = rng if rng is not None else np.random.default_rng(0)
-    questions = [{"id": f"{img.name}_{FIELD_TITLES[key].lower().replace(' ', '_')}", "image_name": img.name,
-                  "field": _title(key, field_names, rng), "task_type": "multi_choice", "image": b64,
-                  "question": QUESTIONS[key], "options": OPTIONS[key], "answer": img.answers[key]}
-                 for key in FIELD_TITLES if key in img.answers]  # unsure: no record, as in the release
-    reports = [] if img.report is None else [
-        {"id": f"{img.name}_medical_report", "image_name": img.name, "field": "Medical Report",
-         "task_type": "report_generation", "image": b64, "question": REPORT_QUESTION, "answer": img.report}]
-    return questions, reports
-
-
 def write_release(out_dir: str | os.PathLike, images: Iterable[ReleaseImage], *, field_names: str = "new",
                   shuffle_seed: int | None = None, indent: int | None = None, seed: int = 0) -> Path:
     """Write ``images`` as the six release files ``{train,val,test}_{question,report}.json``.
@@ -320,9 +301,15 @@ def write_release(out_dir: str | os.PathLike, images: Iterable[ReleaseImage], *,
         if img.split not in SPLIT_FRACTIONS:
             raise ValueError(f"image {img.name!r}: split must be train, val or test, got {img.split!r}")
         b64 = base64.b64encode(img.image).decode("ascii")  # one string shared by all its records
-        q, r = release_records(img, b64, field_names=field_names, rng=rng)
-        files[f"{img.split}_question"].extend(q)
-        files[f"{img.split}_report"].extend(r)
+        files[f"{img.split}_question"].extend(
+            {"id": f"{img.name}_{FIELD_TITLES[key].lower().replace(' ', '_')}", "image_name": img.name,
+             "field": _title(key, field_names, rng), "task_type": "multi_choice", "image": b64,
+             "question": QUESTIONS[key], "options": OPTIONS[key], "answer": img.answers[key]}
+            for key in FIELD_TITLES if key in img.answers)  # unsure: no record, as in the release
+        if img.report is not None:
+            files[f"{img.split}_report"].append(
+                {"id": f"{img.name}_medical_report", "image_name": img.name, "field": "Medical Report",
+                 "task_type": "report_generation", "image": b64, "question": REPORT_QUESTION, "answer": img.report})
     shuffler = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
     for stem, records in files.items():
         if shuffler is not None:
@@ -343,8 +330,8 @@ def _write_array(path: Path, records: list[dict], indent: int | None) -> None:
     os.replace(tmp, path)
 
 
-def make_release_images(n_images: int = 100, *, seed: int = 0, image_size: tuple[int, int] = (128, 128),
-                        noise: float = 4.0, quality: int = 90, min_per_split: int = 2) -> list[ReleaseImage]:
+def make_release_images(n_images: int = 100, *, seed: int = 0,
+                        image_size: tuple[int, int] = (128, 128)) -> list[ReleaseImage]:
     """Draw ``n_images`` labelled wound pictures (see the module docstring), split 70/10/20."""
     rng = np.random.default_rng(seed)
     truths = _draw_truths(n_images, rng)
@@ -352,65 +339,57 @@ def make_release_images(n_images: int = 100, *, seed: int = 0, image_size: tuple
     splits = ["train"] * sizes["train"] + ["val"] * sizes["val"] + ["test"] * sizes["test"]
     order = rng.permutation(n_images)  # image numbers are shuffled across splits, as in SurgWound
     for split in SPLIT_FRACTIONS:
-        _enforce_minimum([truths[i] for i in range(n_images) if splits[i] == split], min_per_split, rng)
+        _enforce_minimum([truths[i] for i in range(n_images) if splits[i] == split], MIN_PER_SPLIT, rng)
     return [ReleaseImage(name=f"{int(order[i]) + 1}.jpg", split=splits[i], answers=t.answers(), report=_report(t),
-                         image=_jpeg(draw_wound(t, image_size, np.random.default_rng([seed, i]), noise=noise), quality))
+                         image=_jpeg(draw_wound(t, image_size, np.random.default_rng([seed, i]))))
             for i, t in enumerate(truths)]
 
 
 def make_release(out_dir: str | os.PathLike, n_images: int = 100, *, seed: int = 0,
                  image_size: tuple[int, int] = (128, 128), field_names: str = "new", shuffle_records: bool = False,
-                 indent: int | None = None, noise: float = 4.0, quality: int = 90, min_per_split: int = 2,
                  notice: str = GENERATED_NOTICE) -> Path:
     """Write a generated release (six JSON files, real format) to ``out_dir`` and return it.
 
     The folder also gets ``NOTICE_FILE`` holding ``notice``, which the readers expose as
     ``Source.notice`` and every artifact made from the release repeats.
 
-    Args:
-        n_images: images over all splits (>= 6), split about 70 / 10 / 20 %.
-        image_size: (width, height) of each JPEG.
-        field_names: "new", "old" or "mixed" field names (see :func:`write_release`).
-        shuffle_records: shuffle record order within each file.
-        noise: per-pixel noise std (raise it to make larger JPEGs).
-        min_per_split: at least this many positives and negatives per label and split.
+    ``n_images``: over all splits (>= 6), split about 70 / 10 / 20 %; ``image_size``: (width,
+    height) of each JPEG; ``field_names``: see :func:`write_release`; ``shuffle_records``: shuffle
+    the record order within each file.
     """
-    images = make_release_images(n_images, seed=seed, image_size=image_size, noise=noise, quality=quality,
-                                 min_per_split=min_per_split)
+    images = make_release_images(n_images, seed=seed, image_size=image_size)
     out = write_release(out_dir, images, field_names=field_names, shuffle_seed=seed if shuffle_records else None,
-                        indent=indent, seed=seed)
+                        seed=seed)
     (out / NOTICE_FILE).write_text(notice + "\n", encoding="utf-8")
     return out
 
 
-def make_large_release(out_dir: str | os.PathLike, target_mb: float = 450.0, *, seed: int = 0,
-                       image_size: tuple[int, int] = (768, 768)) -> Path:
+def make_large_release(out_dir: str | os.PathLike, target_mb: float = 450.0, *, seed: int = 0) -> Path:
     """A release of about ``target_mb`` MB (the real one is 452 MB) for memory tests and benchmarks.
 
-    Each wound is drawn at 128 px, enlarged to ``image_size`` and covered in pixel noise so that
-    its JPEG is large (~0.5 MB at 768 px); as in the real release each image's base64 is repeated in
+    Each wound is drawn at 128 px, enlarged to 768 px and covered in pixel noise so that its JPEG is
+    large (~0.5 MB); as in the real release each image's base64 is repeated in
     about nine records, so the files hold ~12x the unique image bytes.
     """
     images = make_release_images(6, seed=seed)
     rng = np.random.default_rng([seed, 2])
-    probe = _noisy_jpeg(images[0].image, image_size, rng)
+    probe = _noisy_jpeg(images[0].image, rng)
     per_image = len(probe) * 4 / 3 * 8.2  # base64 in ~7.6 question records + 1 report, less JPEG spread
     n = max(6, math.ceil(target_mb * 1e6 / per_image))
     images = make_release_images(n, seed=seed)
     for img in images:
-        img.image = _noisy_jpeg(img.image, image_size, rng)
+        img.image = _noisy_jpeg(img.image, rng)
     return write_release(out_dir, images, seed=seed)
 
 
-def _noisy_jpeg(jpeg: bytes, size: tuple[int, int], rng: np.random.Generator) -> bytes:
+def _noisy_jpeg(jpeg: bytes, rng: np.random.Generator) -> bytes:
     small = Image.open(io.BytesIO(jpeg)).convert("RGB")
-    big = np.asarray(small.resize(size, Image.BICUBIC), dtype=np.uint8)
+    big = np.asarray(small.resize((768, 768), Image.BICUBIC), dtype=np.uint8)
     noise = rng.integers(0, 48, big.shape, dtype=np.uint8)
     return _jpeg(np.clip(big.astype(np.int16) + noise - 24, 0, 255).astype(np.uint8), quality=92)
 
 
-def make_labels_csv_folder(out_dir: str | os.PathLike, n_images: int = 24, *, seed: int = 0,
-                           image_size: tuple[int, int] = (96, 96)) -> Path:
+def make_labels_csv_folder(out_dir: str | os.PathLike, n_images: int = 24, *, seed: int = 0) -> Path:
     """Write a ``labels.csv`` + ``images/`` folder (the seed's format) and return it.
 
     Unsure values are written as ``Uncertain`` or left empty; urgency as the full string.
@@ -423,7 +402,7 @@ def make_labels_csv_folder(out_dir: str | os.PathLike, n_images: int = 24, *, se
     keys = ["healing_status", "erythema", "edema", "infection_risk", "urgency", "exudate",
             "location", "closure_method"]
     rows = []
-    for img in make_release_images(n_images, seed=seed, image_size=image_size):
+    for img in make_release_images(n_images, seed=seed, image_size=(96, 96)):
         (out / "images" / img.name).write_bytes(img.image)
         rows.append([img.name, img.split] + [img.answers.get(k, "Uncertain" if rng.random() < 0.5 else "") for k in keys])
     with open(out / "labels.csv", "w", encoding="utf-8", newline="") as f:
