@@ -46,12 +46,11 @@ from woundscore.embed.sources import open_source
 #: The seed's Trainer arguments (the defaults of :func:`finetune` and of the CLI).
 SEED_ARGS: dict[str, Any] = {"epochs": 5, "batch_size": 4, "grad_accum": 16, "lr": 5e-5, "weight_decay": 0.01,
                              "warmup_steps": 10, "lr_scheduler_type": "cosine"}
-_AMP = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
 class _Settings:
-    """The validated arguments of one run; device "cpu" or "cuda[:i]", dtype a name in ``_AMP``."""
+    """The validated arguments of one run; device "cpu" or "cuda[:i]", dtype float32/bfloat16/float16."""
 
     unfreeze_last: int
     pooling: str
@@ -71,7 +70,7 @@ class _Settings:
 
     @property
     def amp(self) -> torch.dtype | None:
-        return _AMP[self.dtype]
+        return None if self.dtype == "float32" else getattr(torch, self.dtype)
 
     @property
     def eval_batch(self) -> int:

@@ -22,7 +22,7 @@ from transformers import (AutoModelForImageClassification, SiglipConfig, SiglipF
 
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.schema import LABEL_NAMES, MISSING
-from woundscore.classify.metrics import macro_auc, roc_auc
+from woundscore.classify.metrics import evaluate
 from woundscore.compare.prefix import compute_prefix
 from woundscore.embed.encoder import resolve_checkpoint
 from woundscore.embed.preprocess import preprocess_bytes
@@ -153,19 +153,16 @@ class MaskedBCELossFunc:
 
 
 def masked_auc(Y: np.ndarray, P: np.ndarray) -> dict[str, Any]:
-    """Per-label ROC AUC (``classify.metrics``) over observed (!= -1) entries of Y (n, 6) and
+    """``classify.metrics.evaluate``'s ROC AUCs over observed (!= -1) entries of Y (n, 6) and
     scores P (n, 6); a label with one class is not estimable (auc None).
 
     Returns:
         {"per_label": {name: {"auc", "n", "positives"}}, "macro_auc": float | None, "n_estimable": int}
     """
-    Y, P = np.asarray(Y), np.asarray(P, dtype=np.float64)
-    per: dict[str, dict[str, Any]] = {}
-    for j, name in enumerate(LABEL_NAMES):
-        m = Y[:, j] != MISSING
-        per[name] = {"auc": roc_auc(Y[m, j], P[m, j]), "n": int(m.sum()), "positives": int((Y[m, j] == 1).sum())}
-    return {"per_label": per, "macro_auc": macro_auc(Y, P),
-            "n_estimable": sum(d["auc"] is not None for d in per.values())}
+    res = evaluate(Y, P)
+    per = {name: {k: d[k] for k in ("auc", "n", "positives")} for name, d in res["labels"].items()}
+    n_estimable = sum(d["auc"] is not None for d in per.values())
+    return {"per_label": per, "macro_auc": res["macro_auc"], "n_estimable": n_estimable}
 
 
 def compute_metrics(eval_pred: Any) -> dict[str, float]:

@@ -240,19 +240,13 @@ def zero_shot_source(source: str | os.PathLike, model: "str | os.PathLike | Zero
     load_s = time.perf_counter() - t_load
     kept_ids, P, skipped, score_s = _score(zs, chosen, batch_size, quiet)
     meta = {
-        "method": "zero-shot MedSigLIP (positive vs negative prompt per label)",
-        "train_seconds": 0.0,
-        "trainable_params": 0,
-        "total_params": int(sum(p.numel() for p in zs.model.parameters())),
-        "device": zs.device,
-        "inference_ms_per_image": round(1000.0 * score_s / max(len(kept_ids), 1), 3),
-        "model_load_seconds": round(load_s, 3),
-        "model": zs.model_id,
-        "revision": zs.revision,
+        "method": "zero-shot MedSigLIP (positive vs negative prompt per label)", "train_seconds": 0.0,
+        "trainable_params": 0, "total_params": int(sum(p.numel() for p in zs.model.parameters())),
+        "device": zs.device, "inference_ms_per_image": round(1000.0 * score_s / max(len(kept_ids), 1), 3),
+        "model_load_seconds": round(load_s, 3), "model": zs.model_id, "revision": zs.revision,
         "prompts": {k: list(v) for k, v in PROMPTS.items()},
         "scoring": "sigmoid(exp(logit_scale) * (cos_pos - cos_neg)) = softmax over [pos, neg] logits",
-        "skipped_images": skipped,
-        "notes": "no training; prompts in compare/zeroshot.py PROMPTS",
+        "skipped_images": skipped, "notes": "no training; prompts in compare/zeroshot.py PROMPTS",
     }
     notice = "; ".join(dict.fromkeys(n for n in (getattr(src, "notice", None), zs.notice) if n)) or None
     if notice:
