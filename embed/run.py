@@ -1,22 +1,19 @@
 """`wound-embed run`: embed every image of a source once and append the rows to the cache.
 
-Pipeline: DataLoader workers read the bytes, hash them (sha256, the resume key), skip images the
-cache already holds, and decode + preprocess the rest, while the main process runs the encoder on
-the previous batch. Each batch is appended to the cache as one durable unit (``CacheWriter``), so
-a ``kill -9`` at any moment loses at most the batch in flight, and a rerun skips what was written.
+DataLoader workers read the bytes, hash them (sha256, the resume key), skip images the cache
+already holds and decode + preprocess the rest, while the main process runs the encoder on the
+previous batch. Each batch is one durable append (``CacheWriter``): a ``kill -9`` at any moment
+loses at most the batch in flight, and a rerun skips what was written.
 
-Batches are fixed chunks of the source listing (chunk k = samples [k*B, (k+1)*B)), independent of
-what is already cached. A rerun after a kill therefore recomputes exactly the chunks that were
-not written, with the same composition, so its vectors are bit-identical to an uninterrupted run
-(a matmul's last bits can depend on the batch it runs in).
+Batches are fixed chunks of the source listing (chunk k = samples [k*B, (k+1)*B)), whatever is
+already cached, so a rerun after a kill recomputes exactly the missing chunks with the same
+composition: its vectors are bit-identical to an uninterrupted run (a matmul's last bits can depend
+on the batch it runs in). Under torchrun / accelerate launch, rank r embeds the chunks k with
+k % WORLD_SIZE == r into ``part_path(out, r, world)``; rows carry their position in the source
+(``order``), so ``wound-cache merge`` of the parts equals a single-process run row for row.
 
-Sharding: under an existing launcher (``torchrun``, ``accelerate launch``: RANK / WORLD_SIZE set)
-rank r embeds chunks k with k % WORLD_SIZE == r into its own part cache ``<stem>.rank<r>-of-<w><suffix>``
-(e.g. ``emb.rank0-of-2.h5``); ``wound-cache merge`` joins the parts. Rows carry their position in
-the source (``order``), so the merged cache equals a single-process run row for row.
-
-Test hook: the environment variable ``WOUNDSCORE_TEST_BATCH_DELAY_S`` (seconds, float) sleeps after
-each written batch, so crash tests can kill a run in the middle. Never set it otherwise.
+Test hook: ``WOUNDSCORE_TEST_BATCH_DELAY_S`` (seconds, float) sleeps after each written batch, so
+crash tests can kill a run in the middle. Never set it otherwise.
 """
 
 from __future__ import annotations
@@ -324,20 +321,11 @@ def run_embedding(source: str | Path, out: str | Path, *, model: str | Path = DE
                   shard: tuple[int, int] | None = None) -> EmbedSummary:
     """Embed every image of ``source`` into the cache ``out`` (resumable, sharded, crash-safe).
 
-    Args:
-        source: a SurgWound release folder, a labels.csv folder, an image folder or one image.
-        out: the cache (.h5); under torchrun each rank writes ``part_path(out, rank, world)``.
-        model, revision, device, dtype, fast_decode: see :func:`embed.encoder.load_encoder`.
-        batch_size: images per forward pass and per durable write (default per device).
-        workers: DataLoader decode workers (0: decode in the main process).
-        strict: stop after the batch holding the first failed image.
-        overwrite: rebuild the cache instead of resuming.
-        encoder: an already loaded ImageEncoder (then model/revision/device/dtype are ignored).
-        shard: (rank, world); default from RANK / WORLD_SIZE.
-    Returns:
-        EmbedSummary (``exit_code``: 0 all embedded, 3 some failed, 130 interrupted).
-    Raises:
-        SourceError / LabelError (before anything is embedded), EncoderLoadError, CacheError.
+    The options are `wound-embed run`'s (model, revision, device, dtype, fast_decode: see
+    :func:`embed.encoder.load_encoder`). ``encoder``: an already loaded ImageEncoder (then those five
+    are ignored); ``shard``: (rank, world), default from RANK / WORLD_SIZE.
+    Returns an EmbedSummary (``exit_code``: 0 all embedded, 3 some failed, 130 interrupted).
+    Raises SourceError / LabelError (before anything is embedded), EncoderLoadError, CacheError.
     """
     t0 = time.perf_counter()
     rank, world = shard if shard is not None else shard_from_env()
@@ -346,8 +334,6 @@ def run_embedding(source: str | Path, out: str | Path, *, model: str | Path = DE
     samples = src.samples()
     enc = encoder or load_encoder(model, revision, device=device, dtype=dtype, fast_decode=fast_decode)
     bs = int(batch_size or default_batch_size(enc.device))
-    if bs < 1:
-        raise EmbedRunError(f"batch size must be >= 1, got {bs}")
     chunks, target = chunk_indices(len(samples), bs, rank, world), part_path(out, rank, world)
     summary = EmbedSummary(source=str(source), out=str(target), total=sum(map(len, chunks)),
                            rank=rank, world=world, compute_dtype=str(enc.dtype).replace("torch.", ""),
@@ -363,6 +349,3 @@ def run_embedding(source: str | Path, out: str | Path, *, model: str | Path = DE
                  rank, world, " ".join(str(part_path(out, r, world)) for r in range(world)), out)
     return summary
 
-
-__all__ = ["EXIT_INTERRUPTED", "EXIT_OK", "EXIT_SOME_FAILED", "EmbedRunError", "EmbedSummary", "TEST_DELAY_ENV",
-           "chunk_indices", "default_workers", "part_path", "run_embedding", "shard_from_env"]
