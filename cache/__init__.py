@@ -14,10 +14,3 @@ from woundscore.cache.read import (
 )
 from woundscore.cache.writer import CacheWriter, consolidate_cache, lock_path, writer_active
 from woundscore.cache.merge import merge_caches
-
-__all__ = [
-    "LABEL_NAMES", "MISSING", "SCHEMA", "LabelSchema", "CacheError", "CacheLockedError", "CacheMismatchError",
-    "CacheValueError", "CacheWriteError", "EmbeddingSet", "IDENTITY_KEYS", "LAYOUT_VERSION", "identity_differences",
-    "parts_dir", "cache_info", "format_info", "read_cache", "read_failures", "read_provenance", "read_runs",
-    "verify_cache", "CacheWriter", "consolidate_cache", "lock_path", "writer_active", "merge_caches",
-]

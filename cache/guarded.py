@@ -101,19 +101,10 @@ class GuardedFile(io.RawIOBase):
         self.size = size
         return size
 
-    def flush(self) -> None:
-        pass  # unbuffered; durability comes from the fsync in write_main
-
     def close(self) -> None:
         if not self.closed:
             super().close()
             self.fh.close()
-
-
-def _vlen(values: list[str]) -> np.ndarray:
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
 
 
 def _fill(f: h5py.File, rows: Rows, attrs: Mapping[str, Any], failures: list[dict], runs: list[dict]) -> None:
@@ -140,9 +131,9 @@ def _fill(f: h5py.File, rows: Rows, attrs: Mapping[str, Any], failures: list[dic
     for name, values in rows.extras.items():
         put_strs(extras, name, values)
     fg = f.create_group("failures")
-    fg.create_dataset("image_id", data=_vlen([x["image_id"] for x in failures]), dtype=_STR)
-    fg.create_dataset("reason", data=_vlen([x["reason"] for x in failures]), dtype=_STR)
-    f.create_dataset("runs", data=_vlen([json.dumps(r, sort_keys=True) for r in runs]), dtype=_STR)
+    for key in ("image_id", "reason"):
+        fg.create_dataset(key, data=[x[key] for x in failures], dtype=_STR)
+    f.create_dataset("runs", data=[json.dumps(r, sort_keys=True) for r in runs], dtype=_STR)
 
 
 def write_main(path: Path, rows: Rows, attrs: Mapping[str, Any], failures: list[dict], runs: list[dict]) -> None:

@@ -1,14 +1,9 @@
 """The cache's HDF5 layout (``LAYOUT_VERSION`` 1): rows in memory, strings, provenance attributes.
 
-The README's "The cache file" lists every dataset and attribute and shows how to read a cache
-with plain h5py (a test runs that example). Beyond it: the per-row string columns are
-fixed-length UTF-8 (NUL padded; they read far faster than variable-length strings), ``failures``
-and ``runs`` variable-length, both decoded by ``Dataset.asstr()``. Rows of a consolidated file
-are sorted by ``order`` (ties keep append order); ``order_kind`` is ``"source"`` when every
-row's ``order`` came from the caller, else ``"append"``; ``parts_merged_upto`` is explained in
-``cache.writer``; ``provenance_extra`` holds any other provenance keys as JSON. A cache of an
-interrupted run also has batches in ``<cache>.parts/``: read it with ``read_cache`` (or run
-``consolidate_cache``) before using plain h5py.
+Datasets and attributes: see README, section "The cache file". Beyond it: per-row strings are
+fixed-length UTF-8 (they read far faster than variable-length ones); rows are sorted by ``order``
+(ties keep append order); ``order_kind`` is ``"source"`` when every row's ``order`` came from the
+caller, else ``"append"``; ``parts_merged_upto`` is explained in ``cache.writer``.
 """
 
 from __future__ import annotations
@@ -39,7 +34,11 @@ PROVENANCE_ATTRS: dict[str, type | str] = {
 }
 #: File attributes every cache has (checked by ``verify_cache``).
 REQUIRED_ATTRS: tuple[str, ...] = ("layout_version", *PROVENANCE_ATTRS, "order_kind", "parts_merged_upto")
-ROW_DATASETS: tuple[str, ...] = ("embeddings", "image_id", "sha256", "split", "labels", "order")
+#: Row datasets: name -> (dtype, None for strings; ndim).
+ROW_DATASETS: dict[str, tuple[Any, int]] = {
+    "embeddings": (np.float32, 2), "image_id": (None, 1), "sha256": (None, 1), "split": (None, 1),
+    "labels": (np.int8, 2), "order": (np.int64, 1),
+}
 #: Splits a row may have: the dataset's, or "" for a row without one.
 ROW_SPLITS: tuple[str, ...] = (*SPLITS, "")
 

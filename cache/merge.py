@@ -9,10 +9,9 @@ from typing import Sequence
 
 import numpy as np
 
-from woundscore.cache.guarded import reason
 from woundscore.cache.layout import concat, identity_differences, now, sorted_unique, this_process
 from woundscore.cache.read import Loaded, clean_failures, load
-from woundscore.cache.types import CacheError, CacheLockedError, CacheMismatchError, CacheValueError, CacheWriteError
+from woundscore.cache.types import CacheError, CacheLockedError, CacheMismatchError, CacheValueError
 from woundscore.cache.writer import WriterLock, describe_holder, write_new_cache, writer_active
 
 
@@ -70,10 +69,6 @@ def merge_caches(
                  **this_process(), "shards": [str(p) for p in paths], "rows_added": int(rows.n)})
     prov = {**loaded[0].provenance, "created": min(str(ld.provenance.get("created") or t) for ld in loaded),
             "updated": t}
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CacheWriteError(out, reason(exc)) from exc
     lock = WriterLock(out)
     lock.acquire()
     try:

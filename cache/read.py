@@ -20,8 +20,8 @@ import numpy as np
 
 from woundscore.cache.guarded import reason
 from woundscore.cache.layout import (
-    LAYOUT_VERSION, REQUIRED_ATTRS, ROW_SPLITS, Rows, check_layout, concat, provenance_from_attrs, read_strs,
-    sorted_unique,
+    LAYOUT_VERSION, REQUIRED_ATTRS, ROW_DATASETS, ROW_SPLITS, Rows, check_layout, concat, provenance_from_attrs,
+    read_strs, sorted_unique,
 )
 from woundscore.cache.parts import Part, list_parts, read_part
 from woundscore.cache.schema import LABEL_NAMES, LabelSchema, label_counts
@@ -256,10 +256,6 @@ def format_info(info: Mapping[str, Any], *, max_failures: int = 20) -> str:
 
 # --------------------------------------------------------------------------- verify
 
-_DATASETS = {"embeddings": (np.float32, 2), "image_id": (None, 1), "sha256": (None, 1), "split": (None, 1),
-             "labels": (np.int8, 2), "order": (np.int64, 1)}  # name: (dtype, None = strings; ndim)
-
-
 def verify_cache(path: str | os.PathLike) -> list[str]:
     """Check a cache; returns a list of problems (empty when it is sound).
 
@@ -291,7 +287,7 @@ def _file_problems(f: h5py.File) -> list[str]:
     if "layout_version" in f.attrs and int(f.attrs["layout_version"]) != LAYOUT_VERSION:
         problems.append(f"layout_version is {int(f.attrs['layout_version'])}, expected {LAYOUT_VERSION}")
     counts = {}
-    for name, (dtype, ndim) in _DATASETS.items():
+    for name, (dtype, ndim) in ROW_DATASETS.items():
         if name not in f or not isinstance(f[name], h5py.Dataset):
             problems.append(f"dataset {name!r} is missing")
             continue

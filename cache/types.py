@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from woundscore.cache.errors import WoundscoreError
-from woundscore.cache.schema import LABEL_NAMES, LabelSchema, SCHEMA
+from woundscore.cache.schema import LabelSchema, SCHEMA
 
 
 class CacheError(WoundscoreError):
@@ -88,20 +88,10 @@ class EmbeddingSet:
 
     def select(self, mask: np.ndarray) -> "EmbeddingSet":
         """Rows where ``mask`` (bool (n,) or integer indices) holds."""
-        return replace(
-            self,
-            ids=self.ids[mask],
-            X=self.X[mask],
-            Y=self.Y[mask],
-            split=self.split[mask],
-            sha256=self.sha256[mask],
-            extras={k: v[mask] for k, v in self.extras.items()},
-        )
+        return replace(self, ids=self.ids[mask], X=self.X[mask], Y=self.Y[mask], split=self.split[mask],
+                       sha256=self.sha256[mask], extras={k: v[mask] for k, v in self.extras.items()})
 
     def subset(self, split: str) -> "EmbeddingSet":
         """The rows of one split ("train", "val" or "test")."""
         return self.select(self.split == split)
 
-
-__all__ = ["CacheError", "CacheLockedError", "CacheMismatchError", "CacheValueError", "CacheWriteError",
-           "EmbeddingSet", "LABEL_NAMES"]

@@ -26,7 +26,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import h5py
 import numpy as np
 
 from woundscore.cache.guarded import reason, write_main
@@ -75,6 +74,11 @@ class WriterLock:
         self.stale: dict = {}
 
     def acquire(self) -> None:
+        """Take the lock, creating the cache's folder if needed."""
+        try:
+            self.cache.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CacheWriteError(self.cache, reason(exc)) from exc
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -127,22 +131,18 @@ def writer_active(path: str | os.PathLike) -> dict | None:
 
 
 def write_new_cache(path: Path, prov: Mapping[str, Any], rows: Rows, *, order_kind: str,
-                    failures: list[dict] = (), runs: list[dict] = ()) -> None:
-    """Replace ``path`` (lock held) by a fresh cache of ``rows``.
+                    failures: list[dict] = (), runs: list[dict] = (), upto: int | None = None) -> None:
+    """Replace ``path`` (lock held) by a cache of ``rows``, then remove the part files it holds.
 
-    Part files of a cache that was there stay invisible (``parts_merged_upto``) and are removed.
+    ``upto`` is the last part ``rows`` include; by default every part there is superseded (a new
+    cache), so its ``parts_merged_upto`` hides them from readers even before they are removed.
     """
-    old_seq = max([s for s, _ in list_parts(path)], default=0)
-    if path.exists():
-        try:
-            with h5py.File(path, "r") as f:
-                old_seq = max(old_seq, int(f.attrs.get("parts_merged_upto", 0)))
-        except OSError:
-            pass
+    if upto is None:
+        upto = max([s for s, _ in list_parts(path)], default=0)
     attrs = {**provenance_attrs(prov), "layout_version": LAYOUT_VERSION, "order_kind": order_kind,
-             "parts_merged_upto": old_seq}
+             "parts_merged_upto": upto}
     write_main(path, rows, attrs, list(failures), list(runs))
-    remove_parts(path, old_seq)
+    remove_parts(path, upto)
 
 
 class CacheWriter:
@@ -178,10 +178,6 @@ class CacheWriter:
         self._prov = complete_provenance(provenance)
         self.dim = int(self._prov["embedding_dim"])
         self._closed = True
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise CacheWriteError(self.path, reason(exc)) from exc
         self._lock = WriterLock(self.path)
         self._lock.acquire()
         try:
@@ -225,7 +221,6 @@ class CacheWriter:
         for msg in loaded.bad_parts:  # only after a power cut without fsync
             warnings.warn(f"ignoring damaged batch file: {msg}; its rows will be embedded again")
         rows = loaded.rows
-        self._base_attrs = dict(loaded.attrs)
         self._known = set(rows.sha256.tolist())
         self._id_sha = dict(zip(rows.image_id.tolist(), rows.sha256.tolist()))
         self._next_order = int(rows.order.max()) + 1 if rows.n else 0
@@ -241,9 +236,6 @@ class CacheWriter:
     def known_hashes(self) -> set[str]:
         """sha256 hex digests already in the cache (including completed batches of a killed run)."""
         return set(self._known)
-
-    def __len__(self) -> int:
-        return len(self._known)
 
     def append(self, ids: Sequence[str], sha256: Sequence[str], split: Sequence[str], labels: np.ndarray,
                extras: Mapping[str, Sequence[str]], embeddings: np.ndarray,
@@ -324,12 +316,12 @@ class CacheWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-            return
-        try:  # an error is propagating: consolidate if possible, but never hide the original error
+        try:
             self.close()
         except Exception as close_exc:  # e.g. the disk is still full
+            if exc_type is None:
+                raise
+            # an error is propagating: never hide it behind this one
             warnings.warn(f"{self.path}: batches kept in {parts_dir(self.path)}: {close_exc}")
 
     # -- internals
@@ -391,15 +383,11 @@ class CacheWriter:
 
     def _consolidate(self, run: dict | None) -> None:
         loaded = load(self.path, with_x=True)
-        failures = clean_failures(loaded.failures + self._pending_failures, loaded.rows)
-        runs = [r for r in loaded.runs if r.get("run_id") != (run or {}).get("run_id")]
-        if run is not None:
-            runs.append(dict(run))
-        attrs = {**self._base_attrs, "updated": now(), "parts_merged_upto": loaded.last_seq,
-                 "order_kind": self._order_kind if loaded.rows.n else "source", "layout_version": LAYOUT_VERSION}
-        write_main(self.path, loaded.rows, attrs, failures, runs)
+        runs = [r for r in loaded.runs if r.get("run_id") != (run or {}).get("run_id")] + ([dict(run)] if run else [])
+        write_new_cache(self.path, {**loaded.provenance, "updated": now()}, loaded.rows,
+                        order_kind=self._order_kind if loaded.rows.n else "source", runs=runs, upto=loaded.last_seq,
+                        failures=clean_failures(loaded.failures + self._pending_failures, loaded.rows))
         self._pending_failures = []
-        remove_parts(self.path, loaded.last_seq)
         self._dirty = False
 
 
