@@ -19,6 +19,7 @@ import numpy as np
 
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.types import EmbeddingSet
+from woundscore.classify.thresholds import choose_thresholds
 from woundscore.compare.predictions import META_KEYS, read_predictions, read_predictions_meta
 
 PROBE, MLP, ZERO_SHOT, FINETUNE = "probe", "mlp", "zero-shot", "finetune"
@@ -69,16 +70,13 @@ class PeakRSS:
     different quantity.) ``increase_mb`` is None where /proc is unavailable.
     """
 
-    def __init__(self, interval: float = 0.005) -> None:
-        self.interval, self.base, self.peak = interval, None, 0
-        self._stop = threading.Event()
-
     def _sample(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.wait(0.005):
             self.peak = max(self.peak, _rss() or 0)
 
     def __enter__(self) -> "PeakRSS":
         self.base = self.peak = _rss()
+        self._stop = threading.Event()
         if self.base is not None:
             self._thread = threading.Thread(target=self._sample, daemon=True)
             self._thread.start()
@@ -114,39 +112,26 @@ def keras_device() -> str:
     return f"{device} ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else device
 
 
-def normalise_thresholds(raw: Mapping[str, Any], label_names: Sequence[str]) -> tuple[dict[str, dict[str, float]], str]:
-    """``classify.thresholds.choose_thresholds`` output -> (label -> {rule: threshold}, rule summary).
-
-    Keeps, per label, the threshold that ``predict`` applies (``applied`` / ``value``), named by
-    its rule (e.g. ``youden``, ``sensitivity>=0.90``; ``0.5`` when validation had one class).
-    """
-    out: dict[str, dict[str, float]] = {}
-    rules: dict[str, list[str]] = {}
-    for label in label_names:
-        entry = raw.get("labels", {}).get(label)
-        if not isinstance(entry, Mapping) or entry.get("value") is None:
-            continue
-        rule = str(entry.get("applied") or "val-chosen")
-        out[label] = {rule: float(entry["value"])}
-        rules.setdefault(rule, []).append(label)
-    summary = "; ".join(f"{r} for {', '.join(labs)}" for r, labs in rules.items()) or "0.5 only"
-    return out, summary
-
-
 def _val_thresholds(
     val: EmbeddingSet, ids: Sequence[str], P: np.ndarray, label_names: Sequence[str], where: str, otherwise: str,
 ) -> tuple[dict[str, dict[str, float]], str]:
-    """Thresholds chosen on the val rows of ``P`` (rows named by ``ids``), or none and ``otherwise``
-    when some val image has no score."""
-    from woundscore.classify.thresholds import choose_thresholds
+    """Thresholds chosen on the val rows of ``P`` (n, 6), whose rows ``ids`` names, as (label ->
+    {rule: threshold}, summary of the rules); ({}, ``otherwise``) when some val image has no score.
 
+    Per label, the threshold that ``predict`` applies, named by its rule (e.g. ``youden``,
+    ``sensitivity>=0.90``; ``0.5`` when validation had one class).
+    """
     index = {str(i): k for k, i in enumerate(ids)}
     val_ids = [str(i) for i in val.ids]
     if not val_ids or not all(i in index for i in val_ids):
         return {}, otherwise
-    raw = choose_thresholds(val.Y, P[[index[i] for i in val_ids]], label_names=label_names)
-    thresholds, rule = normalise_thresholds(raw, label_names)
-    return thresholds, f"chosen on {len(val_ids)} val rows{where}: {rule}"
+    chosen = choose_thresholds(val.Y, P[[index[i] for i in val_ids]], label_names=label_names)["labels"]
+    rules: dict[str, list[str]] = {}
+    for label in label_names:
+        rules.setdefault(chosen[label]["applied"], []).append(label)
+    summary = "; ".join(f"{r} for {', '.join(labs)}" for r, labs in rules.items())
+    thresholds = {lab: {chosen[lab]["applied"]: chosen[lab]["value"]} for lab in label_names}
+    return thresholds, f"chosen on {len(val_ids)} val rows{where}: {summary}"
 
 
 def _make_head(name: str, seed: int, params: Mapping[str, Any] | None) -> Any:
@@ -192,10 +177,9 @@ def trained_method(name: str, data: EmbeddingSet, seed: int, params: Mapping[str
     )
 
 
-def external_method(
-    name: str, path: Path, test: EmbeddingSet, val: EmbeddingSet, label_names: Sequence[str], description: str
-) -> MethodRun:
+def external_method(name: str, path: Path, data: EmbeddingSet, description: str) -> MethodRun:
     """A predictions CSV (+ optional sidecar) matched to the cache's test (and val) rows by image id."""
+    test, val = data.subset("test"), data.subset("val")
     ids, P = read_predictions(path)
     index = {str(i): k for k, i in enumerate(ids)}
     test_ids = [str(i) for i in test.ids]
@@ -208,7 +192,7 @@ def external_method(
         )
     meta = read_predictions_meta(path) or {}
     thresholds, rule = _val_thresholds(
-        val, ids, P, label_names, " of the file",
+        val, ids, P, data.label_names, " of the file",
         "0.5 only (the file has no predictions for the val split, so no val-chosen threshold)")
     notes = [str(meta["notes"])] if meta.get("notes") else []
     if not meta:
@@ -223,13 +207,11 @@ def external_method(
     )
 
 
-def zero_shot_method(
-    source: str | os.PathLike, model: str | os.PathLike, test: EmbeddingSet, val: EmbeddingSet,
-    label_names: Sequence[str], quiet: bool,
-) -> MethodRun:
+def zero_shot_method(source: str | os.PathLike, model: str | os.PathLike, data: EmbeddingSet, quiet: bool) -> MethodRun:
     """Zero-shot MedSigLIP on the images of the cache's val and test rows (read from ``source``)."""
     from woundscore.compare.zeroshot import zero_shot_source  # loads torch/transformers
 
+    test, val = data.subset("test"), data.subset("val")
     with PeakRSS() as mem:
         res = zero_shot_source(source, model, ids=[str(i) for i in (*val.ids, *test.ids)], quiet=quiet)
     index = {str(i): k for k, i in enumerate(res.ids)}
@@ -239,7 +221,7 @@ def zero_shot_method(
             f"{len(missing)} test image(s) could not be scored zero-shot, e.g. {missing[0]!r}: "
             + "; ".join(f"{s['image_id']}: {s['reason']}" for s in res.skipped[:3])
         )
-    thresholds, rule = _val_thresholds(val, res.ids, res.P, label_names, "",
+    thresholds, rule = _val_thresholds(val, res.ids, res.P, data.label_names, "",
                                        "0.5 only (some val images could not be scored)")
     meta = dict(res.meta)
     cost = {k: meta.get(k) for k in _COST_KEYS}

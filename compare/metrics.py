@@ -74,18 +74,13 @@ def not_estimable(n: int, reason: str, ci: str = "bootstrap") -> Estimate:
 # --- Resampling ---
 
 
-def _row_bincount(draws: np.ndarray, k: int) -> np.ndarray:
-    """(B, m) indices in [0, k) -> (B, k) int64 counts, one bincount per row."""
-    B = draws.shape[0]
-    flat = draws + (np.arange(B, dtype=np.int64)[:, None] * k)
-    return np.bincount(flat.ravel(), minlength=B * k).reshape(B, k)
-
-
 def bootstrap_counts(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """Plain bootstrap over n items: (n_boot, n) int64 counts, each row summing to n."""
     if n == 0:
         return np.zeros((n_boot, 0), np.int64)
-    return _row_bincount(rng.integers(0, n, size=(n_boot, n)), n)
+    # one bincount for all rows: row b's draws are shifted into [b*n, (b+1)*n)
+    flat = rng.integers(0, n, size=(n_boot, n)) + np.arange(n_boot, dtype=np.int64)[:, None] * n
+    return np.bincount(flat.ravel(), minlength=n_boot * n).reshape(n_boot, n)
 
 
 def stratified_bootstrap_counts(y: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -97,8 +92,7 @@ def stratified_bootstrap_counts(y: np.ndarray, n_boot: int, rng: np.random.Gener
     y = np.asarray(y)
     W = np.zeros((n_boot, len(y)), np.int64)
     for group in (np.flatnonzero(y == 1), np.flatnonzero(y == 0)):
-        if len(group):
-            W[:, group] = _row_bincount(rng.integers(0, len(group), size=(n_boot, len(group))), len(group))
+        W[:, group] = bootstrap_counts(len(group), n_boot, rng)
     return W
 
 

@@ -87,7 +87,7 @@ def _external_runs(
     runs = {}
     for name, path, desc in external:
         say(f"reading predictions of {name} from {path}")
-        runs[name] = external_method(name, path, data.subset("test"), data.subset("val"), data.label_names, desc)
+        runs[name] = external_method(name, path, data, desc)
     return runs
 
 
@@ -115,8 +115,7 @@ def _zero_shot_run(
                                "text tower)"}
     say(f"zero-shot scoring with {model}")
     try:
-        test, val = data.subset("test"), data.subset("val")
-        return {ZERO_SHOT: zero_shot_method(source, model, test, val, data.label_names, quiet)}, {}
+        return {ZERO_SHOT: zero_shot_method(source, model, data, quiet)}, {}
     except Exception as e:  # noqa: BLE001 - any failure skips zero-shot, with the reason shown
         say(f"zero-shot skipped: {type(e).__name__}: {e}")
         return {}, {ZERO_SHOT: f"{type(e).__name__}: {e}"}
