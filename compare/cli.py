@@ -137,12 +137,10 @@ def finetune_command(source: str, out: str, no_prefix_cache: bool, **settings: A
 
     res = finetune(source, out, prefix_cache=not no_prefix_cache, **settings)  # the options are its arguments
     macro = res.test_metrics["macro_auc"]
-    click.echo(
-        f"{res.predictions_path}: {len(res.ids)} test images (+ {len(res.val_ids)} val rows for thresholds), "
-        f"test macro AUC {'not estimable' if macro is None else f'{macro:.3f}'} (point estimate); "
-        f"trained {res.meta['trainable_params']:,} of {res.meta['total_params']:,} parameters "
-        f"in {res.meta['train_seconds']:.1f} s on {res.meta['device']}"
-    )
+    click.echo(f"{res.predictions_path}: {len(res.ids)} test images (+ {len(res.val_ids)} val rows for thresholds), "
+               f"test macro AUC {'not estimable' if macro is None else f'{macro:.3f}'} (point estimate); "
+               f"trained {res.meta['trainable_params']:,} of {res.meta['total_params']:,} parameters "
+               f"in {res.meta['train_seconds']:.1f} s on {res.meta['device']}")
 
 
 @cli.command("zero-shot")

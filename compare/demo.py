@@ -413,8 +413,6 @@ def _write_examples(release: Path, folder: Path, n: int) -> list[Path]:
     """The first ``n`` test images of the release as JPEG files (what `predict` takes)."""
     test = sorted((smp for smp in open_source(release).samples() if smp.split == "test"),
                   key=lambda smp: smp.image_id)
-    if not test:
-        raise DemoError(f"{release}: no test image to score")
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for smp in test[: max(1, n)]:

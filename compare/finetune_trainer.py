@@ -171,12 +171,10 @@ def compute_metrics(eval_pred: Any) -> dict[str, float]:
     A label with one class in val is left out of the macro; when none is estimable the macro is
     0.5 (chance), so that the best-checkpoint comparison never sees NaN.
     """
-    logits, labels = eval_pred.predictions, eval_pred.label_ids
-    if isinstance(logits, (tuple, list)):
-        logits = logits[0]
-    Y = np.asarray(labels).round().astype(np.int64)
+    # One array: the model's output has no loss, so the Trainer unwraps the 1-tuple of logits.
+    Y = np.asarray(eval_pred.label_ids).round().astype(np.int64)
     Y[Y == IGNORE_INDEX] = MISSING
-    res = masked_auc(Y, np.asarray(logits))
+    res = masked_auc(Y, np.asarray(eval_pred.predictions))
     out = {"macro_auc": res["macro_auc"] if res["macro_auc"] is not None else 0.5,
            "n_estimable_labels": float(res["n_estimable"])}
     out.update({f"auc_{name}": d["auc"] for name, d in res["per_label"].items() if d["auc"] is not None})

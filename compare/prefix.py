@@ -86,12 +86,8 @@ class SelectiveUnfreezeClassifier(nn.Module):
 
     def trainable_modules(self) -> list[nn.Module]:
         """The modules whose parameters train: last N blocks, post_layernorm, head (attention), classifier."""
-        mods: list[nn.Module] = list(self.vision.encoder.layers[self.split :])
-        mods.append(self.vision.post_layernorm)
-        if self.pooling == "attention":
-            mods.append(self.vision.head)
-        mods.append(self.classifier)
-        return mods
+        head = [self.vision.head] if self.pooling == "attention" else []
+        return [*self.vision.encoder.layers[self.split :], self.vision.post_layernorm, *head, self.classifier]
 
     def freeze(self) -> None:
         """Freeze everything, then unfreeze :meth:`trainable_modules`."""
