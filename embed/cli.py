@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any, Callable, TypeVar
+from typing import Callable, TypeVar
 
 import click
 
@@ -20,12 +20,10 @@ from woundscore.embed.runtime import DEFAULT_MODEL
 F = TypeVar("F", bound=Callable)
 
 
-EMBED_DTYPE_HELP = "auto: bfloat16 on GPUs and CPUs with native bf16, float16 on older GPUs (T4), else float32."
-
-
 def encoder_options(*, model_help: str = "Hub id (gated: accept the terms, then `hf auth login`) or a local "
                                       "checkpoint folder.",
-                    dtype_help: str | None = EMBED_DTYPE_HELP) -> Callable[[F], F]:
+                    dtype_help: str | None = "auto: bfloat16 on GPUs and CPUs with native bf16, float16 on "
+                                             "older GPUs (T4), else float32.") -> Callable[[F], F]:
     """The --model/--revision/--device[/--dtype] options of every command that loads MedSigLIP
     (``dtype_help=None``: no --dtype; a command whose "auto" means something else says so there)."""
     opts = [click.option("--model", default=DEFAULT_MODEL, show_default=True, help=model_help),

@@ -25,7 +25,6 @@ Decisions (each tested in tests/test_preprocess.py):
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -101,11 +100,6 @@ class PreprocessSpec:
 
     def with_decode(self, fast: bool) -> "PreprocessSpec":
         return PreprocessSpec(**{**self.__dict__, "decode": "draft" if fast else "exact"})
-
-    @property
-    def digest(self) -> str:
-        """Short stable hash of the spec (for file names and quick comparisons)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}

@@ -59,13 +59,8 @@ def resolve_device(device: str = "auto") -> str:
     return "cpu" if device == "auto" else device
 
 
-def resolve_dtype(
-    dtype: str,
-    device: str,
-    *,
-    cuda_capability: tuple[int, int] | None = None,
-    cpu_bf16: bool | None = None,
-) -> "torch.dtype":
+def resolve_dtype(dtype: str, device: str, *, cuda_capability: tuple[int, int] | None = None,
+                  cpu_bf16: bool | None = None) -> "torch.dtype":
     """--dtype -> torch dtype. auto: bfloat16 on GPUs with it (compute capability >= 8) and on
     CPUs with native bf16 matmul; float16 on older GPUs (T4: 7.5); float32 otherwise."""
     import torch

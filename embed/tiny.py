@@ -55,31 +55,19 @@ def medsiglip_config(*, with_text: bool = True) -> Any:
                         vision_config=vision)
 
 
-def build_tiny_siglip(
-    out_dir: str | Path,
-    *,
-    seed: int = 0,
-    image_size: int = 64,
-    patch_size: int = 16,
-    hidden_size: int = 32,
-    layers: int = 2,
-    heads: int = 2,
-    with_text: bool = True,
-) -> Path:
+def build_tiny_siglip(out_dir: str | Path, *, seed: int = 0, image_size: int = 64, patch_size: int = 16,
+                      hidden_size: int = 32, layers: int = 2, heads: int = 2, with_text: bool = True) -> Path:
     """Write a tiny random SigLIP checkpoint folder; deterministic for a seed (same bytes).
 
     The text tower (``with_text``) has the real 32,000-piece vocabulary so the zero-shot path can
     tokenize real prompts; its max_position_embeddings is 64 like SigLIP's.
     Returns the folder.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     with quiet_transformers():  # config-validation chatter about SigLIP's CLIP-era token ids; save bars
-        return _build(out, seed=seed, image_size=image_size, patch_size=patch_size, hidden_size=hidden_size,
-                      layers=layers, heads=heads, with_text=with_text)
+        return _build(Path(out_dir), seed, image_size, patch_size, hidden_size, layers, heads, with_text)
 
 
-def _build(out: Path, *, seed: int, image_size: int, patch_size: int, hidden_size: int, layers: int, heads: int,
+def _build(out: Path, seed: int, image_size: int, patch_size: int, hidden_size: int, layers: int, heads: int,
            with_text: bool) -> Path:
     import torch
     from transformers import (SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor,
@@ -99,7 +87,7 @@ def _build(out: Path, *, seed: int, image_size: int, patch_size: int, hidden_siz
         config = SiglipVisionConfig(**vision)
         config.woundscore_notice = NOTICE
         model = SiglipVisionModel(config)
-    model.eval().save_pretrained(out, safe_serialization=True)
+    model.eval().save_pretrained(out, safe_serialization=True)  # creates the folder
     image_processor = SiglipImageProcessor(
         size={"height": image_size, "width": image_size}, image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
         resample=2,  # bilinear, as the notebook's pipeline
@@ -120,5 +108,3 @@ def _build(out: Path, *, seed: int, image_size: int, patch_size: int, hidden_siz
     )
     return out
 
-
-__all__ = ["NOTICE", "build_tiny_siglip", "medsiglip_448_vision_config", "medsiglip_config"]
