@@ -8,7 +8,7 @@ import base64
 import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import jinja2
 
@@ -46,24 +46,13 @@ def render_markdown(blocks: Sequence[tuple]) -> str:
     return "\n\n".join(_md_block(blk) for blk in blocks) + "\n"
 
 
-def _html_block(blk: tuple, base_dir: Path) -> dict[str, Any]:
-    """A block as the template's fields (plain values: the template escapes them)."""
-    kind = blk[0]
-    if kind in ("h1", "h2", "banner", "p"):
-        return {"kind": kind, "text": str(blk[1])}
-    if kind == "list":
-        return {"kind": kind, "entries": [str(x) for x in blk[1]]}
-    if kind == "table":
-        return {"kind": kind, "header": [str(h) for h in blk[1]], "rows": [[str(c) for c in r] for r in blk[2]]}
-    if kind == "image":  # inlined, so the page is one file that fetches nothing
-        data = base64.b64encode((base_dir / blk[1]).read_bytes()).decode("ascii")
-        return {"kind": kind, "caption": str(blk[2]), "png_base64": data}
-    raise ValueError(f"unknown block {kind!r}")
-
-
 def render_html(blocks: Sequence[tuple], *, base_dir: str | os.PathLike) -> str:
-    """Blocks -> one self-contained HTML page (figures inlined as base64 PNG, no scripts)."""
+    """Blocks -> one self-contained HTML page (figures inlined as base64 PNG, no scripts).
+
+    The template escapes every value; an image block's file (in ``base_dir``) is inlined, so the
+    page is one file that fetches nothing.
+    """
     title = next((str(blk[1]) for blk in blocks if blk[0] == "h1"), "woundscore report")
-    page = _ENV.get_template("report.html.j2").render(
-        title=title, blocks=[_html_block(blk, Path(base_dir)) for blk in blocks])
-    return page + "\n"
+    blocks = [("image", base64.b64encode((Path(base_dir) / blk[1]).read_bytes()).decode("ascii"), blk[2])
+              if blk[0] == "image" else blk for blk in blocks]
+    return _ENV.get_template("report.html.j2").render(title=title, blocks=blocks) + "\n"
