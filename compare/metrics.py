@@ -301,35 +301,23 @@ def _method_metrics(
     return res, b_auc
 
 
-def label_metrics(
-    y: np.ndarray,
-    probs: Mapping[str, np.ndarray],
-    *,
-    thresholds: Mapping[str, Mapping[str, float]] | None = None,
-    n_boot: int = DEFAULT_N_BOOT,
-    rng: np.random.Generator | int = 0,
-    n_bins: int = DEFAULT_N_BINS,
+def _label_metrics(
+    y: np.ndarray, probs: Mapping[str, np.ndarray], thresholds: Mapping[str, Mapping[str, float]], n_boot: int,
+    rng: np.random.Generator, n_bins: int,
 ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
-    """All metrics of one label for several methods, on the same stratified resamples.
-
-    Args:
-        y: (n,) labels 1 / 0 / -1. probs: method -> (n,) probabilities.
-        thresholds: method -> {operating point name: threshold}; 0.5 is always added as "0.5".
-    Returns:
-        (per-method metric dicts, per-method (n_boot,) bootstrap AUCs; empty when not estimable).
-        A metric dict holds n, positives, negatives, auc, ap, brier, ece (Estimate dicts) and
-        operating_points: name -> {threshold, sensitivity, specificity}.
-    """
+    """One label, every method on the same stratified resamples: y (n,) 1 / 0 / -1, probs: method
+    -> (n,), thresholds: method -> {operating point name: threshold} ("0.5" is always added).
+    Returns (method -> metrics, method -> (n_boot,) bootstrap AUCs, absent when not estimable)."""
     y = np.asarray(y)
     mask = y != -1
     yo = y[mask].astype(np.int64)
     reason = one_class_reason(len(yo), int(np.sum(yo == 1)))
-    W = stratified_bootstrap_counts(yo, n_boot, np.random.default_rng(rng)) if len(yo) else None
+    W = stratified_bootstrap_counts(yo, n_boot, rng) if len(yo) else None
     out: dict[str, dict] = {}
     boot_auc: dict[str, np.ndarray] = {}
-    for name, p_all in probs.items():  # shapes checked by evaluate
-        points = {"0.5": 0.5, **{k: float(v) for k, v in ((thresholds or {}).get(name) or {}).items()}}
-        out[name], b_auc = _method_metrics(yo, np.asarray(p_all, dtype=np.float64)[mask], W, reason, points, n_bins)
+    for name, p in probs.items():
+        points = {"0.5": 0.5, **{k: float(v) for k, v in thresholds[name].items()}}
+        out[name], b_auc = _method_metrics(yo, p[mask], W, reason, points, n_bins)
         if b_auc is not None:
             boot_auc[name] = b_auc
     return out, boot_auc
@@ -435,7 +423,8 @@ def evaluate(
     Returns:
         {"per_label": {label: {method: metrics}}, "macro_auc": {method: Estimate dict + labels},
          "comparisons": [{"a", "b", "per_label": {label: delta}, "macro": delta}],
-         "bootstrap": settings}
+         "bootstrap": settings}. Metrics: n, positives, negatives; auc, ap, brier, ece (Estimate
+        dicts); operating_points: name -> {threshold, sensitivity, specificity}.
     """
     Y = np.asarray(Y)
     _check_inputs(Y, probs, len(label_names), comparisons)
@@ -443,14 +432,10 @@ def evaluate(
     per_label: dict[str, dict] = {}
     boot: dict[str, dict[str, np.ndarray]] = {}
     for j, label in enumerate(label_names):
-        per_label[label], boot[label] = label_metrics(
-            Y[:, j],
-            {m: np.asarray(P)[:, j] for m, P in probs.items()},
-            thresholds={m: (thresholds.get(m) or {}).get(label) or {} for m in probs},
-            n_boot=n_boot,
-            rng=np.random.default_rng([seed, j]),
-            n_bins=n_bins,
-        )
+        per_label[label], boot[label] = _label_metrics(
+            Y[:, j], {m: np.asarray(P, dtype=np.float64)[:, j] for m, P in probs.items()},
+            {m: (thresholds.get(m) or {}).get(label) or {} for m in probs}, n_boot, np.random.default_rng([seed, j]),
+            n_bins)
     macro, macro_boot = _macro(Y, probs, label_names, n_boot, seed)
     comps = [_comparison(a, b, per_label, boot, macro, macro_boot, Y.shape[0]) for a, b in comparisons]
     settings = {"n_resamples": int(n_boot), "seed": int(seed), **BOOTSTRAP_NOTES, "ece_bins": int(n_bins)}
