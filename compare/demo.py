@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from woundscore.cache.errors import WoundscoreError
 from woundscore.cache import cache_info, format_info
+from woundscore.cache.errors import WoundscoreError
+from woundscore.cache.schema import SPLITS
 from woundscore.cache.util import atomic_write_text
 from woundscore.classify.metrics import format_table
 from woundscore.classify.scorer import WoundScorer
@@ -47,7 +48,7 @@ MANIFEST_VERSION = 1
 #: Files a usable tiny checkpoint folder has (the encoder, zero-shot and fine-tune read them).
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "spiece.model",
                     "tokenizer_config.json")
-RELEASE_FILES = tuple(f"{s}_{k}.json" for s in ("train", "val", "test") for k in ("question", "report"))
+RELEASE_FILES = tuple(f"{s}_{k}.json" for s in SPLITS for k in ("question", "report"))
 
 
 class DemoError(WoundscoreError):
@@ -414,9 +415,7 @@ def _write_examples(release: Path, folder: Path, n: int) -> list[Path]:
     test = sorted((smp for smp in open_source(release).samples() if smp.split == "test"),
                   key=lambda smp: smp.image_id)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for smp in test[: max(1, n)]:
-        p = folder / Path(smp.image_id).name
+    paths = [folder / Path(smp.image_id).name for smp in test[: max(1, n)]]
+    for p, smp in zip(paths, test):
         p.write_bytes(smp.read_bytes())
-        paths.append(p)
     return paths

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Subset
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback
 
-from woundscore.cache.schema import LABEL_NAMES, SCHEMA, training_pos_weight
+from woundscore.cache.schema import LABEL_NAMES, SCHEMA, SPLITS, training_pos_weight
 from woundscore.cache.util import package_versions
 from woundscore.compare.finetune_trainer import (  # noqa: F401  (NonFiniteLossError: public here too)
     FineTuneError, MaskedBCELossFunc, NonFiniteLossError, PixelDataset, PrefixDataset, TrainableOnlyTrainer,
@@ -120,10 +120,7 @@ def _build_model(model: str | os.PathLike, revision: str | None, st: _Settings,
 
 
 def _split_samples(samples: Sequence[Any], source: Any) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {"train": [], "val": [], "test": []}
-    for s in samples:
-        if s.split in out:
-            out[s.split].append(s)
+    out = {name: [s for s in samples if s.split == name] for name in SPLITS}
     for name, items in out.items():
         if not items:
             why = {"train": "nothing to train on", "val": "the best epoch is chosen by validation macro AUC",
@@ -241,7 +238,7 @@ def _settings_table(st: _Settings, data: _Data, device_name: str) -> dict[str, A
             "warmup_steps")
     return {**{k: getattr(st, k) for k in keys}, "lr_scheduler": SEED_ARGS["lr_scheduler_type"], "dtype": st.dtype,
             "device": device_name, "prefix_cache": st.prefix_cache,
-            **{f"n_{s}": len(data.samples[s]) for s in ("train", "val", "test")}, "seed": st.seed}
+            **{f"n_{s}": len(data.samples[s]) for s in SPLITS}, "seed": st.seed}
 
 
 def _sidecar(*, st: _Settings, data: _Data, net: SelectiveUnfreezeClassifier, trainer: Any, train_seconds: float,
