@@ -1,8 +1,4 @@
-"""`wound-cache`: The self-describing HDF5 embedding cache: inspect, verify, merge.
-
-Each command is a thin adapter over one library function; library errors (WoundscoreError) become
-`click.ClickException` (exit 1) in one place, usage errors exit 2.
-"""
+"""`wound-cache`: inspect, verify and merge caches; each command is a thin adapter over one library function."""
 
 from __future__ import annotations
 
@@ -78,19 +74,14 @@ def verify_command(cache: str) -> None:
         raise click.ClickException(f"{len(problems)} problem(s) in {cache}")
     info = cache_info(cache)
     splits = ", ".join(f"{s or 'unlabelled'} {d['rows']}" for s, d in info["splits"].items())
-    click.echo(
-        f"OK: {info['rows']} rows, dim {info['embedding_dim']}"
-        + (f" ({splits})" if splits else "")
-        + f", {info['failures']['count']} failure(s) recorded"
-    )
+    click.echo(f"OK: {info['rows']} rows, dim {info['embedding_dim']}" + (f" ({splits})" if splits else "")
+               + f", {info['failures']['count']} failure(s) recorded")
 
 
 @cli.command("merge")
 @click.argument("parts", nargs=-1, required=True, type=_CACHE, metavar="PART...")
-@click.option(
-    "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=str),
-    help="The merged cache to write.",
-)
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=str),
+              help="The merged cache to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 def merge_command(parts: tuple[str, ...], out: str, overwrite: bool) -> None:
     """Join per-rank shards PART... into one cache OUT.
@@ -109,7 +100,5 @@ def merge_command(parts: tuple[str, ...], out: str, overwrite: bool) -> None:
     OUT exists (use --overwrite) or cannot be written; 2 usage error.
     """
     summary = merge_caches(list(parts), out, overwrite=overwrite)
-    click.echo(
-        f"Merged {summary['shards']} shard(s): {summary['rows']} rows"
-        f" ({summary['duplicates']} duplicate(s) skipped) -> {out}"
-    )
+    click.echo(f"Merged {summary['shards']} shard(s): {summary['rows']} rows"
+               f" ({summary['duplicates']} duplicate(s) skipped) -> {out}")

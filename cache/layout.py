@@ -118,10 +118,7 @@ def sorted_unique(rows: Rows, *, first_new: int = 0) -> Rows:
 
 
 def encode_strs(values: np.ndarray) -> tuple[np.ndarray, Any]:
-    """Unicode array -> fixed-length utf-8 bytes + the h5py dtype that labels them utf-8.
-
-    Fixed-length strings read ~50x faster than variable-length ones with h5py.
-    """
+    """Unicode array -> fixed-length utf-8 bytes (read ~50x faster than variable-length) + their h5py dtype."""
     values = np.asarray(values, dtype=str)
     try:
         raw = values.astype("S")  # vectorised; ASCII only (ids, hashes, splits nearly always are)

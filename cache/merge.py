@@ -34,15 +34,12 @@ def _load_shards(paths: list[Path], out: Path) -> list[Loaded]:
 def merge_caches(
     parts: Sequence[str | os.PathLike], out: str | os.PathLike, *, overwrite: bool = False
 ) -> dict[str, int]:
-    """Join per-rank shards into one cache ``out``.
+    """Join per-rank shards into one cache ``out`` (written atomically); see ``wound-cache merge --help``.
 
-    All shards must have equal identity keys (encoder, revision, dim, preprocessing, label
-    schema), else CacheMismatchError. Row order is deterministic: if every shard's rows carry
-    source positions (``order_kind == "source"``, i.e. the embed run passed ``order``), rows are
-    sorted by ``order`` (ties: shard order, then row order), so a sharded run merged equals a
-    single-process run row for row; otherwise shards are concatenated in the order given.
-    Duplicate sha256 keep their first row. Failures are joined (minus images some shard
-    embedded); run histories are joined, plus one "merged" record. ``out`` is written atomically.
+    Shards with different identity keys raise CacheMismatchError. If every shard's rows carry
+    source positions (``order_kind == "source"``), rows are sorted by ``order`` (ties: shard order,
+    then row order), so a sharded run merged equals a single-process run; otherwise shards are
+    concatenated. Failures and run histories are joined, plus one "merged" run record.
 
     Returns ``{"shards", "rows", "duplicates"}``.
     """

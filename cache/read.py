@@ -55,8 +55,6 @@ def load(path: str | os.PathLike, *, with_x: bool = True) -> Loaded:
     """Read main file + complete parts (``rows.X`` None unless ``with_x``); retries while a writer
     consolidates. Damaged parts are skipped and listed in ``bad_parts``."""
     path = Path(path)
-    if not path.exists():
-        raise CacheError(f"{path}: no such cache")
     for _ in range(20):
         try:
             return _load_once(path, with_x=with_x)
@@ -68,8 +66,8 @@ def load(path: str | os.PathLike, *, with_x: bool = True) -> Loaded:
 def _inode(path: Path) -> int:
     try:
         return os.stat(path).st_ino
-    except FileNotFoundError:
-        raise _Retry() from None
+    except FileNotFoundError:  # never while a writer replaces it (os.replace is atomic)
+        raise CacheError(f"{path}: no such cache") from None
 
 
 def _read_parts(path: Path, after: int) -> tuple[list[Part], list[str]]:
@@ -85,22 +83,18 @@ def _read_parts(path: Path, after: int) -> tuple[list[Part], list[str]]:
 
 
 def _open(path: Path) -> h5py.File:
-    """``path`` opened for reading; CacheError if it is not HDF5 (FileNotFoundError passes)."""
+    """``path`` opened for reading; CacheError if it is missing or not HDF5."""
     try:
         return h5py.File(path, "r")
     except FileNotFoundError:
-        raise
+        raise CacheError(f"{path}: no such cache") from None
     except OSError as exc:
         raise CacheError(f"{path}: cannot open as an HDF5 embedding cache ({reason(exc)})") from None
 
 
 def _load_once(path: Path, *, with_x: bool) -> Loaded:
-    ino = _inode(path)
-    try:
-        f = _open(path)
-    except FileNotFoundError:
-        raise _Retry() from None  # replaced between stat and open
-    with f:
+    ino = _inode(path)  # before opening: a file replaced meanwhile is noticed below
+    with _open(path) as f:
         check_layout(f, path)
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
         parts, bad = _read_parts(path, int(attrs.get("parts_merged_upto", 0)))
@@ -160,7 +154,6 @@ def read_cache(path: str | os.PathLike) -> EmbeddingSet:
 
     Returns rows sorted by ``order``: ids/split/sha256 (n,) str, X (n, d) float32,
     Y (n, 6) int8, extras name -> (n,) str, schema, provenance (preprocessing as a dict).
-    Takes no lock; a concurrent writer's batches appear whole or not at all.
     """
     loaded = load(path, with_x=True)
     for msg in loaded.bad_parts:
@@ -177,8 +170,6 @@ def read_cache(path: str | os.PathLike) -> EmbeddingSet:
 def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
     """The cache's provenance dict (no rows read)."""
     path = Path(path)
-    if not path.exists():
-        raise CacheError(f"{path}: no such cache")
     with _open(path) as f:
         check_layout(f, path)
         return provenance_from_attrs(dict(f.attrs))
@@ -257,12 +248,9 @@ def format_info(info: Mapping[str, Any], *, max_failures: int = 20) -> str:
 # --------------------------------------------------------------------------- verify
 
 def verify_cache(path: str | os.PathLike) -> list[str]:
-    """Check a cache; returns a list of problems (empty when it is sound).
+    """Check a cache (what ``wound-cache verify`` lists); returns the problems, [] when it is sound.
 
-    Checks: the file opens; required attributes; datasets present with the right dtypes and
-    matching row counts; embedding dim; label schema parses; no NaN/inf embeddings; labels in
-    {-1, 0, 1}; no duplicate image ids or sha256; sha256 look like hex digests; known splits;
-    batch files of an unfinished run readable.
+    Also checks sha256 look like hex digests, splits are known and pending batch files are whole.
     """
     path = Path(path)
     if not path.exists():

@@ -1,18 +1,15 @@
-"""Writing a cache: one writer at a time, crash-safe at every moment.
+"""Writing a cache: one writer at a time, crash-safe at every moment (README, "The cache file").
 
-Crash safety. ``append`` writes each batch to its own part file (``cache.parts``), atomically, so
-a ``kill -9`` at any moment loses nothing ``append`` returned for (``fsync=True`` also survives a
-power cut, at a few ms per batch). Readers see the main file plus every complete part, so a rerun
-skips them. ``close`` (or, after a kill, the next writer's) writes main + parts into a NEW file
-that replaces the main one (``cache.guarded``: a full disk leaves it untouched); only then are
-the parts deleted. The new file records ``parts_merged_upto`` = the last part it holds, so parts
-left by a kill between replace and delete are ignored by readers and removed by the next writer,
-as are a killed writer's temporary files.
+``append`` writes each batch to its own part file (``cache.parts``), so a ``kill -9`` loses nothing
+``append`` returned for (``fsync=True`` also survives a power cut, at a few ms per batch).
+``close`` (or, after a kill, the next writer) writes main + parts into a NEW file that replaces
+the main one (``cache.guarded``), then deletes the parts. That file records ``parts_merged_upto``
+(its last part), so parts left by a kill between replace and delete are ignored by readers and
+removed by the next writer, like a killed writer's temporary files.
 
-Locking. ``fcntl.flock`` on ``<cache>.lock``, whose content names the holder (pid, host, command,
-since). The kernel drops a dead process's flock, so a killed writer's lock is taken over (noted
-in the run history); a live holder makes a second writer fail with :class:`CacheLockedError`
-naming it. Readers take no lock. (flock is per machine: one writer host per cache, not NFS.)
+The lock is an ``fcntl.flock`` on ``<cache>.lock`` (per machine: not for NFS), whose content
+names the holder. The kernel drops a dead process's flock: its lock is taken over (noted in the
+run history); a live holder makes a second writer fail with :class:`CacheLockedError`.
 """
 
 from __future__ import annotations
