@@ -1,8 +1,6 @@
 """`wound-embed`: Stage one: read a SurgWound source and embed its images into the cache.
 
-Each command is a thin adapter over one library function; library errors (``WoundscoreError``)
-become ``Error: <message>`` (exit 1) in one place, usage errors exit 2. The library is imported in
-the command bodies so that ``wound-embed --help`` stays fast.
+The library is imported in the command bodies so that ``wound-embed --help`` stays fast.
 """
 
 from __future__ import annotations

@@ -84,41 +84,29 @@ def _hub_error_message(model: str, err: Exception, *, offline: bool, cache_dir: 
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
     page = f"https://huggingface.co/{model}"
-    has_token = get_token() is not None
-    if isinstance(err, LocalEntryNotFoundError):
-        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached"
-        return (
-            f"cannot load {model}: {why} and it is not in the local cache ({cache_dir}). "
-            f"Download it once with network access (accept the terms at {page}, run "
-            f"`hf auth login` or set HF_TOKEN, then `hf download {model}`). "
-            + OFFLINE_HINT
-        )
-    if isinstance(err, RevisionNotFoundError):
-        return f"cannot load {model}: revision not found on the hub ({err}). " + OFFLINE_HINT
     status = getattr(getattr(err, "response", None), "status_code", None)
     gated = isinstance(err, GatedRepoError) or status in (401, 403)
-    if gated or isinstance(err, RepositoryNotFoundError):
-        if has_token and not gated:
-            return (
-                f"cannot load {model}: repository not found on the Hugging Face Hub (HTTP {status or 404}), "
-                f"or your token's account cannot see it. Check the id, and for a gated model accept "
-                f"the terms at {page}. " + OFFLINE_HINT
-            )
-        if not has_token:
-            return (
-                f"cannot load {model}: no Hugging Face token found, and the model is gated "
-                f"(HTTP {status or 401}). Accept the terms at {page}, then run `hf auth login` "
-                "(or set HF_TOKEN) and rerun. " + OFFLINE_HINT
-            )
-        return (
-            f"cannot load {model}: access denied (HTTP {status or 403}): the account of your "
-            f"Hugging Face token has not been granted access. Accept the terms at {page} with that "
-            "account (approval is immediate), check the token with `hf auth whoami`, and rerun. "
-            + OFFLINE_HINT
-        )
-    if isinstance(err, HfHubHTTPError):
-        return f"cannot load {model}: Hugging Face Hub error (HTTP {status}): {err}. " + OFFLINE_HINT
-    return f"cannot load {model}: {type(err).__name__}: {err}. " + OFFLINE_HINT
+    if isinstance(err, LocalEntryNotFoundError):
+        why = (f"{'HF_HUB_OFFLINE is set' if offline else 'the Hugging Face Hub cannot be reached'} and it is not "
+               f"in the local cache ({cache_dir}). Download it once with network access (accept the terms at "
+               f"{page}, run `hf auth login` or set HF_TOKEN, then `hf download {model}`).")
+    elif isinstance(err, RevisionNotFoundError):
+        why = f"revision not found on the hub ({err})."
+    elif (gated or isinstance(err, RepositoryNotFoundError)) and get_token() is None:
+        why = (f"no Hugging Face token found, and the model is gated (HTTP {status or 401}). Accept the terms at "
+               f"{page}, then run `hf auth login` (or set HF_TOKEN) and rerun.")
+    elif gated:
+        why = (f"access denied (HTTP {status or 403}): the account of your Hugging Face token has not been "
+               f"granted access. Accept the terms at {page} with that account (approval is immediate), check "
+               "the token with `hf auth whoami`, and rerun.")
+    elif isinstance(err, RepositoryNotFoundError):
+        why = (f"repository not found on the Hugging Face Hub (HTTP {status or 404}), or your token's account "
+               f"cannot see it. Check the id, and for a gated model accept the terms at {page}.")
+    elif isinstance(err, HfHubHTTPError):
+        why = f"Hugging Face Hub error (HTTP {status}): {err}."
+    else:
+        why = f"{type(err).__name__}: {err}."
+    return f"cannot load {model}: {why} " + OFFLINE_HINT
 
 
 def resolve_checkpoint(model: str | Path = DEFAULT_MODEL, revision: str | None = None, *, config_only: bool = False,

@@ -233,16 +233,11 @@ def normalize_image(im: Image.Image) -> Image.Image:
 
 def decode_image(data: bytes, *, origin: str = "<bytes>", fast_decode: bool = False,
                  target_size: tuple[int, int] | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Image bytes -> fully decoded RGB image, EXIF-oriented.
-
-    Args:
-        data: encoded image bytes (any format Pillow reads; the file suffix is ignored).
-        origin: file / record named in errors.
-        fast_decode: JPEG only: decode at a reduced DCT scale that still keeps at least
-            2 x ``target_size`` pixels on the long side (needs ``target_size``).
-        target_size: (height, width) the image will be resized to.
-    Raises:
-        ImageDecodeError: empty, not an image, truncated, corrupt, decompression bomb.
+    """Image bytes (any format Pillow reads; the file suffix is ignored) -> fully decoded RGB image,
+    EXIF-oriented. ``origin``: the file / record named in errors. ``fast_decode`` (JPEG only): decode
+    at a reduced DCT scale that keeps at least 2 x ``target_size`` ((height, width) the image will be
+    resized to) pixels on the long side.
+    Raises ImageDecodeError: empty, not an image, truncated, corrupt, decompression bomb.
     """
     im = _open(data, origin, max_pixels)
     try:

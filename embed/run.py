@@ -181,14 +181,6 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
-def _loader(dataset: _ChunkDataset, workers: int, pin_memory: bool) -> Any:
-    from torch.utils.data import DataLoader
-
-    return DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
-                      worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None,
-                      persistent_workers=False, pin_memory=pin_memory)
-
-
 # ----------------------------------------------------------------------------- main side
 
 
@@ -290,12 +282,15 @@ def _provenance(enc: ImageEncoder, src: Source) -> dict[str, Any]:
 
 def _embed_chunks(batches: _Batches, chunks: list[list[int]], *, workers: int, strict: bool, quiet: bool) -> None:
     """Run the chunks through the decode workers and the encoder until done, --strict or Ctrl-C."""
+    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     summary, enc = batches.summary, batches.enc
     delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
-    loader = _loader(_ChunkDataset(batches.samples, chunks, enc.spec, batches.writer.known_hashes()), workers,
-                     enc.device.startswith("cuda"))
+    loader = DataLoader(_ChunkDataset(batches.samples, chunks, enc.spec, batches.writer.known_hashes()),
+                        batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
+                        worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None,
+                        persistent_workers=False, pin_memory=enc.device.startswith("cuda"))
     where = f" rank {summary.rank}" if summary.world > 1 else ""
     bar = tqdm(total=summary.total, unit="img", desc=f"embedding{where}", disable=quiet, dynamic_ncols=True,
                smoothing=0.1)

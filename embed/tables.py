@@ -32,10 +32,6 @@ class _Row:
     report: str
 
 
-def _norm_header(name: str) -> str:
-    return name.strip().lower().replace(" ", "_")
-
-
 def _read_csv(csv_path: Path) -> tuple[list[str], list[list[str]]]:
     try:
         with open(csv_path, encoding="utf-8-sig", newline="") as f:
@@ -53,7 +49,7 @@ def _read_csv(csv_path: Path) -> tuple[list[str], list[list[str]]]:
 
 def _columns(csv_path: Path, header: list[str], with_split: bool) -> tuple[int, int | None, int | None, dict[str, int]]:
     """(image column, split column, report column, canonical key -> column). Raises SourceLabelError."""
-    norm = [_norm_header(h) for h in header]
+    norm = [h.strip().lower().replace(" ", "_") for h in header]
     image_cols = [i for i, h in enumerate(norm) if h in IMAGE_COLUMNS]
     if not image_cols:
         raise SourceLabelError(
@@ -152,12 +148,10 @@ def read_labels_folder(path: str | os.PathLike) -> list[Sample]:
     samples = []
     for row, image_id, labels, extras in _encode_rows(csv_path, _read_label_table(csv_path, with_split=True)):
         origin = f"{csv_path}: row {row.number} (image {row.image!r})"
-        if _escapes(row.image):  # symlinks pointing out of images/ are caught when the bytes are read
-            samples.append(Sample(image_id, row.split, labels, extras, origin, report=row.report,
-                                  error=f"image path escapes {images_dir}: {row.image!r}"))
-        else:
-            samples.append(Sample(image_id, row.split, labels, extras, origin, report=row.report,
-                                  path=images_dir / image_id, root=images_dir))
+        # symlinks pointing out of images/ are caught when the bytes are read
+        where = ({"error": f"image path escapes {images_dir}: {row.image!r}"} if _escapes(row.image)
+                 else {"path": images_dir / image_id, "root": images_dir})
+        samples.append(Sample(image_id, row.split, labels, extras, origin, report=row.report, **where))
     return samples
 
 
