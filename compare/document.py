@@ -87,15 +87,10 @@ def _limitations(data: EmbeddingSet) -> dict[str, Any]:
     return {**lim, "caveats": list(FIXED_CAVEATS)}
 
 
-def _is_finetune(name: str) -> bool:
-    low = name.lower().replace("_", "-")
-    return low == FINETUNE or low.startswith(("finetune", "fine-tune"))
-
-
 def _alternative(runs: Mapping[str, MethodRun], macro: Mapping[str, dict]) -> tuple[str, str, bool]:
     """(the method the MLP is held against, why that one, whether it is a fine-tune)."""
     others = [n for n in runs if n != MLP]
-    ft = [n for n in others if _is_finetune(n)]
+    ft = [n for n in others if n.lower().replace("_", "-").startswith((FINETUNE, "fine-tune"))]
     if ft:
         return ft[0], "the fine-tune", True
     est = [n for n in others if macro[n]["value"] is not None]

@@ -42,7 +42,6 @@ class MethodRun:
     thresholds: label -> {operating point name: threshold}, chosen on validation ({} when none).
     """
 
-    name: str
     description: str
     origin: str
     P_test: np.ndarray
@@ -171,8 +170,7 @@ def trained_method(name: str, data: EmbeddingSet, seed: int, params: Mapping[str
         "inference_ms_per_image": round(1000.0 * infer_s / max(len(test), 1), 4),
     }
     return MethodRun(
-        name=name, description=TRAINED[name],
-        origin=f"trained here: {len(train)} train rows, early stopping / thresholds on {len(val)} val rows",
+        description=TRAINED[name], origin=f"trained here: {len(train)} train rows, early stopping / thresholds on {len(val)} val rows",
         P_test=P_test, thresholds=thresholds, threshold_rule=rule, cost=cost,
     )
 
@@ -201,7 +199,7 @@ def external_method(name: str, path: Path, data: EmbeddingSet, description: str)
     if extra > 0:
         notes.append(f"{extra} row(s) of the file are not in the cache's test/val splits and were ignored")
     return MethodRun(
-        name=name, description=str(meta.get("method") or description), origin=str(path),
+        description=str(meta.get("method") or description), origin=str(path),
         P_test=P[[index[i] for i in test_ids]], thresholds=thresholds, threshold_rule=rule,
         cost={k: meta.get(k) for k in _COST_KEYS}, notes=notes, notice=meta.get("notice") or None,
     )
@@ -227,7 +225,7 @@ def zero_shot_method(source: str | os.PathLike, model: str | os.PathLike, data: 
     cost = {k: meta.get(k) for k in _COST_KEYS}
     cost.update(peak_memory_mb=mem.increase_mb, memory_kind="process RSS increase while loading and scoring (sampled)")
     return MethodRun(
-        name=ZERO_SHOT, description=str(meta.get("method") or "zero-shot MedSigLIP"),
+        description=str(meta.get("method") or "zero-shot MedSigLIP"),
         origin=f"{model} on images of {source}", P_test=res.P[[index[i] for i in map(str, test.ids)]],
         thresholds=thresholds, threshold_rule=rule, cost=cost,
         notes=[str(meta["notes"])] if meta.get("notes") else [], notice=meta.get("notice") or None,

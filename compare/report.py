@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from woundscore.cache import read_cache
 from woundscore.cache.types import EmbeddingSet
 from woundscore.cache.util import atomic_write_text
 from woundscore.compare import metrics as M
@@ -61,8 +62,6 @@ def _load_cache(cache: str | os.PathLike | EmbeddingSet, methods: Sequence[str])
     if isinstance(cache, EmbeddingSet):
         data, name = cache, "<in-memory EmbeddingSet>"
     else:
-        from woundscore.cache import read_cache
-
         data, name = read_cache(cache), str(cache)
     n_train, n_val, n_test = (len(data.subset(s)) for s in ("train", "val", "test"))
     if n_test == 0:
