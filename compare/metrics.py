@@ -246,23 +246,18 @@ def wilson_interval(k: int, n: int, z: float = _Z95) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def proportion(k: int, n: int, *, what: str) -> Estimate:
-    """k/n with its Wilson interval; not estimable when n == 0."""
-    if n == 0:
-        return not_estimable(0, f"not estimable: no {what} in the test split", ci="wilson")
-    lo, hi = wilson_interval(int(k), int(n))
-    return Estimate(k / n, lo, hi, int(n), "wilson")
-
-
 def sensitivity_specificity(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Estimate]:
     """Sensitivity and specificity of ``p >= threshold`` over observed entries, with Wilson CIs."""
     y, p = _observed(y, p)
-    sens, spec = sens_spec(y, p, threshold)  # the package's one rule; rates -> counts for Wilson
-    npos, nneg = int((y == 1).sum()), int((y == 0).sum())
-    return {
-        "sensitivity": proportion(round((sens or 0.0) * npos), npos, what="positives"),
-        "specificity": proportion(round((spec or 0.0) * nneg), nneg, what="negatives"),
-    }
+    out = {}
+    # the package's one rule (classify.metrics.sens_spec); its rates -> counts for Wilson
+    for name, rate, cls, what in zip(("sensitivity", "specificity"), sens_spec(y, p, threshold), (1, 0),
+                                     ("positives", "negatives")):
+        n = int((y == cls).sum())
+        k = round((rate or 0.0) * n)
+        out[name] = (Estimate(k / n, *wilson_interval(k, n), n, "wilson") if n
+                     else not_estimable(0, f"not estimable: no {what} in the test split", ci="wilson"))
+    return out
 
 
 def _estimate(point: float, boot: np.ndarray, n: int) -> Estimate:
