@@ -2,9 +2,7 @@
 
 Layout of ``MODEL_DIR``::
 
-    model.keras        the MLP (Keras 3 native format; logits out). ``import woundscore``
-                       registers its loss ("woundscore>MaskedBCE"), so
-                       ``keras.saving.load_model`` loads it (safe_mode, no custom_objects)
+    model.keras        the MLP (Keras 3 native format, logits out; README, "How it is built")
       + history.csv    its training history: epoch, loss, val_loss, val_macro_auc, seconds
       or probe.json    the logistic probe's numbers (coef, intercept, scaler mean/scale) as JSON
     thresholds.json    per-label thresholds (0.5, Youden, sensitivity rule) and which one applies
@@ -20,7 +18,6 @@ made: :func:`check_compatible` compares encoder id, revision, embedding size and
 from __future__ import annotations
 
 import csv
-import datetime as _dt
 import io
 import json
 import os
@@ -33,7 +30,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from woundscore.cache import identity_differences as _identity_differences
+from woundscore.cache import identity_differences
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.schema import LABEL_NAMES, SCHEMA
 from woundscore.cache.util import canonical
@@ -83,15 +80,6 @@ def encoder_identity(provenance: Mapping[str, Any]) -> dict[str, Any]:
         "embedding_dim": int(provenance.get("embedding_dim") or 0),
         "preprocessing": canonical(provenance.get("preprocessing") or {}),
     }
-
-
-def identity_differences(model: Mapping[str, Any], offered: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Differences over ENCODER_KEYS (dict values per sub-key, shown as ``preprocessing.size``)."""
-    return _identity_differences(encoder_identity(model), encoder_identity(offered), keys=ENCODER_KEYS)
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -203,7 +191,7 @@ class LoadedModel:
         """
         if provenance is None:
             return
-        diff = identity_differences(self.provenance.get("encoder", {}), provenance)
+        diff = identity_differences(self.encoder, encoder_identity(provenance), keys=ENCODER_KEYS)
         theirs = provenance.get("label_schema")
         if theirs and canonical(theirs) != canonical(self.schema_json):
             diff["label_schema"] = ("the label rules of its schema.json", "other label rules")
@@ -277,7 +265,3 @@ def load_model_dir(path: str | os.PathLike) -> LoadedModel:
     return LoadedModel(path=p, kind=kind, estimator=estimator, thresholds=thresholds, provenance=prov,
                        schema_json=schema_json)
 
-
-__all__ = ["ENCODER_KEYS", "ArtifactError", "EncoderMismatchError", "EncoderNotGivenError", "LoadedModel",
-           "check_writable", "encoder_identity", "history_csv", "identity_differences", "load_model_dir",
-           "save_model_dir"]

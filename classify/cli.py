@@ -83,11 +83,10 @@ def train_command(cache: str, out: str, model: str, seed: int, max_epochs: int, 
     from woundscore.classify.metrics import format_table
     from woundscore.classify.train import train_from_cache
 
-    mlp = model == "mlp"
-    res = train_from_cache(cache, out, model=model, seed=seed, max_epochs=max_epochs if mlp else None,
-                           patience=patience if mlp else None, target_sensitivity=target_sensitivity,
-                           overwrite=overwrite, on_epoch=_epoch_printer(max_epochs) if mlp and not quiet else None,
-                           **({"n_threads": threads} if mlp else {}))
+    mlp_params = {"max_epochs": max_epochs, "patience": patience, "n_threads": threads,
+                  "on_epoch": None if quiet else _epoch_printer(max_epochs)} if model == "mlp" else {}
+    res = train_from_cache(cache, out, model=model, seed=seed, target_sensitivity=target_sensitivity,
+                           overwrite=overwrite, **mlp_params)
     tr = res.provenance.get("training", {})
     title = f"validation ({res.provenance['split_sizes']['val']} rows), model {model} -> {res.model_dir}"
     if model == "mlp":

@@ -33,5 +33,3 @@ def evaluate_model_on_cache(model_dir: str, cache: str, split: str = "test") -> 
     })
     return result
 
-
-__all__ = ["evaluate_model_on_cache"]

@@ -20,9 +20,9 @@ from typing import Any, Sequence
 import keras  # torch backend: chosen by woundscore.classify's __init__ (_backend) before this
 import numpy as np
 
-ops = keras.ops
+from woundscore.cache.schema import MISSING
 
-MISSING = -1
+ops = keras.ops
 
 
 def _float_like(x: Any, like: Any) -> Any:
@@ -67,13 +67,8 @@ class MaskedBCE(keras.losses.Loss):
     own reduction only sees a scalar.
     """
 
-    def __init__(
-        self,
-        pos_weight: Sequence[float] | np.ndarray,
-        name: str = "masked_bce",
-        reduction: str = "sum_over_batch_size",
-        dtype: Any = None,
-    ) -> None:
+    def __init__(self, pos_weight: Sequence[float] | np.ndarray, name: str = "masked_bce",
+                 reduction: str = "sum_over_batch_size", dtype: Any = None) -> None:
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.pos_weight = [float(w) for w in np.asarray(pos_weight, dtype=np.float64).ravel()]
 
@@ -82,6 +77,3 @@ class MaskedBCE(keras.losses.Loss):
 
     def get_config(self) -> dict:
         return {**super().get_config(), "pos_weight": list(self.pos_weight)}
-
-
-__all__ = ["MISSING", "MaskedBCE", "masked_bce"]

@@ -106,5 +106,3 @@ def format_table(result: Mapping[str, Any], *, title: str = "") -> str:
     lines.append(f"{'macro AUC':<16}{'':>10}{_fmt(result['macro_auc']):>8}   (labels with both classes)")
     return "\n".join(lines)
 
-
-__all__ = ["evaluate", "format_table", "macro_auc", "roc_auc", "sens_spec"]

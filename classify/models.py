@@ -1,12 +1,9 @@
-"""The two classifiers on frozen embeddings, as scikit-learn estimators.
+"""The two classifiers on frozen embeddings, as scikit-learn estimators (README, "How it is built").
 
-Both derive from ``sklearn.base.BaseEstimator``: ``__init__`` stores its arguments unchanged
-(so ``get_params`` / ``set_params`` / ``sklearn.base.clone`` work); ``fit(X, Y, X_val=None,
-Y_val=None)`` returns self; fitted attributes end in ``_``; ``predict_proba(X)`` returns (n, 6)
-float64 probabilities and ``decision_function(X)`` the (n, 6) logits.
+``fit(X, Y, X_val=None, Y_val=None)`` returns self; ``predict_proba(X)`` gives (n, 6) float64
+probabilities and ``decision_function(X)`` the (n, 6) logits.
 
-- :class:`KerasMLPClassifier`: Google's data-efficient head on foundation-model embeddings,
-  trained by Keras (``compile`` + ``fit``, ``EarlyStopping`` on the validation macro ROC AUC).
+- :class:`KerasMLPClassifier`: Google's data-efficient head on foundation-model embeddings.
 - :class:`LogisticProbe`: one L2 logistic regression per label on that label's observed rows,
   weights exported as plain numbers (``to_dict`` / ``from_dict``): no pickle.
 
@@ -23,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 import keras  # torch backend: chosen by woundscore.classify's __init__ (_backend) before this
 import numpy as np
+from scipy.special import expit  # overflow-free sigmoid
 from sklearn.base import BaseEstimator
 
 from woundscore.cache.errors import WoundscoreError
@@ -71,16 +69,6 @@ def _check_fit_args(X: Any, Y: Any, X_val: Any, Y_val: Any) -> tuple[np.ndarray,
     if X.shape[0] == 0:
         raise ClassifierInputError("X has no rows")
     return X, Y, X_val, Y_val
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    """Overflow-free logistic function, float64."""
-    out = np.empty_like(z, dtype=np.float64)
-    pos = z >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
-    ez = np.exp(z[~pos])
-    out[~pos] = ez / (1.0 + ez)
-    return out
 
 
 # ----------------------------------------------------------------------------------------- MLP
@@ -143,9 +131,7 @@ class KerasMLPClassifier(BaseEstimator):
     """Keras MLP on embeddings: Dense(512, relu) -> Dropout(0.05) -> Dense(256, relu) ->
     Dropout(0.10) -> Dense(6), L2 on the hidden kernels and biases, masked pos_weight BCE.
 
-    The Keras model outputs LOGITS; :meth:`predict_proba` applies the sigmoid. The same model
-    loaded with ``keras.saving.load_model("model.keras")`` after ``import woundscore`` returns
-    from ``predict`` the logits that :meth:`decision_function` returns.
+    The Keras model outputs LOGITS (README, "How it is built"); :meth:`predict_proba` applies the sigmoid.
 
     Args:
         hidden, dropout, l2: architecture (defaults: Google's data-efficient classifier head).
@@ -232,7 +218,7 @@ class KerasMLPClassifier(BaseEstimator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """(n, d) embeddings -> (n, 6) float64 probabilities (sigmoid of the logits)."""
-        return _sigmoid(self.decision_function(X))
+        return expit(self.decision_function(X))
 
     @classmethod
     def from_keras(cls, model: keras.Model, **params: Any) -> "KerasMLPClassifier":
@@ -302,8 +288,6 @@ class LogisticProbe(BaseEstimator):
     def _fit_label(self, Z: np.ndarray, y: np.ndarray, val: tuple[np.ndarray, np.ndarray] | None,
                    pos_weight: float) -> tuple[np.ndarray, float, float, str]:
         """One label: (coef (d,), intercept, C, note) from its observed rows ``Z`` (m, d), ``y`` (m,)."""
-        import warnings
-
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.linear_model import LogisticRegression
 
@@ -336,7 +320,7 @@ class LogisticProbe(BaseEstimator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """(n, d) embeddings -> (n, 6) float64 probabilities."""
-        return _sigmoid(self.decision_function(X))
+        return expit(self.decision_function(X))
 
     # JSON weights: plain lists of floats (Python's repr round-trips float64 exactly).
     def to_dict(self) -> dict[str, Any]:
@@ -367,6 +351,3 @@ class LogisticProbe(BaseEstimator):
             if arr.shape != shape:
                 raise ClassifierInputError(f"{origin}: field {key!r} has shape {arr.shape}, expected {shape}")
         return self
-
-
-__all__ = ["ClassifierInputError", "KerasMLPClassifier", "LogisticProbe", "NotFittedError", "build_mlp"]

@@ -1,12 +1,5 @@
-"""Scoring API: image -> six probabilities, flags and thresholds (the JSON contract).
-
-One JSON object per image (what ``wound-classify predict`` prints, one per line, and what
-:meth:`WoundScorer.score` returns as a dict): ``{"image", "scores": {label: P(positive)},
-"flags": {label: scores[label] >= thresholds[label].value}, "thresholds": {label: {"value",
-"rule"}}, "model": {"type", "path", "created", "encoder_id", "encoder_revision",
-"validation_macro_auc", "notice"}}``, labels in ``LABEL_NAMES`` order; README.md, "The predict
-contract", documents every field. An image that cannot be read or decoded gives ``{"image",
-"error"}`` instead. Keys are fixed; new keys may be added. Research use only: not a diagnosis.
+"""Scoring API: image -> six probabilities, flags and thresholds, as one JSON-ready dict per image:
+README.md, "The predict contract", documents every field. Research use only: not a diagnosis.
 """
 
 from __future__ import annotations
@@ -110,7 +103,7 @@ class WoundScorer:
         }
 
     def score(self, image_or_path: Any) -> dict[str, Any]:
-        """One image (path, bytes or PIL image) -> the JSON object (see module docstring).
+        """One image (path, bytes or PIL image) -> the JSON object (README, "The predict contract").
 
         Raises embed.preprocess.ImageDecodeError for an unreadable image.
         """
@@ -130,5 +123,3 @@ class WoundScorer:
                 out.append({"image": _origin(x), "error": str(exc)})
         return out
 
-
-__all__ = ["WoundScorer"]

@@ -34,18 +34,9 @@ def synthetic_provenance(dim: int, *, encoder_id: str = "synthetic/encoder", rev
     }
 
 
-def synthetic_embedding_set(
-    n_train: int = 240,
-    n_val: int = 80,
-    n_test: int = 80,
-    dim: int = 32,
-    *,
-    seed: int = 0,
-    signal: float = 2.0,
-    missing: float = 0.1,
-    random_labels: bool = False,
-    **provenance_kw: Any,
-) -> EmbeddingSet:
+def synthetic_embedding_set(n_train: int = 240, n_val: int = 80, n_test: int = 80, dim: int = 32, *, seed: int = 0,
+                            signal: float = 2.0, missing: float = 0.1, random_labels: bool = False,
+                            **provenance_kw: Any) -> EmbeddingSet:
     """An EmbeddingSet of ``n_train + n_val + n_test`` rows of (dim,) float32 embeddings.
 
     Args:
@@ -81,5 +72,3 @@ def write_synthetic_cache(path: str | os.PathLike, es: EmbeddingSet, *, batch: i
             w.append(es.ids[sl].tolist(), es.sha256[sl].tolist(), es.split[sl].tolist(), es.Y[sl],
                      {k: v[sl].tolist() for k, v in es.extras.items()}, es.X[sl])
 
-
-__all__ = ["NOTICE", "synthetic_embedding_set", "synthetic_provenance", "write_synthetic_cache"]

@@ -123,6 +123,3 @@ def applied_thresholds(thresholds: dict[str, Any], label_names: Sequence[str] = 
     """(L,) float64 applied threshold per label, in ``label_names`` order."""
     return np.array([thresholds["labels"][n]["value"] for n in label_names], dtype=np.float64)
 
-
-__all__ = ["DEFAULT_TARGET_SENSITIVITY", "RULE_HALF", "RULE_YOUDEN", "SAFETY_LABELS", "ThresholdError",
-           "applied_thresholds", "choose_thresholds", "sensitivity_rule", "sensitivity_threshold", "youden_threshold"]

@@ -6,15 +6,16 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from woundscore.cache import EmbeddingSet, read_cache
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.schema import LABEL_NAMES, SCHEMA, SPLITS
+from woundscore.cache.layout import now
 from woundscore.cache.util import canonical, package_versions
-from woundscore.classify.artifacts import check_writable, encoder_identity, now_iso, save_model_dir
+from woundscore.classify.artifacts import check_writable, encoder_identity, save_model_dir
 from woundscore.classify.metrics import evaluate
 from woundscore.classify.thresholds import DEFAULT_TARGET_SENSITIVITY, applied_thresholds, choose_thresholds
 
@@ -39,22 +40,8 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def make_estimator(model: str, *, seed: int = 0, max_epochs: int | None = None, patience: int | None = None,
-                   on_epoch: Callable[[dict], None] | None = None, **params: Any) -> Any:
-    """An unfitted KerasMLPClassifier ("mlp") or LogisticProbe ("logreg")."""
-    from woundscore.classify.models import KerasMLPClassifier, LogisticProbe  # Keras, scikit-learn: when used
-
-    if model == "mlp":
-        params.update({k: v for k, v in (("max_epochs", max_epochs), ("patience", patience)) if v is not None})
-        return KerasMLPClassifier(seed=seed, on_epoch=on_epoch, **params)
-    if model == "logreg":
-        return LogisticProbe(seed=seed, **params)
-    raise TrainDataError(f"unknown model {model!r}; choose one of {', '.join(MODEL_KINDS)}")
-
-
 def train_on_set(es: EmbeddingSet, out_dir: str | os.PathLike, *, model: str = "mlp", seed: int = 0,
-                 target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY, max_epochs: int | None = None,
-                 patience: int | None = None, overwrite: bool = False, on_epoch: Callable[[dict], None] | None = None,
+                 target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY, overwrite: bool = False,
                  source: str = "<EmbeddingSet>", **params: Any) -> TrainResult:
     """Fit on ``es``'s "train" rows, early-stop and choose thresholds on its "val" rows, save.
 
@@ -63,10 +50,12 @@ def train_on_set(es: EmbeddingSet, out_dir: str | os.PathLike, *, model: str = "
         out_dir: the model folder to write (see classify.artifacts).
         model: "mlp" or "logreg". seed: seeds weights, dropout and shuffling.
         target_sensitivity: of the safety rule for urgency and infection_risk.
-        max_epochs, patience: MLP early stopping (defaults of KerasMLPClassifier when None).
         source: where ``es`` came from, for messages and provenance.
-        params: further estimator arguments (e.g. ``n_threads``, ``hidden``).
+        params: estimator arguments (e.g. the MLP's ``max_epochs``, ``patience``, ``on_epoch``,
+            ``n_threads``); a None value keeps the estimator's default.
     """
+    from woundscore.classify.models import KerasMLPClassifier, LogisticProbe  # Keras, scikit-learn: when used
+
     t0 = time.perf_counter()
     if model not in MODEL_KINDS:
         raise TrainDataError(f"unknown model {model!r}; choose one of {', '.join(MODEL_KINDS)}")
@@ -84,7 +73,8 @@ def train_on_set(es: EmbeddingSet, out_dir: str | os.PathLike, *, model: str = "
         raise TrainDataError(f"{source}: no label is observed in the train split (all -1)")
 
     check_writable(out_dir, overwrite=overwrite)  # before the work, not after it
-    est = make_estimator(model, seed=seed, max_epochs=max_epochs, patience=patience, on_epoch=on_epoch, **params)
+    est = (KerasMLPClassifier if model == "mlp" else LogisticProbe)(
+        seed=seed, **{k: v for k, v in params.items() if v is not None})
     est.fit(train.X, train.Y, val.X, val.Y)
     P_val = est.predict_proba(val.X)
     thresholds = choose_thresholds(val.Y, P_val, target_sensitivity)
@@ -113,7 +103,7 @@ def _provenance(es: EmbeddingSet, est: Any, source: str, sizes: dict[str, int], 
     else:
         training = {"C": [None if not np.isfinite(c) else float(c) for c in est.C_], "notes": est.notes_}
     return {
-        "created": now_iso(),
+        "created": now(),
         "encoder": {**encoder_identity(prov_in), "compute_dtype": prov_in.get("compute_dtype")},
         "training_cache": {"path": source, "rows": len(es), "created": prov_in.get("created"),
                            "updated": prov_in.get("updated")},
@@ -137,5 +127,3 @@ def train_from_cache(cache: str | os.PathLike, out_dir: str | os.PathLike, model
     es = read_cache(cache)
     return train_on_set(es, out_dir, model=model, seed=seed, source=str(cache), **kwargs)
 
-
-__all__ = ["MODEL_KINDS", "TrainDataError", "TrainResult", "make_estimator", "train_from_cache", "train_on_set"]
