@@ -164,9 +164,6 @@ def resolve_spec(folder: str | Path) -> PreprocessSpec:
                                 "processor (size, image_mean, image_std)")
 
 
-# ----------------------------------------------------------------------------- decoding
-
-
 def _open(data: bytes, origin: str, max_pixels: int) -> Image.Image:
     if len(data) == 0:
         raise ImageDecodeError(origin, "empty file (0 bytes)")
@@ -276,9 +273,6 @@ def load_image(x: "bytes | str | Path | Image.Image", *, spec: PreprocessSpec | 
     except OSError as e:
         raise ImageDecodeError(str(p), f"cannot read file: {e.strerror or e}") from None
     return decode_image(data, origin=str(p), fast_decode=fast, target_size=size)
-
-
-# ----------------------------------------------------------------------------- pixels
 
 
 def pad_to_square(im: Image.Image) -> Image.Image:

@@ -129,9 +129,6 @@ def chunk_indices(n: int, batch_size: int, rank: int = 0, world: int = 1) -> lis
     return [list(range(s, min(n, s + batch_size))) for k, s in enumerate(range(0, n, batch_size)) if k % world == rank]
 
 
-# ----------------------------------------------------------------------------- worker side
-
-
 class _ChunkDataset:
     """Map-style dataset whose item k is a whole chunk, read, hashed and preprocessed in a worker."""
 
@@ -179,9 +176,6 @@ def _worker_init(_: int) -> None:
 def default_workers() -> int:
     """Decode workers: leave the cores to the model on small machines, up to 4 elsewhere."""
     return max(1, min(4, (os.cpu_count() or 2) - 1))
-
-
-# ----------------------------------------------------------------------------- main side
 
 
 class _StopOnSigint:

@@ -109,10 +109,6 @@ def read_image_folder(path: str | os.PathLike) -> list[Sample]:
     return [_unlabelled(p.relative_to(root).as_posix(), p, root) for p in _iter_image_files(root)]
 
 
-# ----------------------------------------------------------------------------------------------
-# Statistics
-
-
 def split_stats(samples: list[Sample], *, unsplit_name: str = "unlabelled") -> dict[str, dict]:
     """Per split: ``n_images`` and per label pos / neg / missing / pos_weight (neg/pos, None if no pos).
 

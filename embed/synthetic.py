@@ -285,11 +285,9 @@ def write_release(out_dir: str | os.PathLike, images: Iterable[ReleaseImage], *,
                   shuffle_seed: int | None = None, indent: int | None = None, seed: int = 0) -> Path:
     """Write ``images`` as the six release files ``{train,val,test}_{question,report}.json``.
 
-    Args:
-        field_names: "new" (Healing Status, Exudate Type), "old" (Wound Status, Exudate
-            Characteristics) or "mixed" (old names in about half of those records).
-        shuffle_seed: shuffle the records within each file (None: grouped by image, field order).
-        indent: JSON indentation (None: compact).
+    ``field_names``: "new" (Healing Status, Exudate Type), "old" (Wound Status, Exudate
+    Characteristics) or "mixed" (old names in about half of those records); ``shuffle_seed``:
+    shuffle the records within each file (None: grouped by image, field order).
     """
     if field_names not in ("new", "old", "mixed"):
         raise ValueError(f"field_names must be 'new', 'old' or 'mixed', got {field_names!r}")
