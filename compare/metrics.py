@@ -49,11 +49,8 @@ BOOTSTRAP_NOTES = {
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with its 95% interval and the n it rests on.
-
-    ``value`` is None when the quantity is not estimable; ``reason`` then says why.
-    ``ci`` names the interval method ("bootstrap" or "wilson").
-    """
+    """A point estimate with its 95% interval and the n it rests on. ``value`` is None when the
+    quantity is not estimable, and ``reason`` says why; ``ci``: "bootstrap" or "wilson"."""
 
     value: float | None
     low: float | None

@@ -133,13 +133,9 @@ def _draw_figures(out: Path, data: EmbeddingSet, runs: Mapping[str, MethodRun], 
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (bytes, bytearray)):
-        return o.decode("utf-8", "replace")
-    return str(o)
+    if isinstance(o, (np.generic, np.ndarray)):
+        return o.tolist()  # a numpy scalar's tolist() is the Python scalar
+    return o.decode("utf-8", "replace") if isinstance(o, (bytes, bytearray)) else str(o)
 
 
 def _write_report(out: Path, doc: dict[str, Any], figures: dict[str, Path]) -> dict[str, Path]:
@@ -175,7 +171,6 @@ def run_comparison(
             otherwise zero-shot is skipped with the reason in the report).
         finetune_dir: a ``wound-compare finetune`` output folder (reads its predictions.csv).
         predictions: method name -> predictions CSV (see compare.predictions), matched by image id.
-        zero_shot: False skips zero-shot.
         n_boot, seed: bootstrap resamples and the seed of every random choice (training too).
         methods: which of ("probe", "mlp") to train here.
         mlp_params: extra constructor arguments of KerasMLPClassifier.
