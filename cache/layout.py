@@ -58,9 +58,6 @@ def parts_dir(path: str | os.PathLike) -> Path:
     return Path(str(path) + ".parts")
 
 
-# --------------------------------------------------------------------------- rows in memory
-
-
 def strs(values: Sequence[Any]) -> np.ndarray:
     """(n,) numpy unicode array."""
     return np.asarray(values, dtype=str) if len(values) else np.zeros(0, dtype="<U1")
@@ -114,9 +111,6 @@ def sorted_unique(rows: Rows, *, first_new: int = 0) -> Rows:
     return rows
 
 
-# --------------------------------------------------------------------------- strings in HDF5
-
-
 def encode_strs(values: np.ndarray) -> tuple[np.ndarray, Any]:
     """Unicode array -> fixed-length utf-8 bytes (read ~50x faster than variable-length) + their h5py dtype."""
     values = np.asarray(values, dtype=str)
@@ -152,9 +146,6 @@ def check_layout(f: h5py.File, path: Path) -> None:
     missing = [name for name in ROW_DATASETS if name not in f]
     if missing:
         raise CacheError(f"{path}: damaged cache, missing dataset(s): {', '.join(missing)}")
-
-
-# --------------------------------------------------------------------------- provenance
 
 
 def _text(value: Any) -> str:

@@ -146,9 +146,6 @@ def clean_failures(failures: list[dict], rows: Rows) -> list[dict]:
     return [{"image_id": i, "reason": r} for i, r in latest.items() if i not in done]
 
 
-# --------------------------------------------------------------------------- public readers
-
-
 def read_cache(path: str | os.PathLike) -> EmbeddingSet:
     """Read a cache (including the completed batches of an unfinished run) into an EmbeddingSet.
 
@@ -196,17 +193,10 @@ def cache_info(path: str | os.PathLike) -> dict[str, Any]:
     r = loaded.rows
     present = set(r.split.tolist())  # the known splits in report order ("" last), then any others
     names = [s for s in ROW_SPLITS if s in present] + sorted(present - set(ROW_SPLITS))
-    return {
-        "path": str(path),
-        "rows": int(r.n),
-        "embedding_dim": int(loaded.provenance["embedding_dim"]),
-        "pending_batches": len(loaded.parts),
-        "splits": {s: {"rows": int((r.split == s).sum()), "labels": label_counts(r.labels[r.split == s])}
-                   for s in names},
-        "provenance": loaded.provenance,
-        "failures": {"count": len(loaded.failures), "items": loaded.failures},
-        "runs": loaded.runs,
-    }
+    splits = {s: {"rows": int((r.split == s).sum()), "labels": label_counts(r.labels[r.split == s])} for s in names}
+    return {"path": str(path), "rows": int(r.n), "embedding_dim": int(loaded.provenance["embedding_dim"]),
+            "pending_batches": len(loaded.parts), "splits": splits, "provenance": loaded.provenance,
+            "failures": {"count": len(loaded.failures), "items": loaded.failures}, "runs": loaded.runs}
 
 
 def format_info(info: Mapping[str, Any], *, max_failures: int = 20) -> str:
@@ -244,8 +234,6 @@ def format_info(info: Mapping[str, Any], *, max_failures: int = 20) -> str:
     ]
     return "\n".join(lines)
 
-
-# --------------------------------------------------------------------------- verify
 
 def verify_cache(path: str | os.PathLike) -> list[str]:
     """Check a cache (what ``wound-cache verify`` lists); returns the problems, [] when it is sound.

@@ -184,8 +184,6 @@ class CacheWriter:
             raise
         self._closed = False
 
-    # -- opening
-
     def _open(self, overwrite: bool) -> None:
         started = now()
         self._run = {"run_id": uuid.uuid4().hex[:12], "started": started, **this_process(),
@@ -227,8 +225,6 @@ class CacheWriter:
         for key in ("compute_dtype", "device"):
             if str(loaded.provenance.get(key) or "") != self._run[key]:
                 self._run[f"{key}_differs_from_cache"] = loaded.provenance.get(key)
-
-    # -- public API
 
     def known_hashes(self) -> set[str]:
         """sha256 hex digests already in the cache (including completed batches of a killed run)."""
@@ -320,8 +316,6 @@ class CacheWriter:
                 raise
             # an error is propagating: never hide it behind this one
             warnings.warn(f"{self.path}: batches kept in {parts_dir(self.path)}: {close_exc}")
-
-    # -- internals
 
     def _check_open(self) -> None:
         if self._closed:
