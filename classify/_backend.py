@@ -1,8 +1,7 @@
 """The one place that chooses the Keras backend: torch (no TensorFlow anywhere in the install).
 
-Imported by ``classify/__init__.py`` before any woundscore module imports keras (they then
-``import keras`` plainly). Keras reads KERAS_BACKEND at its first import, so a process that
-already imported keras with another backend is an error.
+Imported by ``classify/__init__.py`` before any woundscore module imports keras. Keras reads
+KERAS_BACKEND at its first import, so keras already imported with another backend is an error.
 """
 
 from __future__ import annotations

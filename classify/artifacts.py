@@ -34,7 +34,6 @@ from woundscore.cache import identity_differences
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.schema import LABEL_NAMES, SCHEMA
 from woundscore.cache.util import canonical
-from woundscore.classify.thresholds import applied_thresholds
 
 FORMAT = "woundscore.model"
 FORMAT_VERSION = 1
@@ -180,10 +179,6 @@ class LoadedModel:
         """Identity of the embeddings the model was trained on (ENCODER_KEYS)."""
         return encoder_identity(self.provenance.get("encoder", {}))
 
-    @property
-    def notice(self) -> str | None:
-        return self.provenance.get("notice") or None
-
     def check_compatible(self, provenance: Mapping[str, Any] | None, *, offered: str = "the input") -> None:
         """Raise EncoderMismatchError unless ``provenance`` (a cache's or an encoder's) matches.
 
@@ -211,10 +206,6 @@ class LoadedModel:
             got = X.shape[1] if X.ndim == 2 else f"shape {X.shape}"
             raise EncoderMismatchError(str(self.path), {"embedding_dim": (dim, got)})
         return self.estimator.predict_proba(X)
-
-    def applied_thresholds(self) -> np.ndarray:
-        """(6,) the threshold each label's flag uses."""
-        return applied_thresholds(self.thresholds)
 
 
 def load_model_dir(path: str | os.PathLike) -> LoadedModel:

@@ -14,8 +14,6 @@ import click
 
 from woundscore.cache.errors import WoundscoreError
 
-EXIT_SOME_IMAGES_FAILED = 3
-
 
 class _Group(click.Group):
     """Turns every WoundscoreError of a command into ``Error: <message>``, exit 1."""
@@ -176,4 +174,4 @@ def predict_command(model_dir: str, images: tuple[str, ...], encoder: str | None
         failed += "error" in r
     if failed:
         click.echo(f"Error: {failed} of {len(results)} images could not be scored (see their \"error\")", err=True)
-        sys.exit(EXIT_SOME_IMAGES_FAILED)
+        sys.exit(3)  # some images failed (their lines say why); 1 is a failure of the whole run

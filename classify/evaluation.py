@@ -8,6 +8,7 @@ from woundscore.cache import read_cache
 from woundscore.cache.schema import LABEL_NAMES, SPLITS
 from woundscore.classify.artifacts import load_model_dir
 from woundscore.classify.metrics import evaluate
+from woundscore.classify.thresholds import applied_thresholds
 from woundscore.classify.train import TrainDataError
 
 
@@ -25,11 +26,11 @@ def evaluate_model_on_cache(model_dir: str, cache: str, split: str = "test") -> 
         counts = ", ".join(f"{s}={int((es.split == s).sum())}" for s in SPLITS)
         raise TrainDataError(f"{cache}: split {split!r} has no rows ({counts})")
     result = evaluate(part.Y, lm.predict_proba(part.X, es.provenance),
-                      dict(zip(LABEL_NAMES, lm.applied_thresholds().tolist())))
+                      dict(zip(LABEL_NAMES, applied_thresholds(lm.thresholds).tolist())))
     result.update({
         "split": split, "cache": cache, "model": model_dir, "model_type": lm.kind,
         "rules": {n: lm.thresholds["labels"][n]["applied"] for n in LABEL_NAMES},
-        "notice": lm.notice or es.provenance.get("notice") or None,
+        "notice": lm.provenance.get("notice") or es.provenance.get("notice") or None,
     })
     return result
 

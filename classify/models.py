@@ -71,9 +71,6 @@ def _check_fit_args(X: Any, Y: Any, X_val: Any, Y_val: Any) -> tuple[np.ndarray,
     return X, Y, X_val, Y_val
 
 
-# ----------------------------------------------------------------------------------------- MLP
-
-
 def build_mlp(n_features: int, *, hidden: Sequence[int] = (512, 256), dropout: Sequence[float] = (0.05, 0.10),
               l2: float = 1e-5, n_labels: int = len(LABEL_NAMES)) -> keras.Model:
     """The Keras model (uncompiled): (n, n_features) embeddings -> (n, n_labels) LOGITS (no sigmoid)."""
@@ -227,9 +224,6 @@ class KerasMLPClassifier(BaseEstimator):
         self.model_ = model
         self.n_features_in_ = int(model.inputs[0].shape[-1])
         return self
-
-
-# ----------------------------------------------------------------------------------------- probe
 
 
 class LogisticProbe(BaseEstimator):
