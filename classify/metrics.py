@@ -20,13 +20,16 @@ def roc_auc(y: np.ndarray, scores: np.ndarray, *, sample_weight: np.ndarray | No
     Ties count one half. ``sample_weight`` (n,) as in ``sklearn.metrics.roc_auc_score`` (rows of
     weight 0 do not count as a class being present).
     """
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import auc, roc_curve
 
     y = np.asarray(y).ravel()
     present = y if sample_weight is None else y[np.asarray(sample_weight).ravel() > 0]
     if not ((present == 1).any() and (present == 0).any()):
         return None
-    return float(roc_auc_score(y, np.asarray(scores, dtype=np.float64).ravel(), sample_weight=sample_weight))
+    # roc_auc_score's own binary path, without its input checks (done above): half the time per
+    # call, which the MLP pays 6 times an epoch for early stopping; the same value to the bit
+    fpr, tpr, _ = roc_curve(y, np.asarray(scores, dtype=np.float64).ravel(), sample_weight=sample_weight)
+    return float(auc(fpr, tpr))
 
 
 def macro_auc(Y: np.ndarray, P: np.ndarray) -> float | None:
