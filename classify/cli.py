@@ -1,8 +1,5 @@
-"""`wound-classify`: Stage two: train and apply classifiers on cached embeddings.
-
-Each command is a thin adapter over one library function; library errors (``WoundscoreError``)
-become ``Error: <message>`` (exit 1) in one place, usage errors exit 2. The library is imported
-in the command bodies so that ``--help`` loads neither scikit-learn nor the encoder.
+"""`wound-classify` (README: "How it is built", "CLI reference"). The library is imported in the
+command bodies so that ``--help`` loads neither scikit-learn nor the encoder.
 """
 
 from __future__ import annotations

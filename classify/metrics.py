@@ -105,7 +105,6 @@ def format_table(result: Mapping[str, Any], *, title: str = "") -> str:
         if rules:
             line += f"  {rules.get(name, '')}"
         lines.append(line)
-    lines.append("-" * len(head))
-    lines.append(f"{'macro AUC':<16}{'':>10}{_fmt(result['macro_auc']):>8}   (labels with both classes)")
+    lines += ["-" * len(head), f"{'macro AUC':<16}{'':>10}{_fmt(result['macro_auc']):>8}   (labels with both classes)"]
     return "\n".join(lines)
 

@@ -173,10 +173,9 @@ class KerasMLPClassifier(BaseEstimator):
         X, Y, X_val, Y_val = _check_fit_args(X, Y, X_val, Y_val)
         if int(self.batch_size) < 1 or int(self.max_epochs) < 1:
             raise ClassifierInputError(f"batch_size and max_epochs must be >= 1, got {self.batch_size}, {self.max_epochs}")
-        if X_val is None:
-            monitor = "none"
-        else:
-            monitor = "val_macro_auc" if macro_auc(Y_val, np.zeros(Y_val.shape)) is not None else "val_loss"
+        monitor = "none" if X_val is None else "val_loss"
+        if X_val is not None and macro_auc(Y_val, np.zeros(Y_val.shape)) is not None:
+            monitor = "val_macro_auc"  # some validation label has both classes
         recorder = EpochRecorder(X_val, Y_val, monitor, self.on_epoch)
         callbacks: list[Any] = [recorder]
         if monitor != "none":

@@ -44,7 +44,6 @@ class WoundScorer:
         """Load ``model_dir`` (classify.artifacts); ``encoder`` as in the class docstring."""
         return cls(load_model_dir(model_dir), encoder, device=device, dtype=dtype)
 
-    # -- encoder ---------------------------------------------------------------------------
     def _set_encoder(self, encoder: Any) -> None:
         self.model.check_compatible(encoder.provenance(), offered=f"encoder {encoder.model_id!r}")
         self._encoder = encoder
@@ -71,7 +70,6 @@ class WoundScorer:
             self._set_encoder(load_encoder(name, revision=revision, device=self.device, dtype=self.dtype))
         return self._encoder
 
-    # -- scoring ---------------------------------------------------------------------------
     def score_embeddings(self, X: Any, provenance: Mapping[str, Any] | None = None) -> np.ndarray:
         """(n, d) embeddings -> (n, 6) float64 probabilities (LABEL_NAMES order).
 
