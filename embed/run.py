@@ -318,6 +318,8 @@ def run_embedding(source: str | Path, out: str | Path, *, model: str | Path = DE
     """
     t0 = time.perf_counter()
     rank, world = shard if shard is not None else shard_from_env()
+    if batch_size is not None and batch_size < 1:  # a library caller; the CLI's IntRange checks too
+        raise EmbedRunError(f"batch size must be >= 1, got {batch_size}")
     # Labels first: a label problem is an error before any model is loaded or anything written.
     src = open_source(source)
     samples = src.samples()

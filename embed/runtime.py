@@ -67,7 +67,9 @@ def resolve_dtype(dtype: str, device: str, *, cuda_capability: tuple[int, int] |
 
     names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     native = cpu_has_native_bf16() if cpu_bf16 is None else cpu_bf16
-    if dtype != "auto":  # validated by the CLIs' --dtype choices
+    if dtype != "auto":
+        if dtype not in names:  # the CLIs' --dtype choices check too; library callers get this
+            raise EncoderLoadError(f"unknown dtype {dtype!r}: choose auto, float32, bfloat16 or float16")
         # A half-precision matmul on a CPU without native support is emulated: measured 100-700x
         # slower than float32 on an AVX2-only CPU (bench/RESULTS.md), minutes per image.
         if device == "cpu" and dtype != "float32" and not native:

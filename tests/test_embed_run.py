@@ -198,3 +198,10 @@ def test_fast_decode_is_recorded_and_never_mixed_with_exact_rows(tmp_path, tiny_
     assert read_provenance(out)["preprocessing"]["decode"] == "draft"
     with pytest.raises(CacheMismatchError, match="preprocessing"):
         run_embedding(labels_csv_dir, out, model=tiny_siglip_dir, batch_size=8, workers=0, quiet=True)
+
+
+def test_a_batch_size_below_1_is_refused_before_anything_runs(mini_release, tmp_path):
+    with pytest.raises(EmbedRunError) as e:
+        run_embedding(mini_release, tmp_path / "x.h5", model=tmp_path / "never-loaded", batch_size=-1, quiet=True)
+    assert str(e.value) == "batch size must be >= 1, got -1"
+    assert not (tmp_path / "x.h5").exists()

@@ -166,6 +166,9 @@ def test_dtype_auto_choice():
     assert cpu_has_native_bf16("flags : fpu avx2 amx_bf16\n")
     assert not cpu_has_native_bf16("flags : fpu sse avx2 avx512f avx512bw\n")  # emulated bf16 only
     assert cpu_has_native_bf16("Features\t: fp asimd bf16 i8mm\n")  # ARM
+    with pytest.raises(EncoderLoadError) as e:  # a library caller's typo, not a KeyError
+        resolve_dtype("fp16", "cpu")
+    assert str(e.value) == "unknown dtype 'fp16': choose auto, float32, bfloat16 or float16"
 
 
 def test_forced_half_precision_on_a_cpu_without_it_warns(caplog):
