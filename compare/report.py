@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from woundscore.cache import read_cache
+from woundscore.cache.schema import SPLITS
 from woundscore.cache.types import EmbeddingSet
 from woundscore.cache.util import atomic_write_text
 from woundscore.compare import metrics as M
@@ -63,7 +64,7 @@ def _load_cache(cache: str | os.PathLike | EmbeddingSet, methods: Sequence[str])
         data, name = cache, "<in-memory EmbeddingSet>"
     else:
         data, name = read_cache(cache), str(cache)
-    n_train, n_val, n_test = (len(data.subset(s)) for s in ("train", "val", "test"))
+    n_train, n_val, n_test = (len(data.subset(s)) for s in SPLITS)
     if n_test == 0:
         raise ReportError(f"{name}: no rows in the test split; nothing to compare on")
     if methods and (n_train == 0 or n_val == 0):
