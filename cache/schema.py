@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
+
 from woundscore.cache.errors import WoundscoreError
 
 SCHEMA_VERSION = 1
 MISSING = -1
 
-#: The dataset's fixed splits, in report order ("" = a row without a split).
+#: The dataset's fixed splits, in report order (a cache may also hold rows with split "").
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 #: The six labels, in the order of every ``(n, 6)`` array in the project.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+
 from woundscore.cache.errors import WoundscoreError
 
 BACKEND = "torch"
