@@ -16,7 +16,9 @@ from woundscore.cache.schema import LABEL_NAMES, SCHEMA, SPLITS
 from woundscore.cache.layout import now
 from woundscore.cache.util import canonical, package_versions
 from woundscore.classify.artifacts import check_writable, encoder_identity, save_model_dir
+from woundscore.classify.calibration import Calibration, brier, ece, fit_calibration
 from woundscore.classify.metrics import evaluate
+from woundscore.classify.ood import OODModel, fit_ood
 from woundscore.classify.thresholds import DEFAULT_TARGET_SENSITIVITY, applied_thresholds, choose_thresholds
 
 MODEL_KINDS = ("mlp", "logreg")
@@ -24,6 +26,53 @@ MODEL_KINDS = ("mlp", "logreg")
 
 class TrainDataError(WoundscoreError, ValueError):
     """The cache cannot train a model (no train or val rows, no labels observed ...)."""
+
+
+@dataclass
+class PostHoc:
+    """What is fitted after the head, on the validation rows: ``calibration``, ``thresholds``
+    (choose_thresholds' dict, chosen on the CALIBRATED scores), ``ood`` (None without embeddings),
+    ``validation`` (classify.metrics.evaluate on calibrated val at the applied thresholds) and
+    ``calibration_figures`` (:func:`calibration_figures` on the same rows)."""
+
+    calibration: Calibration
+    thresholds: dict[str, Any]
+    ood: OODModel | None
+    validation: dict[str, Any]
+    calibration_figures: dict[str, Any]
+
+
+def calibration_figures(Y: np.ndarray, P_raw: np.ndarray, P_cal: np.ndarray) -> dict[str, Any]:
+    """Per label ``{"n", "positives", "method"?, "brier_before", "brier_after", "ece_before",
+    "ece_after", "ece_bins"}`` of (n, 6) raw and calibrated scores against (n, 6) labels (point
+    values on these rows; None where a label has no rows)."""
+    out: dict[str, Any] = {}
+    for j, name in enumerate(LABEL_NAMES):
+        m = Y[:, j] != -1
+        y = Y[m, j]
+        out[name] = {"n": int(m.sum()), "positives": int((y == 1).sum()),
+                     "brier_before": brier(y, P_raw[m, j]), "brier_after": brier(y, P_cal[m, j]),
+                     "ece_before": ece(y, P_raw[m, j]), "ece_after": ece(y, P_cal[m, j])}
+    return out
+
+
+def post_hoc(Y_val: np.ndarray, P_val_raw: np.ndarray, X_train: np.ndarray | None, X_val: np.ndarray | None, *,
+             pos_weight: Any = None, target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY,
+             fitted_on: str = "validation split") -> PostHoc:
+    """Calibrate on (n, 6) ``Y_val`` / ``P_val_raw``, then choose thresholds on the calibrated
+    scores; fit the OOD description on (n_train, d) ``X_train`` with its cut-off from (n, d)
+    ``X_val`` (skipped when either is None). ``pos_weight`` (6,): the head's training weights."""
+    Y_val = np.asarray(Y_val)
+    P_val_raw = np.asarray(P_val_raw, dtype=np.float64)
+    cal = fit_calibration(Y_val, P_val_raw, pos_weight=pos_weight, fitted_on=fitted_on)
+    P_cal = cal.apply(P_val_raw)
+    thresholds = choose_thresholds(Y_val, P_cal, target_sensitivity)
+    validation = evaluate(Y_val, P_cal, dict(zip(LABEL_NAMES, applied_thresholds(thresholds).tolist())))
+    ood = None if X_train is None or X_val is None else fit_ood(X_train, X_val)
+    figures = calibration_figures(Y_val, P_val_raw, P_cal)
+    for name, f in figures.items():
+        f["method"] = cal.labels[name].method
+    return PostHoc(cal, thresholds, ood, validation, figures)
 
 
 @dataclass
@@ -76,14 +125,26 @@ def train_on_set(es: EmbeddingSet, out_dir: str | os.PathLike, *, model: str = "
     est = (KerasMLPClassifier if model == "mlp" else LogisticProbe)(
         seed=seed, **{k: v for k, v in params.items() if v is not None})
     est.fit(train.X, train.Y, val.X, val.Y)
-    P_val = est.predict_proba(val.X)
-    thresholds = choose_thresholds(val.Y, P_val, target_sensitivity)
-    validation = evaluate(val.Y, P_val, dict(zip(LABEL_NAMES, applied_thresholds(thresholds).tolist())))
+    ph = post_hoc(val.Y, est.predict_proba(val.X), train.X, val.X, pos_weight=est.pos_weight_,
+                  target_sensitivity=target_sensitivity, fitted_on=f"val split of {source} ({len(val)} rows)")
     provenance = _provenance(es, est, source, sizes, seed=seed, target_sensitivity=target_sensitivity,
-                             validation=validation)
-    out = save_model_dir(out_dir, est, thresholds, provenance, overwrite=overwrite)
-    return TrainResult(model_dir=out, model_type=model, validation=validation, thresholds=thresholds,
+                             validation=ph.validation)
+    provenance["calibration"] = calibration_provenance(ph)
+    out = save_model_dir(out_dir, est, ph.thresholds, provenance, overwrite=overwrite,
+                         calibration=ph.calibration, ood=ph.ood)
+    return TrainResult(model_dir=out, model_type=model, validation=ph.validation, thresholds=ph.thresholds,
                        provenance=provenance, estimator=est, seconds=time.perf_counter() - t0)
+
+
+def calibration_provenance(ph: PostHoc) -> dict[str, Any]:
+    """provenance.json's "calibration" entry: methods, rule, rows and before/after figures, and
+    the OOD description's method and cut-off."""
+    cal = ph.calibration
+    return {"fitted_on": cal.fitted_on, "rule": cal.rule, "methods": cal.methods,
+            "figures": ph.calibration_figures,
+            "ood": None if ph.ood is None else {"method": ph.ood.method, "cutoff": ph.ood.cutoff,
+                                                "quantile": ph.ood.quantile, "n_val": int(ph.ood.val_distances.size),
+                                                "n_train": ph.ood.n_train}}
 
 
 def _provenance(es: EmbeddingSet, est: Any, source: str, sizes: dict[str, int], *, seed: int,

@@ -42,8 +42,8 @@ def probe_dir(es, tmp_path_factory) -> Path:
 
 
 def test_folder_layout_and_provenance(mlp_dir: Path, es) -> None:
-    assert sorted(p.name for p in mlp_dir.iterdir()) == ["history.csv", "model.keras", "provenance.json",
-                                                          "schema.json", "thresholds.json"]
+    assert sorted(p.name for p in mlp_dir.iterdir()) == ["calibration.json", "history.csv", "model.keras", "ood.npz",
+                                                          "provenance.json", "schema.json", "thresholds.json"]
     prov = json.loads((mlp_dir / "provenance.json").read_text())
     assert prov["model_type"] == "mlp" and prov["labels"] == list(LABEL_NAMES)
     assert prov["encoder"]["encoder_id"] == "synthetic/encoder"
@@ -92,6 +92,7 @@ X = np.load(sys.argv[2])
 np.save(sys.argv[3] + "/Z.npy", m.predict(X, verbose=0), allow_pickle=False)
 from woundscore.classify.artifacts import load_model_dir
 np.save(sys.argv[3] + "/P.npy", load_model_dir(sys.argv[4]).predict_proba(X), allow_pickle=False)
+np.save(sys.argv[3] + "/R.npy", load_model_dir(sys.argv[4]).predict_raw(X), allow_pickle=False)
 """
 
 
@@ -105,6 +106,7 @@ def test_plain_keras_load_model_after_import_woundscore_gives_the_logits(mlp_dir
     lm = load_model_dir(mlp_dir)
     np.testing.assert_allclose(np.load(tmp_path / "Z.npy"), lm.estimator.decision_function(X), rtol=0, atol=1e-5)
     np.testing.assert_array_equal(np.load(tmp_path / "P.npy"), lm.predict_proba(X))  # the folder: identical
+    np.testing.assert_array_equal(np.load(tmp_path / "R.npy"), lm.predict_raw(X))
     # without `import woundscore` the loss is unknown to Keras: the registration is what loads it
     plain = "import os; os.environ['KERAS_BACKEND'] = 'torch'; import keras"
     r = subprocess.run([sys.executable, "-c", LOAD.format(imports=plain), *args], cwd=tmp_path,
@@ -115,19 +117,21 @@ def test_plain_keras_load_model_after_import_woundscore_gives_the_logits(mlp_dir
 def test_training_object_and_loaded_folder_give_identical_probabilities(es, tmp_path: Path) -> None:
     res = train_on_set(es, tmp_path / "m", model="mlp", max_epochs=2)
     X = es.subset("test").X
-    np.testing.assert_array_equal(load_model_dir(tmp_path / "m").predict_proba(X), res.estimator.predict_proba(X))
+    lm = load_model_dir(tmp_path / "m")
+    np.testing.assert_array_equal(lm.predict_raw(X), res.estimator.predict_proba(X))
+    np.testing.assert_array_equal(lm.predict_proba(X), lm.calibration.apply(res.estimator.predict_proba(X)))
 
 
 def test_probe_folder_is_json_and_reloads_identically(probe_dir: Path, es) -> None:
-    assert sorted(p.name for p in probe_dir.iterdir()) == ["probe.json", "provenance.json", "schema.json",
-                                                            "thresholds.json"]
+    assert sorted(p.name for p in probe_dir.iterdir()) == ["calibration.json", "ood.npz", "probe.json",
+                                                            "provenance.json", "schema.json", "thresholds.json"]
     d = json.loads((probe_dir / "probe.json").read_text())
     assert len(d["coef"]) == 6 and len(d["coef"][0]) == 16 and len(d["mean"]) == 16
     lm = load_model_dir(probe_dir)
     assert lm.kind == "logreg"
     X = es.subset("test").X
     z = (X.astype(np.float64) - np.array(d["mean"])) / np.array(d["scale"]) @ np.array(d["coef"]).T + d["intercept"]
-    np.testing.assert_allclose(lm.predict_proba(X), 1 / (1 + np.exp(-z)), rtol=1e-12)
+    np.testing.assert_allclose(lm.predict_raw(X), 1 / (1 + np.exp(-z)), rtol=1e-12)
 
 
 def test_other_encoder_is_refused_with_both_sides(mlp_dir: Path, es) -> None:
@@ -167,7 +171,8 @@ def test_overwrite_replaces_the_folder_whole(es, tmp_path: Path) -> None:
     train_on_set(es, out, model="mlp", max_epochs=1)
     assert (out / "history.csv").is_file()
     train_on_set(es, out, model="logreg", overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["probe.json", "provenance.json", "schema.json", "thresholds.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["calibration.json", "ood.npz", "probe.json", "provenance.json",
+                                                     "schema.json", "thresholds.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
