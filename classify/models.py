@@ -72,7 +72,7 @@ def _check_fit_args(X: Any, Y: Any, X_val: Any, Y_val: Any) -> tuple[np.ndarray,
 
 
 def build_mlp(n_features: int, *, hidden: Sequence[int] = (512, 256), dropout: Sequence[float] = (0.05, 0.10),
-              l2: float = 1e-5, n_labels: int = len(LABEL_NAMES)) -> keras.Model:
+              l2: float = 1e-5, n_labels: int = len(LABEL_NAMES), name: str = "woundscore_mlp") -> keras.Model:
     """The Keras model (uncompiled): (n, n_features) embeddings -> (n, n_labels) LOGITS (no sigmoid)."""
     layers: list[Any] = [keras.Input(shape=(n_features,), name="embedding")]
     for i, (units, rate) in enumerate(zip(hidden, dropout)):
@@ -81,7 +81,7 @@ def build_mlp(n_features: int, *, hidden: Sequence[int] = (512, 256), dropout: S
                                          bias_regularizer=reg, name=f"dense_{i}"))
         layers.append(keras.layers.Dropout(rate, name=f"dropout_{i}"))
     layers.append(keras.layers.Dense(n_labels, name="logits"))
-    return keras.Sequential(layers, name="woundscore_mlp")
+    return keras.Sequential(layers, name=name)
 
 
 def _best(history: list[dict], monitor: str) -> tuple[int, float]:
@@ -141,6 +141,10 @@ class KerasMLPClassifier(BaseEstimator):
             setting). Default 1: the matmuls are too small to gain from a second thread, and
             spinning OpenMP threads turn a busy 2-core laptop into a 10x slowdown.
         on_epoch: called with each epoch's history record plus ``best_epoch`` and ``monitor``.
+        n_members: 1 = one MLP. k > 1 = a seed ensemble (classify.ensemble): k members, each with
+            its own initial weights, dropout and row order, trained in one Keras fit, each
+            early-stopped on its own validation macro AUC; ``model_`` outputs the mean of their
+            logits (one plain Keras model, saved as one model.keras).
 
     Fitted attributes: ``model_`` (keras.Model, compiled with Adam and ``MaskedBCE``),
     ``pos_weight_`` (6,), ``history_`` (per-epoch dicts: epoch, loss and val_loss (Keras's: masked
@@ -152,7 +156,8 @@ class KerasMLPClassifier(BaseEstimator):
 
     def __init__(self, hidden: Sequence[int] = (512, 256), dropout: Sequence[float] = (0.05, 0.10), l2: float = 1e-5,
                  learning_rate: float = 1e-4, batch_size: int = 32, max_epochs: int = 300, patience: int = 25,
-                 seed: int = 0, n_threads: int | None = 1, on_epoch: Callable[[dict], None] | None = None) -> None:
+                 seed: int = 0, n_threads: int | None = 1, on_epoch: Callable[[dict], None] | None = None,
+                 n_members: int = 1) -> None:
         self.hidden = hidden
         self.dropout = dropout
         self.l2 = l2
@@ -163,6 +168,7 @@ class KerasMLPClassifier(BaseEstimator):
         self.seed = seed
         self.n_threads = n_threads
         self.on_epoch = on_epoch
+        self.n_members = n_members
 
     def fit(self, X: Any, Y: Any, X_val: Any = None, Y_val: Any = None) -> "KerasMLPClassifier":
         """Train on (n, d) embeddings ``X`` and (n, 6) labels ``Y`` (1 / 0 / -1) with
@@ -171,8 +177,11 @@ class KerasMLPClassifier(BaseEstimator):
 
         t_start = time.perf_counter()
         X, Y, X_val, Y_val = _check_fit_args(X, Y, X_val, Y_val)
-        if int(self.batch_size) < 1 or int(self.max_epochs) < 1:
-            raise ClassifierInputError(f"batch_size and max_epochs must be >= 1, got {self.batch_size}, {self.max_epochs}")
+        if int(self.batch_size) < 1 or int(self.max_epochs) < 1 or int(self.n_members) < 1:
+            raise ClassifierInputError(f"batch_size, max_epochs and n_members must be >= 1, got {self.batch_size}, "
+                                       f"{self.max_epochs}, {self.n_members}")
+        if int(self.n_members) > 1:
+            return self._fit_ensemble(X, Y, X_val, Y_val, t_start)
         monitor = "none" if X_val is None else "val_loss"
         if X_val is not None and macro_auc(Y_val, np.zeros(Y_val.shape)) is not None:
             monitor = "val_macro_auc"  # some validation label has both classes
@@ -202,6 +211,39 @@ class KerasMLPClassifier(BaseEstimator):
         self.n_features_in_ = int(X.shape[1])
         self.fit_seconds_ = time.perf_counter() - t_start
         return self
+
+    def _fit_ensemble(self, X: np.ndarray, Y: np.ndarray, X_val: np.ndarray | None, Y_val: np.ndarray | None,
+                      t_start: float) -> "KerasMLPClassifier":
+        """n_members > 1: classify.ensemble.fit_members on one row order per member."""
+        from woundscore.classify.ensemble import averaging_model, fit_members
+
+        k = int(self.n_members)
+        rng = np.random.default_rng([int(self.seed), k])
+        orders = [rng.permutation(len(X)) for _ in range(k)]  # each member meets the rows in its own batches
+        fit = fit_members([X[o] for o in orders], [Y[o] for o in orders], X_val, Y_val, seed=int(self.seed),
+                          hidden=self.hidden, dropout=self.dropout, l2=self.l2, learning_rate=self.learning_rate,
+                          batch_size=self.batch_size, max_epochs=self.max_epochs, patience=self.patience,
+                          n_threads=self.n_threads, on_epoch=self.on_epoch)
+        self.model_ = averaging_model(fit.members, X.shape[1])
+        self.pos_weight_, self.monitor_, self.history_ = training_pos_weight(Y), fit.monitor, fit.history
+        self.member_best_epochs_, self.member_best_scores_ = fit.best_epoch, fit.best_score
+        self.best_epoch_ = int(max(fit.best_epoch))  # the last epoch any member kept
+        self.n_features_in_ = int(X.shape[1])
+        P_val = None if X_val is None else self.decision_function(X_val)
+        self.best_score_ = (macro_auc(Y_val, P_val) if P_val is not None and fit.monitor == "val_macro_auc"
+                            else math.nan) or math.nan
+        self.fit_seconds_ = time.perf_counter() - t_start
+        return self
+
+    def member_proba(self, X: Any) -> np.ndarray:
+        """(n, d) -> (m, n, 6) float64: each member's probabilities (m = 1 for a single MLP)."""
+        from woundscore.classify.ensemble import member_models
+
+        if not hasattr(self, "model_"):
+            raise NotFittedError("KerasMLPClassifier is not fitted: call fit first")
+        X, _ = _check_xy(X, None, n_features=self.n_features_in_)
+        return np.stack([expit(m.predict(X, batch_size=1024, verbose=0).astype(np.float64))
+                         for m in member_models(self.model_)])
 
     def decision_function(self, X: Any) -> np.ndarray:
         """(n, d) -> (n, 6) float64 logits: the Keras model's ``predict`` (inference mode)."""
