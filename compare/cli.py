@@ -92,7 +92,9 @@ def run_cmd(cache: str, out_dir: str, source: str | None, model: str | None, fin
 @cli.command("finetune")
 @click.argument("source", type=click.Path(exists=True, path_type=str))
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=str),
-              help="Folder for predictions.csv (+ .json cost sidecar), model/ and trainer/ (TensorBoard logs).")
+              help="The model folder to write (scored by `wound-classify predict` and `wound-serve` like an MLP "
+                   "folder; model/ for transformers users); it also holds predictions.csv (+ .json cost sidecar) "
+                   "and trainer/ (TensorBoard logs).")
 @encoder_options(dtype_help="auto: bfloat16 on GPUs that have it, float16 on T4-class GPUs, float32 on CPU "
                            "(training; embedding uses bf16 on CPUs with native bf16).")
 @click.option("--unfreeze-last", type=click.IntRange(min=0), default=4, show_default=True,
@@ -112,21 +114,28 @@ def run_cmd(cache: str, out_dir: str, source: str | None, model: str | None, fin
 @click.option("--no-prefix-cache", is_flag=True,
               help="Run the frozen blocks every step instead of once per image (same result, slower).")
 @click.option("--push-to-hub", "push_to_hub", metavar="REPO", default=None,
-              help="Upload model/ with its model card to this (private) hub repo; needs `hf auth login`.")
+              help="Upload model/ with its model card, calibration.json and thresholds.json to this (private) hub "
+                   "repo; needs `hf auth login`.")
+@click.option("--target-sensitivity", type=click.FloatRange(0, 1, min_open=True), default=0.90, show_default=True,
+              help="Minimum validation sensitivity of the urgency and infection_risk thresholds.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or training logs (errors still shown).")
 def finetune_command(source: str, out: str, no_prefix_cache: bool, **settings: Any) -> None:
-    """Fine-tune the last blocks of MedSigLIP on SOURCE; write test-split predictions to OUT.
+    """Fine-tune the last blocks of MedSigLIP on SOURCE; save OUT as a deployable model folder.
 
     SOURCE needs train, val and test images (a SurgWound release folder or a labels.csv folder
     with a split column). The seed's plan: 5 epochs, batch 4 x accumulation 16, lr 5e-5, weight
     decay 0.01, 10 warmup steps, cosine; eval and save each epoch, best by validation macro AUC;
     masked pos_weight BCE (classify.loss). The frozen blocks run once per image (prefix cache)
-    unless --no-prefix-cache. OUT/predictions.csv feeds `wound-compare run --finetune-dir OUT`.
+    unless --no-prefix-cache. Then, as for the MLP: calibration and thresholds on the validation
+    split, the out-of-distribution reference on the train images' features. OUT is scored like
+    any model folder (`wound-classify predict OUT ...`, `wound-serve OUT`);
+    OUT/predictions.csv (uncalibrated) feeds `wound-compare run --finetune-dir OUT`.
 
     \b
     Example:
         wound-compare finetune SurgWound/ --out ft/ --unfreeze-last 4
+        wound-serve ft/
         wound-compare finetune SurgWound/ --out ft-smoke/ --model tiny/ --max-steps 2 --device cpu
 
     \b
@@ -141,6 +150,11 @@ def finetune_command(source: str, out: str, no_prefix_cache: bool, **settings: A
                f"test macro AUC {'not estimable' if macro is None else f'{macro:.3f}'} (point estimate); "
                f"trained {res.meta['trainable_params']:,} of {res.meta['total_params']:,} parameters "
                f"in {res.meta['train_seconds']:.1f} s on {res.meta['device']}")
+    if res.post_hoc is not None:
+        val = res.post_hoc.validation.get("macro_auc")
+        click.echo(f"{res.out_dir}: model folder, validation macro AUC (calibrated) "
+                   f"{'not estimable' if val is None else f'{val:.3f}'}; score with "
+                   f"`wound-classify predict {res.out_dir} PHOTO` or serve with `wound-serve {res.out_dir}`")
 
 
 @cli.command("zero-shot")

@@ -3,10 +3,12 @@
 ``AutoModelForImageClassification`` with the 6 labels, only the last N blocks (+ norm, head,
 classifier) trainable (:mod:`compare.prefix`), trained by the Hugging Face ``Trainer`` with the
 seed's arguments (:data:`SEED_ARGS`, best epoch by val macro AUC) and ``classify.loss``'s masked
-BCE; images go through ``embed.preprocess`` like the embeddings. Outputs in ``out_dir``:
-``predictions.csv`` (+ ``.json`` sidecar; test rows, then val rows for the report's thresholds),
-``model/`` (``save_pretrained`` + model card) and ``trainer/`` (trainable-only checkpoints,
-TensorBoard logs in ``trainer/runs``). dtype "auto": bf16 autocast on GPUs with it, fp16 with loss
+BCE; images go through ``embed.preprocess`` like the embeddings. ``out_dir`` becomes a model
+folder scored like an MLP or probe folder (:mod:`compare.finetune_export`: thresholds.json on
+calibrated val, calibration.json, ood.npz, provenance.json, schema.json, ``model/`` =
+``save_pretrained`` + image processor config + model card), and also holds ``predictions.csv``
+(+ ``.json`` sidecar; uncalibrated, test rows then val rows for the report's thresholds) and
+``trainer/`` (trainable-only checkpoints, TensorBoard logs in ``trainer/runs``). dtype "auto": bf16 autocast on GPUs with it, fp16 with loss
 scaling on T4-class GPUs, fp32 on CPU. Three non-finite losses in a row raise
 :class:`NonFiniteLossError` (CLI exit 3). See README, ``wound-compare finetune``.
 
@@ -27,20 +29,24 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 from transformers import TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback
 
 from woundscore.cache.schema import LABEL_NAMES, SCHEMA, SPLITS, training_pos_weight
 from woundscore.cache.util import package_versions
+from woundscore.classify.finetuned import MODEL_SUBDIR, FineTunedHead
+from woundscore.classify.thresholds import DEFAULT_TARGET_SENSITIVITY
+from woundscore.classify.train import calibration_provenance, post_hoc
 from woundscore.compare.finetune_trainer import (  # noqa: F401  (NonFiniteLossError: public here too)
     FineTuneError, MaskedBCELossFunc, NonFiniteLossError, PixelDataset, PrefixDataset, TrainableOnlyTrainer,
     compute_metrics, load_classifier, masked_auc, replace_pickles, scan)
+from woundscore.compare.finetune_export import model_provenance, save_model_folder, split_features
 from woundscore.compare.model_card import build_model_card, push_to_hub
 from woundscore.compare.predictions import write_predictions
 from woundscore.compare.prefix import SelectiveUnfreezeClassifier, UnfreezeError
 from woundscore.embed.preprocess import resolve_spec
-from woundscore.embed.runtime import DEFAULT_MODEL, peak_memory, quiet_transformers, resolve_device, resolve_dtype
+from woundscore.embed.runtime import DEFAULT_MODEL, peak_memory, resolve_device, resolve_dtype
 from woundscore.embed.sources import open_source
 
 #: The seed's Trainer arguments (the defaults of :func:`finetune` and of the CLI).
@@ -211,25 +217,19 @@ def _train(net: SelectiveUnfreezeClassifier, data: _Data, loss_func: MaskedBCELo
     return trainer, time.perf_counter() - t0 + data.scan_seconds
 
 
-def _predict(net: SelectiveUnfreezeClassifier, data: _Data, split: str, spec: Any, st: _Settings,
-             ) -> tuple[np.ndarray, float]:
-    """(n, 6) probabilities of the readable images of ``split`` through the plain path (what
-    deployment runs), and the seconds spent in the model."""
-    loader = DataLoader(PixelDataset(data.samples[split], spec), batch_size=st.eval_batch, num_workers=st.workers)
-    device_type = torch.device(st.device).type
-    probs, seconds = [], 0.0
-    net.eval()
-    with torch.inference_mode():
-        for batch in loader:
-            pixels = batch["pixel_values"].to(st.device)
-            if device_type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            with torch.autocast(device_type, dtype=st.amp or torch.float32, enabled=st.amp is not None):
-                logits = net(pixel_values=pixels).logits
-            probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-            seconds += time.perf_counter() - t0
-    return np.concatenate(probs).astype(np.float64), seconds
+def _scores(head: FineTunedHead, data: _Data, spec: Any, st: _Settings, splits: Sequence[str],
+            ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], float]:
+    """Per split of ``splits``: (n, d) pooled features of the readable images through the
+    fine-tuned backbone as deployment runs it (``head.encoder``, in the training dtype) and the
+    head's (n, 6) probabilities on them; and the seconds spent in the model on the test split."""
+    enc = head.encoder(device=st.device, dtype=st.dtype)
+    feats, probs, test_s = {}, {}, 0.0
+    for split in splits:
+        feats[split], seconds = split_features(enc, data.samples[split], spec, batch_size=st.eval_batch,
+                                               workers=st.workers)
+        probs[split] = head.predict_proba(feats[split])
+        test_s = seconds if split == "test" else test_s
+    return feats, probs, test_s
 
 
 def _settings_table(st: _Settings, data: _Data, device_name: str) -> dict[str, Any]:
@@ -269,25 +269,38 @@ def _sidecar(*, st: _Settings, data: _Data, net: SelectiveUnfreezeClassifier, tr
     }
 
 
-def _save_model(base: Any, out: Path, *, model: str, st: _Settings, test_metrics: dict[str, Any],
-                settings: dict[str, Any], notice: str | None, push: str | None, say: Callable[[str], None]) -> None:
-    """model/: weights and config (``save_pretrained``), the model card and metrics.json; pushed on request."""
-    model_dir = out / "model"
-    base.config.woundscore_pooling = st.pooling  # the card and config say how logits were pooled
-    with quiet_transformers():
-        base.save_pretrained(model_dir)
-    card = build_model_card(base_model=model, metrics=test_metrics, settings=settings, notice=notice)
-    (model_dir / "README.md").write_text(card, encoding="utf-8")
-    (model_dir / "metrics.json").write_text(json.dumps(test_metrics, indent=2) + "\n", encoding="utf-8")
+def _save_model(head: FineTunedHead, out: Path, feats: dict[str, np.ndarray], probs: dict[str, np.ndarray], *,
+                data: _Data, st: _Settings, src_path: Any, ckpt: Any, model: str, pos_weight: np.ndarray,
+                target_sensitivity: float, test_metrics: dict[str, Any], settings: dict[str, Any], meta: dict[str, Any],
+                notice: str | None, push: str | None, say: Callable[[str], None]) -> Any:
+    """OUT as a model folder (compare.finetune_export): calibration, thresholds on calibrated val and
+    the OOD description (classify.train.post_hoc), model/ with the card and metrics.json; pushed
+    on request. Returns the PostHoc."""
+    ph = post_hoc(data.labels("val"), probs["val"], feats["train"], feats["val"], pos_weight=pos_weight,
+                  target_sensitivity=target_sensitivity,
+                  fitted_on=f"val split of {src_path} ({len(data.samples['val'])} images)")
+    head.card = build_model_card(base_model=model, metrics=test_metrics, settings=settings, notice=notice)
+    training = {k: meta[k] for k in ("best_val_macro_auc", "global_steps", "train_seconds", "peak_memory_mb",
+                                     "trainable_params", "total_params", "nonfinite_batches_skipped")}
+    prov = model_provenance(
+        head=head, ph=ph, calibration=calibration_provenance(ph), source=str(src_path), base_model=model,
+        base_revision=ckpt.revision, settings=settings, split_sizes={s: len(data.samples[s]) for s in SPLITS},
+        pos_weight=pos_weight, target_sensitivity=target_sensitivity, seed=st.seed, dtype=st.dtype,
+        training=training, test_metrics=test_metrics, skipped=data.skipped, notice=notice)
+    save_model_folder(out, head, ph, prov)
+    (out / MODEL_SUBDIR / "metrics.json").write_text(json.dumps(test_metrics, indent=2) + "\n", encoding="utf-8")
+    say(f"wrote the model folder {out} (score with `wound-classify predict {out} PHOTO` or `wound-serve {out}`)")
     if push:
-        push_to_hub(model_dir, push)
-        say(f"pushed {model_dir} to https://huggingface.co/{push}")
+        push_to_hub(out / MODEL_SUBDIR, push, extra=[out / "calibration.json", out / "thresholds.json"])
+        say(f"pushed {out / MODEL_SUBDIR} to https://huggingface.co/{push}")
+    return ph
 
 
 @dataclass
 class FineTuneResult:
-    """What :func:`finetune` wrote: paths, the test predictions (ids (n,), P (n, 6)), the sidecar,
-    and the val predictions (val_ids, P_val), which predictions.csv holds after the test rows."""
+    """What :func:`finetune` wrote: paths, the test predictions (ids (n,), P (n, 6), uncalibrated),
+    the sidecar, the val predictions (val_ids, P_val), which predictions.csv holds after the test
+    rows, and the calibration/thresholds/OOD fitted for the model folder."""
 
     out_dir: Path
     predictions_path: Path
@@ -298,6 +311,7 @@ class FineTuneResult:
     skipped: list[dict[str, str]] = field(default_factory=list)
     val_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
     P_val: np.ndarray = field(default_factory=lambda: np.zeros((0, len(LABEL_NAMES))))
+    post_hoc: Any = None  # classify.train.PostHoc of the saved model folder (None without one)
 
 
 def _fresh_out_dir(out_dir: str | os.PathLike, say: Callable[[str], None]) -> Path:
@@ -320,16 +334,20 @@ def finetune(
     weight_decay: float = SEED_ARGS["weight_decay"], warmup_steps: int = SEED_ARGS["warmup_steps"],
     max_steps: int | None = None, device: str = "auto", dtype: str = "auto", prefix_cache: bool = True,
     workers: int | None = None, seed: int = 0, save_model: bool = True, push_to_hub: str | None = None,
-    quiet: bool = False, log: Callable[[str], None] | None = None,
+    target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY, quiet: bool = False,
+    log: Callable[[str], None] | None = None,
 ) -> FineTuneResult:
     """Fine-tune the last ``unfreeze_last`` blocks of a SigLIP encoder on ``source``; score its test split.
 
     The arguments are the CLI's options (README, ``wound-compare finetune``); ``model`` may be a
-    vision-only checkpoint; ``save_model=False`` writes no model/ (unless ``push_to_hub``); ``log``
-    gets the progress lines (default: stderr unless ``quiet``).
+    vision-only checkpoint; ``save_model=False`` writes no model folder (unless ``push_to_hub``);
+    ``log`` gets the progress lines (default: stderr unless ``quiet``). With ``save_model``,
+    ``out_dir`` is a model folder (classify.artifacts, kind "finetune": thresholds chosen on the
+    calibrated val scores for ``target_sensitivity``, calibration.json, ood.npz, model/).
 
     Returns:
-        :class:`FineTuneResult`; predictions.csv holds (n_test + n_val, 6) probabilities, test rows first.
+        :class:`FineTuneResult`; predictions.csv holds (n_test + n_val, 6) uncalibrated
+        probabilities, test rows first.
 
     Raises:
         FineTuneError (incl. NonFiniteLossError), embed.sources.SourceError, LabelError, EncoderLoadError.
@@ -346,18 +364,21 @@ def finetune(
     base, ckpt, spec, net, st = _build_model(model, revision, st, say)
     data = _prepare_data(net, splits, spec, st, src.path, say)
 
-    loss_func = MaskedBCELossFunc(training_pos_weight(data.labels("train")), scaler_skips=st.dtype == "float16")
+    pos_weight = training_pos_weight(data.labels("train"))
+    loss_func = MaskedBCELossFunc(pos_weight, scaler_skips=st.dtype == "float16")
     trainer, train_seconds = _train(net, data, loss_func, st, out)
     peak = peak_memory(st.device)  # of training (before the predictions below)
-    # Val rows go into the file too, so that the report can choose thresholds on val for the
-    # fine-tune as it does for the other methods.
-    P_val, _ = _predict(net, data, "val", spec, st)
-    P, infer_s = _predict(net, data, "test", spec, st)
-    test_metrics = {**masked_auc(data.labels("test"), P), "best_val_macro_auc": trainer.state.best_metric}
-
     # both can hold: generated images (the source's marker) and random weights (the checkpoint's)
     notice = "; ".join(dict.fromkeys(n for n in (getattr(src, "notice", None),
                                                   getattr(base.config, "woundscore_notice", None)) if n)) or None
+    head = FineTunedHead.from_model(base, pooling=st.pooling, base_model=ckpt.model_id, spec=spec, notice=notice)
+    export = save_model or push_to_hub
+    # Val rows go into predictions.csv too, so that the report can choose thresholds on val for
+    # the fine-tune as it does for the other methods; train features only feed the OOD reference.
+    feats, probs, infer_s = _scores(head, data, spec, st, ("test", "val", "train") if export else ("test", "val"))
+    P, P_val = probs["test"], probs["val"]
+    test_metrics = {**masked_auc(data.labels("test"), P), "best_val_macro_auc": trainer.state.best_metric}
+
     device_name = "cpu" if st.device == "cpu" else f"cuda ({torch.cuda.get_device_name()})"
     settings = _settings_table(st, data, device_name)
     meta = _sidecar(st=st, data=data, net=net, trainer=trainer, train_seconds=train_seconds, peak=peak, infer_s=infer_s,
@@ -369,8 +390,10 @@ def finetune(
     macro = test_metrics["macro_auc"]
     say(f"wrote {pred_path} ({len(ids)} test images); test macro AUC "
         f"{'not estimable' if macro is None else round(macro, 3)}")
-    if save_model or push_to_hub:
-        _save_model(base, out, model=str(model), st=st, test_metrics=test_metrics, settings=settings, notice=notice,
-                    push=push_to_hub, say=say)
+    ph = None
+    if export:
+        ph = _save_model(head, out, feats, probs, data=data, st=st, src_path=src.path, ckpt=ckpt, model=str(model),
+                         pos_weight=pos_weight, target_sensitivity=target_sensitivity, test_metrics=test_metrics,
+                         settings=settings, meta=meta, notice=notice, push=push_to_hub, say=say)
     return FineTuneResult(out_dir=out, predictions_path=pred_path, ids=ids, P=P, meta=meta, test_metrics=test_metrics,
-                          skipped=data.skipped, val_ids=val_ids, P_val=P_val)
+                          skipped=data.skipped, val_ids=val_ids, P_val=P_val, post_hoc=ph)
