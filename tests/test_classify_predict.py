@@ -50,7 +50,7 @@ def test_predict_reproduces_the_cached_rows(setup, tiny_siglip_dir: Path) -> Non
     scorer = WoundScorer.load(model_dir)
     thresholds = json.loads((model_dir / "thresholds.json").read_text())["labels"]
     for (image_id, f), obj in zip(files.items(), lines):
-        assert set(obj) == {"image", "scores", "flags", "thresholds", "model"}
+        assert set(obj) == {"image", "scores", "raw_scores", "flags", "thresholds", "in_distribution", "ood", "model"}
         assert obj["image"] == str(f)
         assert list(obj["scores"]) == list(LABEL_NAMES)
         row = int(np.flatnonzero(es.ids == image_id)[0])
@@ -60,8 +60,53 @@ def test_predict_reproduces_the_cached_rows(setup, tiny_siglip_dir: Path) -> Non
             t = thresholds[n]
             assert obj["thresholds"][n] == {"value": t["value"], "rule": t["applied"]}
             assert obj["flags"][n] == (obj["scores"][n] >= t["value"])
-        assert obj["model"]["type"] == "mlp" and obj["model"]["encoder_id"] == es.provenance["encoder_id"]
-        assert obj["model"]["notice"] == es.provenance.get("notice")
+        assert_model_fields(obj["model"], model_dir, es)
+
+
+def assert_model_fields(m: dict, model_dir: Path, es) -> None:
+    """Each field of the contract's "model" against the folder's provenance (issue 16, finding 5:
+    "" for the path, null created/revision or a made-up validation AUC must fail here)."""
+    prov = json.loads((model_dir / "provenance.json").read_text())
+    assert set(m) == {"type", "path", "created", "encoder_id", "encoder_revision", "validation_macro_auc",
+                      "calibration", "notice"}
+    assert m["type"] == "mlp"
+    assert m["path"] == str(model_dir) and m["path"] != ""
+    assert m["created"] is not None and m["created"] == prov["created"]
+    assert m["encoder_id"] == es.provenance["encoder_id"] == prov["encoder"]["encoder_id"]
+    assert m["encoder_revision"] is not None and m["encoder_revision"] == es.provenance["encoder_revision"]
+    auc = prov["validation"]["macro_auc"]
+    assert auc is not None and m["validation_macro_auc"] == auc
+    cal = prov.get("calibration")
+    if (model_dir / "calibration.json").is_file():
+        c = json.loads((model_dir / "calibration.json").read_text())
+        assert m["calibration"]["fitted_on"] == c["fitted_on"] and list(m["calibration"]["methods"]) == list(LABEL_NAMES)
+    else:
+        assert m["calibration"] is None, cal
+    assert m["notice"] == es.provenance.get("notice") and m["notice"]
+
+
+def test_in_memory_image_and_unestimable_auc(setup, tiny_siglip_dir: Path) -> None:
+    """"<image>" for a PIL image; a validation macro AUC that is null or NaN in the provenance is
+    null in the contract, and the object is strict JSON (issue 16, finding 5)."""
+    import dataclasses
+
+    from PIL import Image
+
+    from woundscore.classify.scorer import WoundScorer
+
+    _, model_dir, files = setup
+    scorer = WoundScorer.load(model_dir, encoder=str(tiny_siglip_dir), device="cpu")
+    f = next(iter(files.values()))
+    with Image.open(f) as im:
+        r = scorer.score(im.copy())
+    assert r["image"] == "<image>"
+    assert r["scores"] == scorer.score(f)["scores"]
+    for bad in (None, float("nan")):
+        prov = {**scorer.model.provenance, "validation": {**scorer.model.provenance["validation"], "macro_auc": bad}}
+        other = WoundScorer(dataclasses.replace(scorer.model, provenance=prov), scorer.encoder)
+        obj = other.score(f)
+        assert obj["model"]["validation_macro_auc"] is None
+        json.dumps(obj, allow_nan=False)
 
 
 def test_api_score_matches_cli(setup, tiny_siglip_dir: Path) -> None:
