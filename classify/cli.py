@@ -131,44 +131,61 @@ def evaluate_command(model_dir: str, cache: str, split: str, as_json: bool) -> N
 
 @cli.command("predict")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.argument("images", nargs=-1, required=True, type=str)
 @click.option("--encoder", default=None,
               help="Hub id or local checkpoint folder of the image encoder [default: the one recorded "
-                   "in MODEL_DIR's provenance]. It must match the training cache's encoder.")
+                   "in MODEL_DIR's provenance; a fine-tune folder's own backbone]. It must match the "
+                   "training cache's encoder.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def predict_command(model_dir: str, images: tuple[str, ...], encoder: str | None, device: str) -> None:
-    """Score IMAGE... and print one JSON object per image (JSON Lines) on stdout.
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Images per encoder forward.")
+@click.option("--out", "-o", "out", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="Write to this file instead of stdout: .csv gives CSV (one row per image), anything "
+                   "else JSON Lines (or the prompt blocks with --format prompt).")
+@click.option("--format", "fmt", type=click.Choice(["json", "prompt"]), default="json", show_default=True,
+              help="json: the predict contract, one object per line; prompt: the assistant's text block.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar on stderr.")
+def predict_command(model_dir: str, images: tuple[str, ...], encoder: str | None, device: str, batch_size: int,
+                    out: str | None, fmt: str, quiet: bool) -> None:
+    """Score IMAGES (files, folders, globs, a labels.csv or release folder, or a cache) and stream
+    one JSON object per image (JSON Lines) to stdout as each batch is done.
 
-    Each line: {"image", "scores": {label: probability}, "flags": {label: bool},
-    "thresholds": {label: {"value", "rule"}}, "model": {type, path, created, encoder_id,
-    encoder_revision, validation_macro_auc, notice}}; labels healing_status, erythema, edema,
-    infection_risk, urgency, exudate. An image that cannot be read gives {"image", "error"} and
-    the others are still scored. Images go through the embed stage's one preprocessing.
-    Research use only, not a diagnosis.
+    Folders are searched recursively for images; a labels.csv or SurgWound release folder is read
+    as a dataset (lines named by image id); a cache (.h5) is scored from its stored vectors, no
+    encoder needed. Each line follows the predict contract (README, "The predict contract"):
+    image, scores (calibrated), raw_scores, flags, thresholds, in_distribution, ood, model. An
+    image that cannot be read gives {"image", "error"} and the others are still scored. Research
+    use only, not a diagnosis.
 
     \b
     Example:
         wound-classify predict models/mlp photo1.jpg photo2.png
-        wound-classify predict models/mlp wound.jpg --encoder ./medsiglip-448
+        wound-classify predict models/mlp photos/ --out scores.csv --encoder ./medsiglip-448
+        wound-classify predict models/mlp embeddings.h5 --out scores.jsonl
+        wound-classify predict models/mlp wound.jpg --format prompt
 
     \b
-    Exit codes: 0 every image scored; 1 unreadable model folder, encoder cannot be loaded,
-    or an encoder/preprocessing other than the model's (both sides are shown);
+    Exit codes: 0 every image scored; 1 unreadable model folder or input, encoder cannot be
+    loaded, or an encoder/preprocessing other than the model's (both sides are shown);
     2 usage error; 3 some images could not be read (their lines carry "error").
     """
+    from woundscore.classify.inputs import ImageInput, resolve_inputs
+    from woundscore.classify.predict_run import Sink, run_predict
     from woundscore.classify.scorer import WoundScorer
     from woundscore.embed.runtime import EncoderLoadError
 
+    as_csv = bool(out) and out.lower().endswith(".csv")
+    if as_csv and fmt == "prompt":
+        raise click.UsageError("--format prompt writes text blocks, not CSV: choose another --out name")
     try:
         scorer = WoundScorer.load(model_dir, encoder, device=device)
-        _ = scorer.encoder  # load and check the encoder before any image
-        results = scorer.score_many(list(images))
+        inputs = resolve_inputs(images)
+        if any(isinstance(x, ImageInput) for x in inputs):
+            _ = scorer.encoder  # load and check the encoder before any image (a cache needs none)
+        n, failed = run_predict(scorer, inputs, Sink("csv" if as_csv else fmt, out), batch_size=batch_size,
+                                progress=not quiet)
     except EncoderLoadError as e:  # its advice names `--model` (wound-embed's option)
         raise click.ClickException(f"{e}\n(here the option is --encoder)") from None
-    failed = 0
-    for r in results:
-        click.echo(json.dumps(r))
-        failed += "error" in r
     if failed:
-        click.echo(f"Error: {failed} of {len(results)} images could not be scored (see their \"error\")", err=True)
+        click.echo(f"Error: {failed} of {n} images could not be scored (see their \"error\")", err=True)
         sys.exit(3)  # some images failed (their lines say why); 1 is a failure of the whole run
