@@ -13,13 +13,16 @@ healing_status  Not Healed                                 Healed
 erythema        Existent                                   Non-existent
 edema           Existent                                   Non-existent
 infection_risk  Medium, High                               Low
-urgency         colour word Yellow or Red                  colour word Green
+urgency         Clinic Visit (Yellow), Emergency Care (Red)  Home Care (Green)
 exudate         Serous, Sanguineous, Purulent, Seropurulent Non-existent
 ==============  =========================================  ==========================
 
 ``Uncertain``, ``MISSING``, an empty cell or no record at all is MISSING (-1): masked out of loss
-and metrics, never guessed. Any other value raises :class:`LabelValueError` naming the file, the
-item (image or row), the field and the value.
+and metrics, never guessed. Any other value (also "None", "nan", "-1", "N/A") raises
+:class:`LabelValueError` naming the file, the item (image or row), the field and the value.
+Urgency is read from the release's own strings only: ``<Category> (<Colour>)[: advice]`` with the
+category matching the colour (Home Care/Green, Clinic Visit/Yellow, Emergency Care/Red), or the
+bare colour word; "Home care: no red flags" is an error, not Red.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import numpy as np
 
 from woundscore.cache.errors import WoundscoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: only the documented unsure tokens; urgency from the release strings only
 MISSING = -1
 
 #: The dataset's fixed splits, in report order (a cache may also hold rows with split "").
@@ -61,7 +64,9 @@ EXTRA_NAMES: tuple[str, ...] = (
 )
 
 #: Values that mean "the annotator was unsure" (compared case-insensitively, after stripping).
-UNSURE_VALUES: frozenset[str] = frozenset({"", "uncertain", "missing", "unsure", "-1", "nan", "none"})
+#: The documented ones only (README, "Labels"): "None" or "nan" written in a cell is an error, not
+#: a silent -1 (the SurgWound sheet writes "Uncertain"; the release omits the record).
+UNSURE_VALUES: frozenset[str] = frozenset({"", "uncertain", "missing"})
 
 #: Field names as written by each source, mapped to the canonical key. The HF release uses the
 #: new names (``Healing Status``, ``Exudate Type``); the annotation sheet the old ones
@@ -91,7 +96,10 @@ _BINARY_VOCAB: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 }
 _URGENCY_POSITIVE = ("yellow", "red")
 _URGENCY_NEGATIVE = ("green",)
-_COLOUR_RE = re.compile(r"\b(green|yellow|red)\b", re.IGNORECASE)
+#: The release's urgency categories and the colour each is written with.
+URGENCY_CATEGORIES: dict[str, str] = {"home care": "green", "clinic visit": "yellow", "emergency care": "red"}
+_URGENCY_RE = re.compile(r"(?:(home care|clinic visit|emergency care)\s*\(\s*(green|yellow|red)\s*\)(?:\s*:.*)?"
+                         r"|(green|yellow|red))", re.IGNORECASE | re.DOTALL)
 
 
 class LabelError(WoundscoreError, ValueError):
@@ -115,21 +123,28 @@ def is_unsure(value: object) -> bool:
     """True for an annotation that means 'unsure' (masked, never guessed)."""
     if value is None:
         return True
-    if isinstance(value, float) and np.isnan(value):
+    if isinstance(value, (float, np.floating)) and np.isnan(value):  # an empty cell read by pandas
         return True
     return str(value).strip().lower() in UNSURE_VALUES
 
 
 def urgency_colour(value: str) -> str | None:
-    """The colour word of an urgency string ('Green'/'Yellow'/'Red'), or None if there is none.
+    """The colour of an urgency string ('Green'/'Yellow'/'Red'), or None if it is not one.
 
-    Matching the colour word rather than the whole sentence keeps the schema stable if the
-    release rewords the advice text; two different colour words in one value are ambiguous.
+    Accepted: the release's form ``<Category> (<Colour>)`` optionally followed by ``: advice``
+    (any advice text, so a reworded advice keeps its label), with the category matching the
+    colour, or the bare colour word. A colour word elsewhere ("Home care: no red flags") is not
+    read as the code.
     """
-    colours = {m.lower() for m in _COLOUR_RE.findall(value)}
-    if len(colours) != 1:
+    m = _URGENCY_RE.fullmatch(str(value).strip())
+    if m is None:
         return None
-    return colours.pop().capitalize()
+    category, colour, bare = m.groups()
+    if bare is not None:
+        return bare.capitalize()
+    if URGENCY_CATEGORIES[category.lower()] != colour.lower():
+        return None
+    return colour.capitalize()
 
 
 def encode_value(key: str, value: object, *, source: str = "<input>", item: str = "?") -> int:
@@ -199,8 +214,8 @@ class LabelSchema:
     def to_dict(self) -> dict:
         rules = {k: {"positive": sorted(p), "negative": sorted(n)} for k, (p, n) in _BINARY_VOCAB.items()}
         rules["urgency"] = {
-            "positive": [f"colour word {c}" for c in _URGENCY_POSITIVE],
-            "negative": [f"colour word {c}" for c in _URGENCY_NEGATIVE],
+            "positive": [f"{k} ({c})" for k, c in URGENCY_CATEGORIES.items() if c in _URGENCY_POSITIVE],
+            "negative": [f"{k} ({c})" for k, c in URGENCY_CATEGORIES.items() if c in _URGENCY_NEGATIVE],
         }
         return {
             "version": self.version,

@@ -46,7 +46,8 @@ NEGATIVE = {
     "urgency": ["Home Care (Green): Manage with routine care", "Green"],
     "exudate": ["Non-existent"],
 }
-UNSURE = ["Uncertain", "MISSING", "", "unsure", "-1", "nan", "None"]
+UNSURE = ["Uncertain", "MISSING", ""]  # README, "Labels": the documented tokens only
+NOT_UNSURE = ["None", "nan", "-1", "unsure", "N/A", "null", "?"]
 WHITESPACE = st.text(alphabet=" \t\n\r\u00a0\u2003\u3000", max_size=3)
 FAST = settings(max_examples=60, deadline=None)
 
@@ -86,7 +87,10 @@ def _is_known(key: str, text: str) -> bool:
     if key == "urgency":
         import re
 
-        return bool(re.search(r"\b(green|yellow|red)\b", low))
+        m = re.fullmatch(r"(home care|clinic visit|emergency care)\s*\(\s*(green|yellow|red)\s*\)(\s*:.*)?"
+                         r"|green|yellow|red", low, re.DOTALL)
+        pairs = {"home care": "green", "clinic visit": "yellow", "emergency care": "red"}
+        return bool(m) and (m.group(1) is None or pairs[m.group(1)] == m.group(2))
     return low in {v.lower() for v in POSITIVE[key] + NEGATIVE[key]}
 
 
@@ -174,3 +178,38 @@ def test_schema_json_is_deterministic_and_round_trips():
     assert d["rules"]["infection_risk"] == {"positive": ["high", "medium"], "negative": ["low"]}
     assert LabelSchema.from_json(text) == SCHEMA
     assert LabelSchema.from_json(text).to_json() == text
+
+
+@pytest.mark.parametrize("key", LABEL_NAMES)
+@pytest.mark.parametrize("value", NOT_UNSURE)
+def test_undocumented_missing_tokens_are_errors(key, value):
+    """Issue 14: "None" (and "nan", "-1", ...) was silently MISSING; the README documents only
+    Uncertain / MISSING / empty / absent. Catches re-adding any token to UNSURE_VALUES."""
+    with pytest.raises(LabelValueError) as e:
+        encode_value(key, value, source="labels.csv", item="row 3")
+    assert e.value.value == value and "labels.csv: row 3" in str(e.value)
+
+
+@pytest.mark.parametrize("value", [
+    "Home care: no red flags",  # contained "red": was encoded positive
+    "Home Care (Red): Manage with routine care",  # category and colour disagree
+    "Emergency Care (Green)",
+    "No red flags, green light",
+    "Red flag",
+    "Clinic visit recommended (yellow discharge)",
+])
+def test_urgency_is_read_from_the_release_strings_only(value):
+    """Issue 14: the colour word anywhere in the text used to be the label ("Home care: no red
+    flags" -> positive). Catches a return to searching for any colour word."""
+    with pytest.raises(LabelValueError):
+        encode_value("urgency", value)
+
+
+def test_urgency_release_strings_and_reworded_advice():
+    """The release's three strings, the category alone, a reworded advice and the bare colour word."""
+    assert encode_value("urgency", "Home Care (Green): Manage with routine care") == 0
+    assert encode_value("urgency", "Clinic Visit (Yellow): Requires professional evaluation within 48 hours") == 1
+    assert encode_value("urgency", "Emergency Care (Red): Seek immediate medical attention") == 1
+    assert encode_value("urgency", "Emergency Care (Red)") == 1
+    assert encode_value("urgency", "Home Care (Green): no red flags seen") == 0
+    assert encode_value("urgency", " yellow ") == 1
