@@ -224,3 +224,61 @@ def demo_command(out_dir: str, n_images: int, seed: int, quiet: bool) -> None:
         click.echo("\ninterrupted: rerun the same command (the checkpoint, dataset and cache made so far are reused)",
                    err=True)
         raise SystemExit(130) from None
+
+
+@cli.command("curve")
+@click.argument("cache", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for curve.csv, curve.md, curve.png and curve.json (created; replaced).")
+@click.option("--fractions", default="0.1,0.25,0.5,1.0", show_default=True,
+              help="Fractions of the train split, comma-separated, increasing, in (0, 1].")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Subsets (and seeds) per size.")
+@click.option("--method", "methods", multiple=True, type=click.Choice(["probe", "mlp"]),
+              default=("probe", "mlp"), show_default=True, help="Heads to train (repeatable).")
+@click.option("--finetune-predictions", type=click.Path(exists=True, dir_okay=False),
+              help="A fine-tune's predictions.csv: its test macro AUC is drawn at the full train size.")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(min=100), default=2000, show_default=True,
+              help="Bootstrap resamples for the intervals.")
+@click.option("--max-epochs", type=click.IntRange(min=1), default=150, show_default=True,
+              help="The curve's MLP: at most this many epochs (the trained head's default: 300).")
+@click.option("--patience", type=click.IntRange(min=1), default=15, show_default=True,
+              help="The curve's MLP: early-stopping patience in epochs (the trained head's default: 25).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subsets, training and bootstrap.")
+@click.option("--quiet", is_flag=True, help="No progress messages.")
+def curve_cmd(cache: str, out_dir: str, fractions: str, repeats: int, methods: tuple[str, ...],
+              finetune_predictions: str | None, n_boot: int, max_epochs: int, patience: int, seed: int,
+              quiet: bool) -> None:
+    """Learning curve: test AUC of the probe and the MLP vs the number of training images.
+
+    Trains on nested, stratified subsets of the cache's train split, REPEATS
+    times per size, scores the full test split (early stopping and the probe's
+    C on val) and says whether the curve has flattened (rule in the output).
+
+    \b
+    Writes into OUT: curve.csv, curve.md (table + reading), curve.png, curve.json.
+
+    \b
+    Example:
+      wound-compare curve surgwound.h5 --out curve/
+      wound-compare curve surgwound.h5 --out curve/ --finetune-predictions ft/predictions.csv
+
+    \b
+    Exit codes: 0 written; 1 the curve could not run (the message says why); 2 usage error.
+    """
+    from woundscore.cache import read_cache
+    from woundscore.compare.curve import learning_curve
+    from woundscore.compare.curve_output import write_curve
+
+    try:
+        fr = [float(f) for f in fractions.split(",") if f.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{fractions!r} is not a comma-separated list of numbers",
+                                 param_hint="--fractions") from None
+    res = learning_curve(read_cache(cache), fractions=fr, repeats=repeats, seed=seed, methods=tuple(dict.fromkeys(methods)),
+                         n_boot=n_boot, finetune_predictions=finetune_predictions,
+                         mlp_params={"max_epochs": max_epochs, "patience": patience},
+                         on_progress=None if quiet else (lambda m: click.echo(m, err=True)))
+    files = write_curve(res, out_dir)
+    click.echo(res.reading)
+    click.echo(f"curve: {files['curve.md']}  ({res.timing['total']:.1f} s)")
