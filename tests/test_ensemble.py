@@ -1,0 +1,95 @@
+"""The seed ensemble (KerasMLPClassifier(n_members=k), classify.ensemble): members with their own
+early stopping, one averaging model.keras that loads without custom_objects and predicts the
+same, member_proba for the report's seed spread, and members that train independently."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from scipy.special import expit, logit
+
+from woundscore.classify.ensemble import fit_members, member_models
+from woundscore.classify.metrics import macro_auc
+from woundscore.classify.models import ClassifierInputError, KerasMLPClassifier
+from woundscore.classify.synthetic import synthetic_embedding_set
+
+
+@pytest.fixture(scope="module")
+def data():
+    es = synthetic_embedding_set(160, 60, 80, dim=16, seed=7, signal=3.0)
+    return es.subset("train"), es.subset("val"), es.subset("test")
+
+
+@pytest.fixture(scope="module")
+def ens(data):
+    tr, va, _ = data
+    return KerasMLPClassifier(n_members=3, max_epochs=25, patience=4, seed=1).fit(tr.X, tr.Y, va.X, va.Y)
+
+
+def test_ensemble_is_the_mean_of_its_members_logits(ens, data) -> None:
+    _, _, te = data
+    M = ens.member_proba(te.X)
+    assert M.shape == (3, len(te), 6) and M.dtype == np.float64
+    np.testing.assert_allclose(ens.predict_proba(te.X), expit(logit(M).mean(0)), atol=1e-6)
+    assert len({round(float(x), 6) for x in M[:, 0, 0]}) == 3  # members differ (own init, dropout, order)
+    assert macro_auc(te.Y, ens.predict_proba(te.X)) > 0.85
+
+
+def test_each_member_stops_on_its_own_best_epoch_with_its_weights_restored(ens, data) -> None:
+    _, va, _ = data
+    hist = ens.history_
+    for r, (best, score) in enumerate(zip(ens.member_best_epochs_, ens.member_best_scores_)):
+        own = [h["member_scores"][r] for h in hist[:best + 4]]  # the epochs before its patience ran out
+        assert best == 1 + int(np.argmax(own)) and score == pytest.approx(max(own))
+        # restored: the member's own val macro AUC is its best epoch's
+        assert macro_auc(va.Y, ens.member_proba(va.X)[r]) == pytest.approx(score, abs=1e-6)
+    assert ens.best_epoch_ == max(ens.member_best_epochs_) and ens.monitor_ == "val_macro_auc"
+    assert ens.best_score_ == pytest.approx(macro_auc(va.Y, ens.predict_proba(va.X)))
+
+
+def test_saved_as_one_model_keras_that_loads_without_custom_objects(ens, data, tmp_path) -> None:
+    _, _, te = data
+    path = tmp_path / "model.keras"
+    ens.model_.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)  # built-in layers only
+    again = KerasMLPClassifier.from_keras(loaded, n_members=3)
+    np.testing.assert_array_equal(again.predict_proba(te.X), ens.predict_proba(te.X))
+    np.testing.assert_array_equal(again.member_proba(te.X), ens.member_proba(te.X))
+    assert len(member_models(loaded)) == 3
+
+
+def test_train_on_set_saves_and_loads_an_ensemble_folder(data, tmp_path) -> None:
+    from woundscore.classify.artifacts import load_model_dir
+    from woundscore.classify.train import train_on_set
+
+    es = synthetic_embedding_set(80, 40, 20, dim=8, seed=2, signal=3.0)
+    res = train_on_set(es, tmp_path / "m", model="mlp", n_members=2, max_epochs=6, patience=2)
+    loaded = load_model_dir(tmp_path / "m")
+    assert loaded.kind == "mlp" and loaded.provenance["hyperparameters"]["n_members"] == 2
+    X = es.subset("test").X
+    np.testing.assert_allclose(loaded.estimator.predict_proba(X), res.estimator.predict_proba(X), atol=1e-7)
+    assert loaded.estimator.member_proba(X).shape == (2, len(X), 6)
+
+
+def test_single_mlp_member_proba_is_its_own_proba(data) -> None:
+    tr, va, te = data
+    m = KerasMLPClassifier(max_epochs=3, patience=3).fit(tr.X, tr.Y, va.X, va.Y)
+    np.testing.assert_array_equal(m.member_proba(te.X), m.predict_proba(te.X)[None])
+    with pytest.raises(ClassifierInputError, match="n_members must be >= 1"):
+        KerasMLPClassifier(n_members=0).fit(tr.X, tr.Y)
+
+
+def test_members_train_independently_a_member_without_labels_does_not_move(data) -> None:
+    tr, va, _ = data
+    Y_none = np.full_like(tr.Y, -1)  # member 1 has no observed label: zero loss, zero gradient
+    keras.utils.set_random_seed(0)
+    fit = fit_members([tr.X, tr.X], [tr.Y, Y_none], None, None, seed=3, l2=0.0, max_epochs=3)
+    # rebuild the same initial weights (same seed, same build order) to compare against
+    from woundscore.classify.models import build_mlp
+
+    keras.utils.set_random_seed(3)
+    init = [build_mlp(16, l2=0.0, name=f"member_{r}").get_weights() for r in range(2)]
+    moved = [any(not np.array_equal(a, b) for a, b in zip(m.get_weights(), w)) for m, w in zip(fit.members, init)]
+    assert moved == [True, False]
+    assert fit.monitor == "none" and fit.best_epoch == [3, 3] and len(fit.history) == 3
