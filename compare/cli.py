@@ -54,20 +54,27 @@ def _parse_predictions(ctx: click.Context, param: click.Parameter, values: tuple
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=100), default=2000, show_default=True,
               help="Bootstrap resamples for every interval.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of training and bootstrap.")
+@click.option("--exclude-leaked", is_flag=True,
+              help="Also report the test metrics without the test images that have an exact or near "
+                   "duplicate in train/val (the leakage audit).")
+@click.option("--curve", is_flag=True, help="Add the learning-curve section (as `wound-compare curve`).")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 def run_cmd(cache: str, out_dir: str, source: str | None, model: str | None, finetune_dir: str | None,
             predictions: dict[str, str], zero_shot: bool, train: tuple[str, ...], n_boot: int, seed: int,
-            quiet: bool) -> None:
+            exclude_leaked: bool, curve: bool, quiet: bool) -> None:
     """Compare the MLP with the probe, zero-shot and a fine-tune on the same test images.
 
     Trains the logistic probe and the MLP on the cache's train split (early
-    stopping and thresholds on val), scores the test split, adds zero-shot and
-    any predictions files, and writes the report.
+    stopping, calibration and thresholds on val), scores the test split, adds
+    zero-shot and any predictions files, and writes the report. The first
+    section names the best method and the one command that deploys it.
 
     \b
-    Writes into REPORT_DIR: report.md, report.html (self-contained),
-    metrics.json, roc.png, reliability.png, forest.png. Every estimate
-    carries its n and a 95% confidence interval.
+    Writes REPORT_DIR all-or-nothing (built beside it, then swapped in):
+    report.md, report.html (self-contained), metrics.json, roc.png,
+    reliability.png, forest.png, and models/probe, models/mlp (model
+    folders for wound-serve). Every estimate carries its n and a 95%
+    confidence interval.
 
     \b
     Example:
@@ -79,12 +86,17 @@ def run_cmd(cache: str, out_dir: str, source: str | None, model: str | None, fin
     Exit codes: 0 report written; 1 the comparison could not run (the
     message says why; nothing is written); 2 usage error.
     """
+    from woundscore.compare.render import printable
     from woundscore.compare.report import run_comparison
 
     result = run_comparison(cache, out_dir, source=source, model=model, finetune_dir=finetune_dir,
                             predictions=predictions, zero_shot=zero_shot, n_boot=n_boot, seed=seed, quiet=quiet,
-                            methods=tuple(m for m in dict.fromkeys(train) if m != "none"))
-    click.echo(result.metrics["answer"]["text"])
+                            methods=tuple(m for m in dict.fromkeys(train) if m != "none"),
+                            exclude_leaked=exclude_leaked, curve=curve)
+    click.echo(printable(result.metrics["answer"]["text"]))
+    deploy = result.metrics.get("deploy") or {}
+    if deploy.get("command"):
+        click.echo(printable(f"deploy {deploy['deployable']}: {deploy['command']}"))
     click.echo(f"report: {result.files['report.html']}")
     click.echo(f"        {result.files['report.md']}")
 

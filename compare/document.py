@@ -15,8 +15,11 @@ import numpy as np
 
 from woundscore.cache.schema import label_counts
 from woundscore.cache.types import EmbeddingSet
-from woundscore.compare.methods import FINETUNE, MLP, MethodRun
+from woundscore.compare.calibration_report import calibration_blocks
+from woundscore.compare.headline import headline_blocks
+from woundscore.compare.methods import FINETUNE, MEMORY_KIND, MLP, MethodRun
 from woundscore.compare.metrics import one_class_reason
+from woundscore.compare.sections import deploy_blocks, excluded_blocks, leakage_blocks, seed_spread_blocks
 
 METRICS_SCHEMA_VERSION = 1
 Block = tuple
@@ -37,7 +40,7 @@ POOLING_NOTE = (
     "SiglipForImageClassification (the fine-tune's model class) mean-pools the patch tokens of the "
     "last layer and ignores the attention-pooling head that the cached embeddings (and so the MLP "
     "and the probe) come from. The fine-tune therefore classifies a different feature than the "
-    "other methods; `wound-compare finetune --pooling attention` classifies the attention-pooled "
+    "other methods; wound-compare finetune --pooling attention classifies the attention-pooled "
     "feature instead."
 )
 
@@ -60,9 +63,18 @@ QUESTION = ("On the same test images, how does the cheap MLP compare with the fi
 
 
 def notices(data: EmbeddingSet, runs: Mapping[str, MethodRun]) -> list[str]:
-    """The cache's notice, then each method's (demo data, random weights ...), without repeats."""
+    """The cache's notice, then each method's (demo data, random weights ...), each said once: a
+    notice that repeats an earlier one's "; "-separated parts keeps only its new parts."""
     found = [str(n) for n in [(data.provenance or {}).get("notice"), *(r.notice for r in runs.values())] if n]
-    return list(dict.fromkeys(found))
+    seen: set[str] = set()
+    out = []
+    for notice in found:
+        parts = [p.strip() for p in notice.split(";") if p.strip()]
+        new = [p for p in parts if p not in seen]
+        seen.update(parts)
+        if new:
+            out.append(notice if len(new) == len(parts) else "; ".join(new))
+    return out
 
 
 def _limitations(data: EmbeddingSet) -> dict[str, Any]:
@@ -139,13 +151,16 @@ def _answer(result: dict, runs: Mapping[str, MethodRun], n_test: int) -> dict[st
 
 def report_data(
     *, data: EmbeddingSet, cache_name: str, runs: Mapping[str, MethodRun], skipped: Mapping[str, str],
-    result: dict, n_boot: int, seed: int,
+    result: dict, n_boot: int, seed: int, extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything the report says, JSON-ready (it is ``metrics.json``; ``timing`` is added by the runner)."""
+    """Everything the report says, JSON-ready (it is ``metrics.json``; ``timing`` is added by the
+    runner). ``extra``: the runner's further sections (headline, calibration, leakage, deploy,
+    seed_spread, curve ...), merged in."""
     prov = dict(data.provenance or {})
     prov.pop("label_schema", None)  # long; the schema is in the cache itself
     methods = {n: {"description": r.description, "origin": r.origin, "threshold_rule": r.threshold_rule,
-                   "thresholds": r.thresholds, "cost": r.cost, "notes": r.notes} for n, r in runs.items()}
+                   "thresholds": r.thresholds, "cost": r.cost, "notes": r.notes, "calibration": r.calibration,
+                   "calibration_note": r.calibration_note} for n, r in runs.items()}
     return {
         "schema_version": METRICS_SCHEMA_VERSION,
         "notice": notices(data, runs) or None,
@@ -161,6 +176,7 @@ def report_data(
         "limitations": _limitations(data),
         "settings": {"n_boot": int(n_boot), "seed": int(seed)},
         "figures": {"roc": "roc.png", "reliability": "reliability.png", "forest": "forest.png"},
+        **dict(extra or {}),
     }
 
 
@@ -199,11 +215,18 @@ def _fmt_cost(v: Any, unit: str = "", digits: int = 1) -> str:
 # --- Content as blocks, one function per section ---
 
 
+RESEARCH_USE = "Research use only. Not a medical device. The scores are not a diagnosis."
+
+
 def _head(d: Mapping[str, Any]) -> list[Block]:
     b: list[Block] = [("h1", "woundscore: MLP vs probe, zero-shot and fine-tune on the same test images")]
-    b += [("banner", f"NOTICE: {notice}") for notice in d["notice"] or []]
-    b.append(("banner", "Research use only. Not a medical device. The scores are not a diagnosis."))
-    b += [("h2", "The answer"), ("p", d["question"]), ("p", d["answer"]["text"])]
+    # one banner: the data's notices when there are any (they are stronger), else research use only
+    b.append(("banner", "NOTICE: " + "; ".join(d["notice"]) if d["notice"] else RESEARCH_USE))
+    b += [("h2", "The answer"), *headline_blocks(d["headline"], len(d["methods"]))]
+    if d["notice"]:
+        b.append(("p", RESEARCH_USE))
+    b += [("p", d["question"]), ("p", d["answer"]["text"])]
+    b += deploy_blocks(d.get("deploy"))
     costs = [(n, m["cost"]) for n, m in d["methods"].items() if m["cost"].get("train_seconds") is not None]
     if costs:
         b.append(("p", "Training cost (single measurements, details in the cost table): " + "; ".join(
@@ -228,12 +251,26 @@ def _context_and_methods(d: Mapping[str, Any]) -> list[Block]:
               "estimates only):"),
         ("table", ["label", "published AUC (external, point only)"],
          [[lab, f"{ext['per_label_auc'][lab]:.3f}"] for lab in d["label_names"] if lab in ext["per_label_auc"]]),
-        ("p", "With 16 urgency positives in the public test split, an AUC's 95% interval there is "
-              "about ±0.13: differences of a few hundredths between these points and ours mean little."),
+        ("p", _this_split(d)),
+        *leakage_blocks(d.get("leakage")),
         ("h2", "Methods"),
         ("list", items),
         ("p", "Fine-tune pooling: " + d["pooling_note"]),
     ]
+
+
+def _this_split(d: Mapping[str, Any]) -> str:
+    """The context line: this report's own test n (and urgency positives) beside the published 137."""
+    lim, first = d["limitations"], next(iter(d["methods"]), None)
+    urg = lim["labels"].get("urgency", {})
+    text = (f"This report's test split: {lim['n_test_images']} images ({urg.get('positives', 0)} urgency "
+            f"positives of n={urg.get('n', 0)}); the published figures above rest on "
+            f"{EXTERNAL_REFERENCE['n_test_images']} images.")
+    auc = d["metrics"]["per_label"].get("urgency", {}).get(first, {}).get("auc", {}) if first else {}
+    if auc.get("low") is not None:
+        text += (f" Here, {first}'s urgency AUC interval is {auc['high'] - auc['low']:.2f} wide: differences of a "
+                 "few hundredths between the published points and ours mean little.")
+    return text
 
 
 def _discrimination(d: Mapping[str, Any]) -> list[Block]:
@@ -257,7 +294,8 @@ def _discrimination(d: Mapping[str, Any]) -> list[Block]:
             for lab in d["label_names"] for n in methods for r in [res["per_label"][lab][n]]]
     return b + [("h2", "Discrimination per label"),
                 ("table", ["label", "method", "n", "positives", "ROC AUC (95% CI)", "average precision (95% CI)"],
-                 rows)]
+                 rows),
+                ("image", "roc.png", "ROC curves per label, all methods")] + seed_spread_blocks(d.get("seed_spread"))
 
 
 def _differences(d: Mapping[str, Any]) -> list[Block]:
@@ -282,7 +320,7 @@ def _differences(d: Mapping[str, Any]) -> list[Block]:
     ]
 
 
-def _operating_points_and_calibration(d: Mapping[str, Any]) -> list[Block]:
+def _operating_points(d: Mapping[str, Any]) -> list[Block]:
     res = d["metrics"]
     per = [(lab, n, res["per_label"][lab][n]) for lab in d["label_names"] for n in d["methods"]]
     ops = [[lab, n, point, f"{op['threshold']:.3f}", str(r["n"]), str(r["positives"]), fmt_est(op["sensitivity"]),
@@ -290,18 +328,11 @@ def _operating_points_and_calibration(d: Mapping[str, Any]) -> list[Block]:
            for lab, n, r in per for point, op in r["operating_points"].items()]
     return [
         ("h2", "Operating points"),
-        ("p", "Sensitivity and specificity at 0.5 and at the threshold chosen on the validation "
-              "split (rule in Methods); intervals: Wilson score. Sensitivity rests on the positives, "
-              "specificity on the negatives."),
+        ("p", "Sensitivity and specificity of the calibrated scores at 0.5 and at the threshold chosen "
+              "on the calibrated validation scores (rule in Methods); intervals: Wilson score. "
+              "Sensitivity rests on the positives, specificity on the negatives."),
         ("table", ["label", "method", "operating point", "threshold", "n", "positives",
                    "sensitivity (95% CI)", "negatives", "specificity (95% CI)"], ops),
-        ("h2", "Calibration"),
-        ("p", f"Brier score (lower is better) and expected calibration error "
-              f"({res['bootstrap']['ece_bins']} equal-width bins); intervals: stratified bootstrap."),
-        ("table", ["label", "method", "n", "positives", "Brier (95% CI)", "ECE (95% CI)"],
-         [[lab, n, str(r["n"]), str(r["positives"]), fmt_est(r["brier"]), fmt_est(r["ece"])] for lab, n, r in per]),
-        ("image", "roc.png", "ROC curves per label, all methods"),
-        ("image", "reliability.png", "Reliability diagrams per label, all methods"),
     ]
 
 
@@ -310,14 +341,18 @@ def _cost(d: Mapping[str, Any]) -> list[Block]:
     for n, m in d["methods"].items():
         c = m["cost"]
         mem = _fmt_cost(c.get("peak_memory_mb"), " MiB")
-        if c.get("peak_memory_mb") is not None and c.get("memory_kind"):
-            mem += f" ({c['memory_kind']})"
+        if c.get("peak_memory_mb") is not None and c.get("memory_kind") != MEMORY_KIND:
+            # another measure (e.g. a GPU's max allocated): shown, but marked as not comparable
+            mem = f"not comparable: {mem} ({c.get('memory_kind') or 'kind not reported'})"
         rows.append([n, _fmt_cost(c.get("device")), _fmt_cost(c.get("train_seconds"), " s"), mem,
                      _fmt_cost(c.get("trainable_params")), _fmt_cost(c.get("inference_ms_per_image"), " ms", 3)])
     return [
         ("h2", "Cost"),
         ("p", "Single measurements on the machine that ran each method (not statistical estimates, "
-              "so no interval). Predictions files report their own cost in a sidecar JSON."),
+              f"so no interval). Peak memory is one measure for every method: the {MEMORY_KIND}; a "
+              "predictions file's sidecar that measured something else is marked not comparable. "
+              "Train time of the heads trained here includes calibration, thresholds and saving the "
+              "model folder."),
         ("table", ["method", "device", "train time", "peak memory", "trainable parameters", "inference per image"],
          rows),
     ]
@@ -371,7 +406,9 @@ def _how(d: Mapping[str, Any]) -> list[Block]:
     ]
 
 
-def build_document(d: Mapping[str, Any]) -> list[Block]:
-    """The report (``report_data``'s dict ``d``) as blocks, section by section, answer first."""
+def build_document(d: Mapping[str, Any], extra_blocks: list[Block] | None = None) -> list[Block]:
+    """The report (``report_data``'s dict ``d``) as blocks, section by section, answer first;
+    ``extra_blocks`` (e.g. the learning curve's section) go before the limitations."""
     return [*_head(d), *_context_and_methods(d), *_discrimination(d), *_differences(d),
-            *_operating_points_and_calibration(d), *_cost(d), *_limitations_blocks(d["limitations"]), *_how(d)]
+            *excluded_blocks(d.get("excluded_leaked"), d["label_names"], fmt_est), *_operating_points(d), *calibration_blocks(d, fmt_est), *_cost(d), *(extra_blocks or []),
+            *_limitations_blocks(d["limitations"]), *_how(d)]

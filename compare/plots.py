@@ -14,17 +14,44 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from woundscore.compare.document import fmt_est
-from woundscore.compare.metrics import DEFAULT_N_BINS, reliability_curve
+from woundscore.compare.calibration_report import equal_count_bins, n_bins_for
 
-def _figure(nrows: int, ncols: int, size: tuple[float, float]):
+DPI = 150  # figures are written at this resolution (README: >= 150 dpi)
+_NOTICE_FONT = 8
+_LINE_IN = 0.16  # height of one notice line at 8 pt, inches
+
+
+def _notice_lines(notice: str | None, width_in: float) -> list[str]:
+    """The notice wrapped to the figure's width (about 0.075 in per 8-pt character)."""
+    if not notice:
+        return []
+    import textwrap
+
+    return textwrap.wrap(f"NOTICE: {notice}", width=max(20, int(width_in / 0.075)))
+
+
+def _figure(nrows: int, ncols: int, size: tuple[float, float], notice: str | None = None):
+    """A figure with a strip below the axes reserved for the notice: (fig, axes, strip inches)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    lines = _notice_lines(notice, size[0])
+    strip = (len(lines) * _LINE_IN + 0.12) if lines else 0.0
     # no layout engine: "constrained" doubles the drawing time; margins are set per figure
-    fig = Figure(figsize=size, dpi=100)
+    fig = Figure(figsize=(size[0], size[1] + strip), dpi=100)
+    FigureCanvasAgg(fig)  # a canvas with a renderer, so text extents can be measured
+    fig._woundscore_notice = (lines, strip)  # read by _margins and _save
     return fig, fig.subplots(nrows, ncols, squeeze=False).ravel()
+
+
+def _margins(fig, *, bottom_in: float, top_in: float, **kw: float) -> None:
+    """subplots_adjust with the bottom and top margins in inches, above the notice strip."""
+    h = fig.get_figheight()
+    strip = fig._woundscore_notice[1]
+    fig.subplots_adjust(bottom=(bottom_in + strip) / h, top=1 - top_in / h, **kw)
 
 
 def _safe(text: object) -> str:
@@ -39,7 +66,7 @@ def _label_panels(
     """One panel per label, titled with its observed n and positives; ``draw(ax, j, y)`` fills it."""
     ncols = min(3, max(1, len(label_names)))
     rows = (len(label_names) + ncols - 1) // ncols
-    fig, axes = _figure(rows, ncols, (4.2 * ncols, 3.9 * rows))
+    fig, axes = _figure(rows, ncols, (4.2 * ncols, 3.9 * rows), notice)
     for ax, (j, label) in zip(axes, enumerate(label_names)):
         y = np.asarray(Y)[:, j]
         ax.set_title(_safe(f"{label} (n={int((y != -1).sum())}, positives={int((y == 1).sum())})"), fontsize=10)
@@ -49,8 +76,8 @@ def _label_panels(
     for ax in axes[len(label_names):]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=11)
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.09, top=0.88, wspace=0.28, hspace=0.42)
-    return _save(fig, path, notice)
+    _margins(fig, bottom_in=0.45, top_in=0.5, left=0.07, right=0.98, wspace=0.28, hspace=0.42)
+    return _save(fig, path)
 
 
 def plot_roc(
@@ -83,26 +110,39 @@ def plot_roc(
 
 
 def plot_reliability(
-    Y: np.ndarray, probs: Mapping[str, np.ndarray], label_names: Sequence[str],
-    per_label: Mapping[str, Mapping[str, Mapping]], path: str | os.PathLike, *, notice: str | None = None,
+    Y: np.ndarray, raw: Mapping[str, np.ndarray], calibrated: Mapping[str, np.ndarray], label_names: Sequence[str],
+    cal_metrics: Mapping[str, Mapping[str, Mapping]], path: str | os.PathLike, *, notice: str | None = None,
 ) -> Path:
-    """One panel per label: fraction positive vs mean predicted probability per bin, every method."""
-    n_bins = DEFAULT_N_BINS  # the bins of the report's ECE
+    """One row per label, before (left) and after (right) calibration: fraction positive vs mean
+    predicted probability over equal-count bins (fewer when n is small), every method.
 
-    def draw(ax, j: int, y: np.ndarray) -> None:
-        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--", label="perfect calibration")
-        if (y != -1).any():
+    Y: (n, L) test labels; raw / calibrated: method -> (n, L); cal_metrics: calibration_metrics()."""
+    L = len(label_names)
+    fig, axes = _figure(L, 2, (8.4, 3.3 * L), notice)
+    for j, label in enumerate(label_names):
+        y = np.asarray(Y)[:, j]
+        n = int((y != -1).sum())
+        k = n_bins_for(n)
+        sizes = np.array_split(np.arange(n), k) if n else []
+        per_bin = f"{min(map(len, sizes))}-{max(map(len, sizes))}" if n and len(set(map(len, sizes))) > 1 else (
+            str(len(sizes[0])) if n else "0")
+        for ax, (when, probs) in zip(axes[2 * j: 2 * j + 2], (("before", raw), ("after", calibrated))):
+            ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
             for name, P in probs.items():
-                mean_p, frac, _ = reliability_curve(y, np.asarray(P)[:, j], n_bins)
-                ece = per_label[label_names[j]][name]["ece"]
+                mean_p, frac, _ = equal_count_bins(y, np.asarray(P)[:, j], k)
+                ece = cal_metrics[label][name][f"ece_{when}"]
                 ax.plot(mean_p, frac, marker="o", ms=3, lw=1.2, label=_safe(f"{name}: ECE {fmt_est(ece, digits=2)}"))
-        ax.legend(fontsize=7, loc="upper left")
-        ax.set_xlabel("mean predicted probability (bin)", fontsize=8)
-        ax.set_ylabel("fraction positive (bin)", fontsize=8)
-        ax.set_ylim(-0.02, 1.02)
-
-    return _label_panels(Y, label_names, draw, f"Reliability diagrams on the test split ({n_bins} equal-width bins)",
-                         path, notice)
+            if n:
+                ax.legend(fontsize=6.5, loc="upper left")
+            ax.set_title(_safe(f"{label} {when} calibration (n={n}; {k} bins of {per_bin})"), fontsize=9)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(-0.02, 1.02)
+            ax.tick_params(labelsize=7)
+            ax.set_xlabel("mean predicted probability (bin)", fontsize=8)
+            ax.set_ylabel("fraction positive (bin)", fontsize=8)
+    fig.suptitle("Reliability on the test split, equal-count bins (ECE: 10 equal-width bins, 95% CI)", fontsize=10)
+    _margins(fig, bottom_in=0.45, top_in=0.55, left=0.09, right=0.98, wspace=0.28, hspace=0.55)
+    return _save(fig, path)
 
 
 def plot_forest(
@@ -118,8 +158,8 @@ def plot_forest(
     height = max(2.5, 0.28 * len(rows) + 1.2)
     longest = max((len(name) for name, _ in rows), default=10) + 8
     width = 5.0 + 0.065 * longest  # room for the row labels on the left
-    fig, axes = _figure(1, 1, (width, height))
-    fig.subplots_adjust(left=0.065 * longest / width, right=0.97, top=1 - 0.45 / height, bottom=0.75 / height)
+    fig, axes = _figure(1, 1, (width, height), notice)
+    _margins(fig, bottom_in=0.55, top_in=0.45, left=0.065 * longest / width, right=0.97)
     ax = axes[0]
     ypos = np.arange(len(rows))[::-1]
     for yv, (name, d) in zip(ypos, rows):
@@ -142,14 +182,16 @@ def plot_forest(
     ax.set_title("Paired differences in ROC AUC on the same test images", fontsize=10)
     if not rows:
         ax.text(0.5, 0.5, "no comparison (one method only)", ha="center", va="center", transform=ax.transAxes)
-    return _save(fig, path, notice)
+    return _save(fig, path)
 
 
-def _save(fig, path: str | os.PathLike, notice: str | None = None) -> Path:
+def _save(fig, path: str | os.PathLike) -> Path:
+    """Draw the notice once, in the strip reserved below the axes (a figure copied out of the
+    report keeps its warning, e.g. demo: random weights), and write the PNG at :data:`DPI`."""
     path = Path(path)
-    if notice:  # a figure copied out of the report keeps its warning (e.g. demo: random weights)
-        fig.text(0.5, 0.003, _safe(f"NOTICE: {notice}"), ha="center", va="bottom", fontsize=8,
-                 color="#b00020", wrap=True)
-    fig.savefig(path, format="png")
+    lines, strip = fig._woundscore_notice
+    if lines:
+        fig.text(0.5, 0.05 / fig.get_figheight(), _safe("\n".join(lines)), ha="center", va="bottom",
+                 fontsize=_NOTICE_FONT, color="#b00020", linespacing=1.2)
+    fig.savefig(path, format="png", dpi=DPI)
     return path
-

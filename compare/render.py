@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Sequence
 
@@ -17,9 +18,34 @@ _ENV = jinja2.Environment(loader=jinja2.PackageLoader("woundscore.compare", "tem
                           autoescape=True, undefined=jinja2.StrictUndefined)
 
 
+def _escape_char(c: str) -> str:
+    o = ord(c)
+    return f"\\x{o:02x}" if o < 0x100 else (f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+
+
+def printable(text: object) -> str:
+    """Text for a human reader: control and format characters (ESC, NUL, DEL, C1, bidi overrides,
+    zero-width marks) shown as ``\\xNN`` / ``\\uNNNN`` escapes, so an id or a notice cannot move the
+    cursor, recolour a terminal or reorder what is shown. Ordinary spaces stay; tabs and line
+    breaks are escaped too (one value, one line)."""
+    return "".join(_escape_char(c) if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in str(text))
+
+
 def _md(text: object) -> str:
     """Plain text for Markdown: specials backslash-escaped (so '<script>' shows as text), one line."""
-    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+    return _MD_SPECIAL.sub(r"\\\1", printable(" ".join(str(text).split())))
+
+
+def _clean(blk: tuple) -> tuple:
+    """A block with every text field passed through :func:`printable` (image file names kept)."""
+    kind = blk[0]
+    if kind == "list":
+        return (kind, [printable(x) for x in blk[1]])
+    if kind == "table":
+        return (kind, [printable(h) for h in blk[1]], [[printable(c) for c in row] for row in blk[2]])
+    if kind == "image":
+        return (kind, blk[1], printable(blk[2]))
+    return (kind, printable(blk[1]), *blk[2:])
 
 
 def _md_block(blk: tuple) -> str:
@@ -52,6 +78,7 @@ def render_html(blocks: Sequence[tuple], *, base_dir: str | os.PathLike) -> str:
     The template escapes every value; an image block's file (in ``base_dir``) is inlined, so the
     page is one file that fetches nothing.
     """
+    blocks = [_clean(blk) for blk in blocks]
     title = next((str(blk[1]) for blk in blocks if blk[0] == "h1"), "woundscore report")
     blocks = [("image", base64.b64encode((Path(base_dir) / blk[1]).read_bytes()).decode("ascii"), blk[2])
               if blk[0] == "image" else blk for blk in blocks]

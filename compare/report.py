@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +28,14 @@ from woundscore.cache.types import EmbeddingSet
 from woundscore.cache.util import atomic_write_text
 from woundscore.compare import metrics as M
 from woundscore.compare import plots
+from woundscore.compare.calibration_report import calibration_metrics
 from woundscore.compare.document import build_document, notices, report_data
+from woundscore.compare.headline import all_pairs, headline
 from woundscore.compare.methods import (
     FINETUNE, MLP, PROBE, ZERO_SHOT, MethodRun, ReportError, external_method, trained_method, zero_shot_method,
 )
-from woundscore.compare.render import render_html, render_markdown
+from woundscore.compare.render import printable, render_html, render_markdown
+from woundscore.compare.sections import deploy_data, leakage_data, seed_spread
 
 FINETUNE_PREDICTIONS = "predictions.csv"
 
@@ -92,15 +97,18 @@ def _external_runs(
 
 
 def _trained_runs(
-    data: EmbeddingSet, methods: Sequence[str], seed: int, mlp_params: Any, say: Callable[[str], None],
+    data: EmbeddingSet, methods: Sequence[str], seed: int, mlp_params: Any, models_dir: Path, source: str,
+    say: Callable[[str], None],
 ) -> dict[str, MethodRun]:
+    """Train the probe / MLP, each saved as a model folder under ``models_dir`` (what wound-serve deploys)."""
     n_train, n_val = len(data.subset("train")), len(data.subset("val"))
     runs = {}
     for name, what in ((PROBE, f"the logistic probe on {n_train} rows"),
                        (MLP, f"the MLP on {n_train} rows (early stopping on {n_val} val rows)")):
         if name in methods:
             say(f"training {what}")
-            runs[name] = trained_method(name, data, seed, mlp_params if name == MLP else None)
+            runs[name] = trained_method(name, data, seed, mlp_params if name == MLP else None,
+                                        models_dir / name, source)
     return runs
 
 
@@ -121,14 +129,16 @@ def _zero_shot_run(
         return {}, {ZERO_SHOT: f"{type(e).__name__}: {e}"}
 
 
-def _draw_figures(out: Path, data: EmbeddingSet, runs: Mapping[str, MethodRun], result: dict) -> dict[str, Path]:
+def _draw_figures(out: Path, data: EmbeddingSet, runs: Mapping[str, MethodRun], result: dict,
+                  calibration: dict) -> dict[str, Path]:
     Y, names = data.subset("test").Y, data.label_names
     probs = {n: r.P_test for n, r in runs.items()}
     notice = "; ".join(notices(data, runs)) or None
     per_label = result["per_label"]
     return {
         "roc.png": plots.plot_roc(Y, probs, names, per_label, out / "roc.png", notice=notice),
-        "reliability.png": plots.plot_reliability(Y, probs, names, per_label, out / "reliability.png", notice=notice),
+        "reliability.png": plots.plot_reliability(Y, {n: r.P_test_raw for n, r in runs.items()}, probs, names,
+                                                  calibration["metrics"], out / "reliability.png", notice=notice),
         "forest.png": plots.plot_forest(result["comparisons"], names, out / "forest.png", notice=notice),
     }
 
@@ -139,13 +149,100 @@ def _json_default(o: Any) -> Any:
     return o.decode("utf-8", "replace") if isinstance(o, (bytes, bytearray)) else str(o)
 
 
-def _write_report(out: Path, doc: dict[str, Any], figures: dict[str, Path]) -> dict[str, Path]:
-    blocks = build_document(doc)
+def _write_report(out: Path, doc: dict[str, Any], figures: dict[str, Path],
+                  extra_blocks: list | None = None) -> dict[str, Path]:
+    blocks = build_document(doc, extra_blocks)
     files = {name: out / name for name in ("report.md", "report.html", "metrics.json")}
     atomic_write_text(files["report.md"], render_markdown(blocks))
     atomic_write_text(files["report.html"], render_html(blocks, base_dir=out))
     atomic_write_text(files["metrics.json"], json.dumps(doc, indent=2, allow_nan=False, default=_json_default) + "\n")
     return {**files, **figures}
+
+
+def _evaluate(data: EmbeddingSet, runs: Mapping[str, MethodRun], n_boot: int, seed: int,
+              exclude_leaked: bool, leakage: dict | None) -> tuple[dict, dict, dict, dict | None]:
+    """(result with the first method's comparisons, headline, calibration section, metrics
+    without the leaked test images or None). Every pair of methods is compared once."""
+    test = data.subset("test")
+    first = next(iter(runs))
+    probs = {n: r.P_test for n, r in runs.items()}
+    thresholds = {n: r.thresholds for n, r in runs.items()}
+    result = M.evaluate(test.Y, probs, label_names=data.label_names, thresholds=thresholds,
+                        comparisons=all_pairs(list(runs)), n_boot=n_boot, seed=seed)
+    head = headline(result["macro_auc"], result["comparisons"], data.label_names)
+    result["comparisons"] = [c for c in result["comparisons"] if c["a"] == first]
+    from woundscore.classify.calibration import RULE
+
+    calibration = {"rule": RULE, "ece_bins": M.DEFAULT_N_BINS, "metrics": calibration_metrics(
+        test.Y, {n: r.P_test_raw for n, r in runs.items()}, probs, label_names=data.label_names,
+        n_boot=n_boot, seed=seed)}
+    excluded = None
+    if exclude_leaked:
+        leaked = set((leakage or {}).get("leaked_test_ids") or [])
+        keep = ~np.isin(np.asarray(test.ids, dtype=str), sorted(leaked))
+        excluded = {"n_excluded": int((~keep).sum()), "n_test_images": int(keep.sum()), "metrics": None,
+                    "excluded_ids": sorted(leaked)}
+        if leakage is None:
+            excluded["reason"] = "the leakage audit could not run"
+        elif not keep.any():
+            excluded["reason"] = "every test image has a duplicate in train/val"
+        else:
+            excluded["metrics"] = M.evaluate(test.Y[keep], {n: P[keep] for n, P in probs.items()},
+                                             label_names=data.label_names, thresholds=thresholds, n_boot=n_boot,
+                                             seed=seed)
+    return result, head, calibration, excluded
+
+
+def _leakage(data: EmbeddingSet, say: Callable[[str], None]) -> dict | None:
+    """The cache's leakage audit as JSON; None (with a message) where it cannot run."""
+    try:
+        return leakage_data(data)
+    except Exception as e:  # noqa: BLE001 - the audit informs the report, it never stops it
+        say(f"leakage audit skipped: {type(e).__name__}: {e}")
+        return None
+
+
+def _stage_output(out: Path) -> Path:
+    """Check, before any compute, that the report folder can be written; return the empty folder
+    beside it where the report is built (swapped into place by :func:`_swap_into_place`).
+
+    ``out`` may be absent, empty, or an earlier report (it has metrics.json); anything else is
+    refused, so that a report never replaces a folder of other files.
+    """
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"{out}: exists and is not a folder; choose a folder for the report")
+    if out.is_dir() and any(out.iterdir()) and not (out / "metrics.json").is_file():
+        raise ReportError(f"{out}: folder exists, is not empty and holds no earlier report (no metrics.json); "
+                          "choose a new or empty folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    except OSError as e:
+        raise ReportError(f"{out}: cannot write the report there ({e.strerror or e})") from None
+
+
+def _swap_into_place(stage: Path, out: Path) -> None:
+    """The finished report replaces ``out`` in two renames; an earlier report is removed after."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(stage, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(stage, out)
+
+
+def _curve(data: EmbeddingSet, curve: bool | Mapping[str, Any], methods: Sequence[str], seed: int,
+           say: Callable[[str], None]) -> tuple[dict | None, list]:
+    """H5's learning curve (``compare.curve``) as (JSON, document blocks), when asked."""
+    if not curve:
+        return None, []
+    from woundscore.compare.curve import curve_blocks, learning_curve
+
+    say("learning curve (nested subsets of the train split)")
+    options = dict(curve) if isinstance(curve, Mapping) else {}
+    res = learning_curve(data, seed=seed, methods=tuple(methods) or (PROBE, MLP), **options)
+    return (res.to_json() if hasattr(res, "to_json") else None), list(curve_blocks(res))
 
 
 def run_comparison(
@@ -161,64 +258,93 @@ def run_comparison(
     seed: int = 0,
     methods: Sequence[str] = (PROBE, MLP),
     mlp_params: Mapping[str, Any] | None = None,
+    exclude_leaked: bool = False,
+    curve: bool | Mapping[str, Any] = False,
     quiet: bool = False,
 ) -> ComparisonResult:
     """Benchmark the MLP against the probe, zero-shot and external predictions; write the report.
 
     Args:
         cache: cache file (or an EmbeddingSet) with train / val / test rows.
-        out_dir: report folder (created; report files in it are replaced).
+        out_dir: report folder, written all-or-nothing: built beside it, then swapped in (it may
+            be absent, empty or an earlier report; anything else is refused before any compute).
         source, model: the image source and full SigLIP checkpoint for zero-shot (both needed;
             otherwise zero-shot is skipped with the reason in the report).
         finetune_dir: a ``wound-compare finetune`` output folder (reads its predictions.csv).
         predictions: method name -> predictions CSV (see compare.predictions), matched by image id.
         n_boot, seed: bootstrap resamples and the seed of every random choice (training too).
-        methods: which of ("probe", "mlp") to train here.
+        methods: which of ("probe", "mlp") to train here; each is saved as a model folder
+            (``models/<name>``) that ``wound-serve`` deploys.
         mlp_params: extra constructor arguments of KerasMLPClassifier.
+        exclude_leaked: also report the test metrics without the test images that have an exact
+            or near duplicate in train/val (``cache.leakage``).
+        curve: add the learning-curve section (``compare.curve``); a mapping passes its options.
 
     Raises:
         ReportError, compare.predictions.PredictionsError, cache errors. Predictions files are
         read and matched *before* any training, so a bad file costs nothing.
     """
     t_start = time.perf_counter()
-    say = (lambda msg: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    say = (lambda msg: None) if quiet else (lambda msg: print(printable(msg), file=sys.stderr, flush=True))
     predictions = dict(predictions or {})
     _check_request(predictions, finetune_dir, methods, n_boot)
     data, cache_name = _load_cache(cache, methods)
-    timing = {"load_seconds": round(time.perf_counter() - t_start, 3)}
+    out = Path(out_dir)
+    stage = _stage_output(out)
+    try:
+        files, doc = _build(stage, out, data, cache_name, say, source=source, model=model, finetune_dir=finetune_dir,
+                            predictions=predictions, zero_shot=zero_shot, n_boot=n_boot, seed=seed, methods=methods,
+                            mlp_params=mlp_params, exclude_leaked=exclude_leaked, curve=curve, quiet=quiet,
+                            t_start=t_start)
+        _swap_into_place(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - t_start
+    files = {k: out / p.relative_to(stage) for k, p in files.items()}
+    say(f"wrote {files['report.md']} and {files['report.html']} in {seconds:.1f} s")
+    return ComparisonResult(out_dir=out, files=files, metrics=doc, seconds=seconds)
 
+
+def _build(stage: Path, out: Path, data: EmbeddingSet, cache_name: str, say: Callable[[str], None], *,
+           source: Any, model: Any, finetune_dir: Any, predictions: dict, zero_shot: bool, n_boot: int, seed: int,
+           methods: Sequence[str], mlp_params: Any, exclude_leaked: bool, curve: Any, quiet: bool,
+           t_start: float) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Everything :func:`run_comparison` computes, written into ``stage``: (files, metrics.json's dict)."""
+    timing = {"load_seconds": round(time.perf_counter() - t_start, 3)}
     runs = _external_runs(data, finetune_dir, predictions, say)
-    runs.update(_trained_runs(data, methods, seed, mlp_params, say))
+    runs.update(_trained_runs(data, methods, seed, mlp_params, stage / "models", cache_name, say))
     zs_run, skipped = _zero_shot_run(data, zero_shot, source, model, quiet, say)
     runs.update(zs_run)
     # Order: the MLP first, then the fine-tune, the probe, zero-shot, other predictions.
     runs = {n: runs[n] for n in dict.fromkeys([MLP, FINETUNE, PROBE, ZERO_SHOT, *runs]) if n in runs}
     if not runs:
         raise ReportError("no method to compare: train one (probe, mlp) or pass predictions")
-    first = next(iter(runs))
+    leakage = _leakage(data, say)
 
     say(f"metrics with {n_boot} bootstrap resamples")
     t0 = time.perf_counter()
-    result = M.evaluate(
-        data.subset("test").Y, {n: r.P_test for n, r in runs.items()}, label_names=data.label_names,
-        thresholds={n: r.thresholds for n, r in runs.items()},
-        comparisons=[(first, other) for other in runs if other != first], n_boot=n_boot, seed=seed,
-    )
+    result, head, calibration, excluded = _evaluate(data, runs, n_boot, seed, exclude_leaked, leakage)
     timing["metrics_seconds"] = round(time.perf_counter() - t0, 3)
+    curve_json, curve_section = _curve(data, curve, methods, seed, say)
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    say(f"figures into {out}")
+    say("figures")
     t0 = time.perf_counter()
-    figures = _draw_figures(out, data, runs, result)
+    figures = _draw_figures(stage, data, runs, result, calibration)
     timing["figures_seconds"] = round(time.perf_counter() - t0, 3)
-
+    macro = result["macro_auc"]
+    order = sorted((n for n in runs if macro[n]["value"] is not None), key=lambda n: -macro[n]["value"])
+    deploy = deploy_data(head["best"], {n: out / "models" / n for n, r in runs.items() if r.model_dir is not None},
+                         finetune_dir, FINETUNE if finetune_dir is not None else None, order)
+    extra = {"headline": head, "calibration": calibration, "leakage": leakage, "excluded_leaked": excluded,
+             "deploy": deploy, "seed_spread": seed_spread(runs[MLP], data.subset("test").Y) if MLP in runs else None,
+             "curve": curve_json}
     doc = report_data(data=data, cache_name=cache_name, runs=runs, skipped=skipped, result=result,
-                      n_boot=n_boot, seed=seed)
+                      n_boot=n_boot, seed=seed, extra=extra)
     timing["total_seconds"] = round(time.perf_counter() - t_start, 3)  # before writing the files
     doc["timing"] = timing
-    files = _write_report(out, doc, figures)
-    seconds = time.perf_counter() - t_start
-    say(f"wrote {files['report.md']} and {files['report.html']} in {seconds:.1f} s")
-    return ComparisonResult(out_dir=out, files=files, metrics=doc, seconds=seconds)
-
+    for block in curve_section:  # the curve's figures, drawn by compare.curve into the report folder
+        if block[0] == "image" and not (stage / block[1]).is_file() and Path(block[1]).is_file():
+            shutil.copyfile(block[1], stage / Path(block[1]).name)
+    curve_section = [("image", Path(b[1]).name, b[2]) if b[0] == "image" else b for b in curve_section]
+    return _write_report(stage, doc, figures, curve_section), doc

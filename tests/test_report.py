@@ -172,7 +172,7 @@ def test_cost_is_measured_for_trained_methods_and_read_from_the_sidecar(trained)
     md = (res.out_dir / "report.md").read_text()
     cost = next(rows for header, rows in md_tables(md) if header == COST_HEADER)
     ft_row = next(r for r in cost if r[0] == "finetune")
-    assert ft_row[1:] == ["cuda (Tesla T4)", "1350.0 s", "9000.0 MiB (GPU max allocated)", "28,000,000", "12.500 ms"]
+    assert ft_row[1:] == ["cuda (Tesla T4)", "1350.0 s", "not comparable: 9000.0 MiB (GPU max allocated)", "28,000,000", "12.500 ms"]
 
 
 def test_thresholds_come_from_validation_with_the_rule_named(trained):
@@ -204,7 +204,7 @@ def test_the_answer_comes_first_in_plain_words(trained):
     assert "for finetune, the fine-tune" in answer and "The paired difference MLP - finetune is" in answer
     # each estimate in the answer is followed by an interval and an n
     estimates = re.findall(r"[+-]?\d\.\d{3} \(95% CI [+-]?\d\.\d{3} to [+-]?\d\.\d{3}, n=\d+", answer)
-    assert len(estimates) == 3, answer
+    assert len(estimates) == 4, answer  # the best method's macro AUC, then MLP, alternative, difference
 
 
 def test_report_has_context_pooling_note_limitations_and_caveats(trained):
@@ -369,7 +369,7 @@ def test_zero_shot_that_cannot_load_is_skipped_with_the_reason(tmp_path, mini_re
                          predictions={"a": write_external(tmp_path / "a.csv", es, z)}, methods=(),
                          n_boot=200, quiet=True)
     reason = res.metrics["skipped"]["zero-shot"]
-    assert reason.split(":")[0].endswith("Error")  # the exception's name, then its message
+    assert reason == "XX"
     md = (tmp_path / "out" / "report.md").read_text()
     assert "- zero-shot: skipped, " in md
 

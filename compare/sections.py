@@ -1,0 +1,126 @@
+"""The report's smaller sections, as data and as blocks: the leakage audit (and the metrics without
+the leaked test images), the one command that deploys the best method, and the MLP's seed spread.
+
+Blocks are the tuples of :mod:`woundscore.compare.document`; all text is plain.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from woundscore.cache.types import EmbeddingSet
+
+#: Leaked pairs listed in the report's text; metrics.json ("leakage") holds every pair.
+SHOWN_PAIRS = 20
+
+
+def leakage_data(data: EmbeddingSet) -> dict[str, Any]:
+    """``cache.leakage.audit_leakage`` of the cache as JSON (every pair, the leaked test ids)."""
+    from woundscore.cache.leakage import audit_leakage
+
+    return audit_leakage(data).to_json()
+
+
+def leakage_blocks(lk: Mapping[str, Any] | None) -> list[tuple]:
+    """The context section's leakage paragraph: "k of n test images have an exact/near duplicate
+    in train/val", then the pairs (at most SHOWN_PAIRS of each kind)."""
+    if lk is None:
+        return []
+    c = lk["counts"]
+    k, n, cut = c["leaked_test"], c["test_rows"], lk["near_cutoff"]
+    text = (f"Leakage audit: {k} of {n} test images have an exact or near duplicate (same bytes, or "
+            f"embedding cosine >= {cut}) in train/val; {c['exact']} exact and {c['near']} near duplicate "
+            f"pair(s) across splits, {c['conflicts']} duplicate pair(s) within a split with conflicting labels.")
+    if k:
+        text += (" Scores on those images may measure memory rather than skill; "
+                 "wound-compare run --exclude-leaked reports the test metrics without them as well.")
+    items = []
+    for kind, sign in (("exact", "="), ("near", "~"), ("conflicts", "vs")):
+        pairs = lk[kind]
+        items += [f"{kind}: {p['id_a']} ({p['split_a']}) {sign} {p['id_b']} ({p['split_b']}), cosine {p['cosine']:.4f}"
+                  for p in pairs[:SHOWN_PAIRS]]
+        if len(pairs) > SHOWN_PAIRS:
+            items.append(f"... {len(pairs) - SHOWN_PAIRS} more {kind} pair(s): the full list is in metrics.json "
+                         "under leakage")
+    return [("p", text)] + ([("list", items)] if items else [])
+
+
+def excluded_blocks(ex: Mapping[str, Any] | None, label_names: Sequence[str], fmt_est: Any) -> list[tuple]:
+    """The metrics on the test images without a duplicate in train/val (``--exclude-leaked``)."""
+    if ex is None:
+        return []
+    head = [("h2", "Without the leaked test images"),
+            ("p", f"The same methods (same calibration and thresholds) on the {ex['n_test_images']} test images "
+                  f"left after removing the {ex['n_excluded']} with an exact or near duplicate in train/val.")]
+    if ex.get("metrics") is None:
+        return head + [("p", f"Not computed: {ex['reason']}.")]
+    res = ex["metrics"]
+    macro = res["macro_auc"]
+    return head + [
+        ("table", ["method", "n", "macro AUC (95% CI)"],
+         [[n, str(e["n"]), fmt_est(e)] for n, e in macro.items()]),
+        ("table", ["label", "method", "n", "positives", "ROC AUC (95% CI)"],
+         [[lab, n, str(r["n"]), str(r["positives"]), fmt_est(r["auc"])]
+          for lab in label_names for n, r in res["per_label"][lab].items()]),
+    ]
+
+
+def deploy_data(best: str | None, model_dirs: Mapping[str, Path], finetune_dir: Any, finetune_name: str | None,
+                macro_order: Sequence[str]) -> dict[str, Any]:
+    """The best deployable method and its one command. ``model_dirs``: method -> saved model folder;
+    the fine-tune deploys from its own output folder; zero-shot and other predictions files have
+    no model folder (the next deployable method by macro AUC is named instead)."""
+    folders = {n: str(p) for n, p in model_dirs.items()}
+    if finetune_dir is not None and finetune_name:
+        folders[finetune_name] = str(finetune_dir)
+    deployable = [n for n in macro_order if n in folders]
+    if not deployable:
+        return {"best": best, "deployable": None, "command": None, "folders": folders}
+    pick = deployable[0]
+    return {"best": best, "deployable": pick, "command": f"wound-serve {folders[pick]}", "folders": folders}
+
+
+def deploy_blocks(dp: Mapping[str, Any] | None) -> list[tuple]:
+    if not dp:
+        return []
+    if dp["command"] is None:
+        return [("p", "Deploy: none of the methods scored here has a model folder to serve (train the probe or "
+                      "the MLP here, or pass --finetune-dir).")]
+    lead = (f"Deploy the best method ({dp['best']}) with one command: {dp['command']}" if dp["deployable"] == dp["best"]
+            else f"The best method ({dp['best']}) has no model folder here; the best deployable one is "
+                 f"{dp['deployable']}: {dp['command']}")
+    others = [f"{n}: wound-serve {p}" for n, p in dp["folders"].items() if n != dp["deployable"]]
+    return [("p", lead + (". Other model folders: " + "; ".join(others) + "." if others else "."))]
+
+
+def seed_spread(run: Any, Y: np.ndarray) -> dict[str, Any]:
+    """The MLP's spread over its ensemble members' seeds: each member's test macro AUC (raw scores;
+    calibration is monotone per label, so AUC is the same). Not available for a single-seed head."""
+    from woundscore.classify.metrics import macro_auc
+
+    members = getattr(run, "member_P_test", None)
+    if members is None:
+        return {"available": False,
+                "reason": "the MLP head is one training run (its estimator has no member_proba), so its "
+                          "seed spread is not measured here"}
+    aucs = [macro_auc(Y, P) for P in members]
+    vals = np.array([a for a in aucs if a is not None], dtype=np.float64)
+    return {"available": True, "members": len(members), "macro_auc": aucs,
+            "min": float(vals.min()) if vals.size else None, "max": float(vals.max()) if vals.size else None,
+            "sd": float(vals.std(ddof=1)) if vals.size > 1 else None}
+
+
+def seed_spread_blocks(s: Mapping[str, Any] | None) -> list[tuple]:
+    if not s:
+        return []
+    if not s["available"]:
+        return [("p", f"MLP seed spread: not measured ({s['reason']}).")]
+    if s["min"] is None:
+        return [("p", f"MLP seed spread: the {s['members']} members' macro AUC is not estimable on this test split.")]
+    sd = "" if s["sd"] is None else f", standard deviation {s['sd']:.3f}"
+    return [("p", f"MLP seed spread: the {s['members']} seed members of the MLP ensemble reach test macro ROC AUCs "
+                  f"from {s['min']:.3f} to {s['max']:.3f}{sd} (point values, n as in the macro table); the "
+                  "ensemble's own scores are the mlp rows above. One training run's AUC is partly this luck.")]
