@@ -129,6 +129,43 @@ def evaluate_command(model_dir: str, cache: str, split: str, as_json: bool) -> N
         click.echo(f"NOTICE: {result['notice']}")
 
 
+@cli.command("calibrate")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
+@click.argument("source_or_cache", type=click.Path(exists=True, path_type=str))
+@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="New model folder to write (MODEL_DIR is never modified).")
+@click.option("--encoder", default=None,
+              help="Hub id or local checkpoint folder to embed a SOURCE with [default: the one recorded in "
+                   "MODEL_DIR's provenance]. Not used for a cache.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
+def calibrate_command(model_dir: str, source_or_cache: str, out: str, encoder: str | None, device: str,
+                      overwrite: bool) -> None:
+    """Refit MODEL_DIR's calibration and thresholds on your own labelled images, into --out.
+
+    SOURCE_OR_CACHE is a cache (every split is used) or a labelled source as `wound-embed`
+    reads it (embedded here with the model's encoder). The same rules as training are applied to
+    ALL its rows (there is no separate validation split, so the "after" figures are measured on
+    the rows they were fitted on). Prints per label, before -> after: Brier and ECE (bootstrap
+    95 % CI), the threshold, sensitivity and specificity (Wilson 95 % CI), each with n; AUC is
+    unchanged. Warns for a label with too few positives or negatives (fewer than 3 of a class:
+    the model's calibration and threshold are kept). The figures go to --out/recalibration.json.
+
+    \b
+    Example:
+        wound-classify calibrate models/mlp my_photos/ --out models/mlp-local
+        wound-classify calibrate models/mlp local.h5 --out models/mlp-local
+
+    \b
+    Exit codes: 0 written; 1 unreadable model or set, no labelled images, an encoder other
+    than the model's, or --out exists (use --overwrite); 2 usage error.
+    """
+    from woundscore.classify.recalibrate import format_recalibration, recalibrate
+
+    click.echo(format_recalibration(recalibrate(model_dir, source_or_cache, out, encoder=encoder, device=device,
+                                                overwrite=overwrite)))
+
+
 @cli.command("predict")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.argument("images", nargs=-1, required=True, type=str)
