@@ -119,6 +119,8 @@ def run_cmd(cache: str, out_dir: str, source: str | None, model: str | None, fin
 @click.option("--grad-accum", type=click.IntRange(min=1), default=16, show_default=True,
               help="Gradient accumulation steps (effective batch = batch size x this).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-5, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.01, show_default=True)
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Stop after N optimizer steps (smoke tests); evaluates and saves then.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,

@@ -263,6 +263,12 @@ def test_finetune_cli_end_to_end_prefix_equals_plain(tiny_dir: Path, mini_releas
     assert r.output.startswith(
         f"{out / 'predictions.csv'}: 6 test images (+ 3 val rows for thresholds), test macro AUC "
     )
+    lines = r.output.splitlines()
+    assert len(lines) == 2 and lines[1].startswith(f"{out}: model folder, validation macro AUC (calibrated) ")
+    assert lines[1].endswith(f"`wound-classify predict {out} PHOTO` or serve with `wound-serve {out}`")
+    for name in ("provenance.json", "thresholds.json", "calibration.json", "ood.npz", "schema.json",
+                 "model/config.json", "model/model.safetensors", "model/preprocessor_config.json"):
+        assert (out / name).is_file(), name
     ids, P = read_predictions(out / "predictions.csv")
     splits = {s.image_id: s.split for s in open_source(mini_release).samples()}
     assert [splits[i] for i in ids] == ["test"] * 6 + ["val"] * 3  # val rows: thresholds in the report
@@ -296,24 +302,44 @@ def test_finetune_cli_end_to_end_prefix_equals_plain(tiny_dir: Path, mini_releas
 
 
 def test_finetune_cli_errors(tiny_dir: Path, tmp_path: Path) -> None:
+    import inspect
+
     from PIL import Image
+
+    from woundscore.compare.finetune import finetune
 
     folder = tmp_path / "photos"
     folder.mkdir()
     Image.new("RGB", (20, 20), (200, 40, 40)).save(folder / "a.jpg")
-    r = CliRunner().invoke(cli, ["finetune", str(folder), "--out", str(tmp_path / "o"), "--model", str(tiny_dir),
+    out = tmp_path / "o"
+    r = CliRunner().invoke(cli, ["finetune", str(folder), "--out", str(out), "--model", str(tiny_dir),
                                  "--device", "cpu", "-q"])
     assert r.exit_code == 1
     assert r.output == (
         f"Error: {folder}: no 'train' images (train=0, val=0, test=0); the fine-tune needs all three "
         "splits: nothing to train on\n"
     )
-    r = CliRunner().invoke(cli, ["finetune", str(folder), "--out", str(tmp_path / "o"), "--pooling", "max"])
-    assert r.exit_code == 2 and "Invalid value for '--pooling'" in r.output
-    r = CliRunner().invoke(cli, ["finetune", str(folder), "--out", str(tmp_path / "o"), "--unfreeze-last", "-1"])
-    assert r.exit_code == 2
+    assert not out.exists()  # refused before anything is written
+    usage = "Usage: cli finetune [OPTIONS] SOURCE\nTry 'cli finetune --help' for help.\n\n"
+    for option, value, why in [
+        ("--pooling", "max", "'max' is not one of 'mean', 'attention'."),
+        ("--unfreeze-last", "-1", "-1 is not in the range x>=0."),
+        ("--target-sensitivity", "0", "0.0 is not in the range 0<x<=1."),
+        ("--lr", "0", "0.0 is not in the range x>0."),
+    ]:
+        r = CliRunner().invoke(cli, ["finetune", str(folder), "--out", str(out), option, value])
+        assert (r.exit_code, r.output) == (2, f"{usage}Error: Invalid value for '{option}': {why}\n"), option
+        assert not out.exists()
     r = CliRunner().invoke(cli, ["finetune", "--help"])
-    assert r.exit_code == 0 and "Example:" in r.output and "Exit codes:" in r.output
+    assert r.exit_code == 0
+    help_text = " ".join(r.output.split())
+    assert "wound-compare finetune SurgWound/ --out ft/ --unfreeze-last 4 wound-serve ft/" in help_text
+    assert "Exit codes: 0 done; 1 the source, model or settings cannot be used" in help_text
+    # every setting of finetune() is a CLI option (save_model and log are for library callers)
+    params = set(inspect.signature(finetune).parameters) - {"source", "out_dir", "save_model", "log", "prefix_cache"}
+    missing = [p for p in params if f"--{p.replace('_', '-')}" not in r.output]
+    assert not missing, missing
+    assert "--no-prefix-cache" in r.output
 
 
 def test_finetune_refuses_too_many_blocks(tiny_dir: Path, mini_release: Path, tmp_path: Path) -> None:
