@@ -91,6 +91,11 @@ class _PerMemberStopping(keras.callbacks.Callback):
         return [-_np_bce(self.Y_val, z, pw) for z, pw in zip(Z, self.pw)], None
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        with warnings.catch_warnings():  # numpy 2 nags about Keras's __array__ (get_weights); harmless
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"keras\.")
+            self._epoch_end(epoch, logs)
+
+    def _epoch_end(self, epoch: int, logs: dict | None) -> None:
         scores, ens = self._scores()
         for r, s in enumerate(scores):
             if self.done[r]:

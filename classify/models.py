@@ -242,8 +242,10 @@ class KerasMLPClassifier(BaseEstimator):
         if not hasattr(self, "model_"):
             raise NotFittedError("KerasMLPClassifier is not fitted: call fit first")
         X, _ = _check_xy(X, None, n_features=self.n_features_in_)
-        return np.stack([expit(m.predict(X, batch_size=1024, verbose=0).astype(np.float64))
-                         for m in member_models(self.model_)])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"keras\.")
+            return np.stack([expit(m.predict(X, batch_size=1024, verbose=0).astype(np.float64))
+                             for m in member_models(self.model_)])
 
     def decision_function(self, X: Any) -> np.ndarray:
         """(n, d) -> (n, 6) float64 logits: the Keras model's ``predict`` (inference mode)."""

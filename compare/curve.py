@@ -311,8 +311,9 @@ def reading(res: CurveResult) -> str:
     return " ".join(parts)
 
 
-def curve_blocks(result: CurveResult, *, image: str = "curve.png") -> list:
-    """The report section (compare.document blocks); see compare.curve_output."""
+def curve_blocks(result: CurveResult, *, image: str | None = None) -> list:
+    """The report section (compare.document blocks; the image block names a drawn PNG); see
+    compare.curve_output.curve_blocks."""
     from woundscore.compare.curve_output import curve_blocks as blocks
 
     return blocks(result, image=image)

@@ -113,8 +113,18 @@ def write_curve(res: CurveResult, out_dir: str | os.PathLike) -> dict[str, Path]
     return files
 
 
-def curve_blocks(res: CurveResult, *, image: str = "curve.png") -> list[tuple]:
-    """The report's learning-curve section as compare.document blocks (``image``: the PNG's name)."""
+def curve_blocks(res: CurveResult, *, image: str | os.PathLike | None = None) -> list[tuple]:
+    """The report's learning-curve section as compare.document blocks.
+
+    ``image``: where the plot is (drawn there when the file does not exist yet); None draws it
+    into a new temporary folder. The image block carries that path: the report copies the file
+    into its folder and keeps its name (compare.report).
+    """
+    import tempfile
+
+    image = Path(tempfile.mkdtemp(prefix="woundscore-curve-")) / "curve.png" if image is None else Path(image)
+    if not image.is_file():
+        plot_curve(res, image)
     missing = sorted({f"{lab} at {p['n']} images ({e['train_positives']} positives, {e['train_negatives']} negatives)"
                       for m in res.methods for p in res.points[m] for lab, e in p["per_label"].items()
                       if e.get("reason", "").startswith("not estimable: ") and "training subset" in e["reason"]})
@@ -129,7 +139,7 @@ def curve_blocks(res: CurveResult, *, image: str = "curve.png") -> list[tuple]:
               "report's MLP: 300 and 25), to fit the time budget."),
         ("p", res.reading),
         ("table", COLUMNS, table_rows(res)),
-        ("image", image, "Test AUC vs training images: mean of the repeats, min-max band, 95% CI at full size"),
+        ("image", str(image), "Test AUC vs training images: mean of the repeats, min-max band, 95% CI at full size"),
         ("p", "Spread (sd, min, max) is training randomness over the repeats; the interval is test-sampling "
               "randomness (bootstrap over test images) of the mean over repeats. A label's AUC is shown at a "
               f"size only when each training subset has at least {MIN_TRAIN_CLASS} positives and negatives."),

@@ -5,6 +5,7 @@ fine-tune's point, and `wound-compare curve` writing its table, plot and JSON.""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -85,9 +86,11 @@ def test_rare_label_is_not_estimable_at_small_sizes_with_its_count_and_mlp_repea
     assert res.full_ci["mlp"]["macro"]["low"] <= res.full_ci["mlp"]["macro"]["value"] <= res.full_ci["mlp"]["macro"]["high"]
     text = " ".join(b[1] for b in curve_blocks(res) if b[0] == "p")
     assert "urgency at 20 images" in text and "positives" in text
-    kinds = {b[0] for b in curve_blocks(res)}
-    assert kinds <= {"h2", "p", "table", "image", "list"}
-    table = next(b for b in curve_blocks(res) if b[0] == "table")
+    blocks = curve_blocks(res)
+    assert {b[0] for b in blocks} <= {"h2", "p", "table", "image", "list"}
+    image = next(b for b in blocks if b[0] == "image")
+    assert image[1].endswith("curve.png") and os.path.isfile(image[1])  # drawn; the report copies it
+    table = next(b for b in blocks if b[0] == "table")
     assert table[1] == COLUMNS and all(len(r) == len(COLUMNS) for r in table[2])
 
 
