@@ -18,6 +18,16 @@ Decisions (each tested in tests/test_preprocess.py):
 - ICC colour profiles (e.g. Display P3) are not applied, as in torchvision and the notebook.
 - Decompression bombs: an image claiming more than ``MAX_PIXELS`` pixels is refused from its
   header, before any pixel is decoded.
+- Extreme shapes: an image longer than ``MAX_ASPECT_RATIO`` times its width (or the reverse) is
+  refused from its header (ImageShapeError): a 375-byte 100000x1 PNG would otherwise ask the pad for
+  a 100000^2 canvas. An image whose square canvas would exceed ``MAX_PIXELS`` is first reduced
+  (box filter) to about 2S on the long side, so one image's preprocessing never allocates more than
+  ``MAX_PIXELS`` canvas pixels; every image below that bound is padded exactly as before.
+- A JPEG whose compressed data stops early but still ends with an end marker (libjpeg fills the
+  rest grey and only warns, which Pillow does not pass on) is refused (ImageDecodeError,
+  "JPEG data ends early"): see :func:`_jpeg_ends_early`.
+- Only regular files are read (:func:`embed.samples.read_regular_file`): a FIFO, device or socket named
+  ``p.jpg`` is refused before it could block the run.
 - ``fast_decode`` (off by default) lets libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 scale (DCT
   scaling, "draft mode") while keeping at least 2S pixels on the long side; the spec records it
   (part of the cache's preprocessing identity, so fast and exact rows never mix).
@@ -38,6 +48,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from woundscore.cache.errors import WoundscoreError
+from woundscore.embed.samples import NotRegularFileError, read_regular_file
 
 if TYPE_CHECKING:  # torch is imported lazily: `--help` and the readers must not pay for it
     import torch
@@ -45,6 +56,10 @@ if TYPE_CHECKING:  # torch is imported lazily: `--help` and the readers must not
 # Pillow's own hard limit (2 x Image.MAX_IMAGE_PIXELS): room for 108 MP phone photos, while a
 # small file claiming 40000 x 40000 (1.6 G pixels, ~5 GB decoded) is refused from its header.
 MAX_PIXELS = 178_956_970
+# Longest side / shortest side beyond which an image is refused (no camera writes 1000:1; a 5x2000
+# strip, 400:1, is still preprocessed bit for bit). Memory is bounded by the canvas rule in
+# preprocess() whatever the ratio; this only refuses what cannot be a photo. Stated in README.md.
+MAX_ASPECT_RATIO = 1000
 
 PREPROCESS_VERSION = 2  # bump when the pixels produced for the same spec change (2: draft keeps >= 2S)
 DRAFT_OVERSAMPLE = 2  # fast decode keeps at least this many times the target size
@@ -56,6 +71,18 @@ class ImageDecodeError(WoundscoreError):
     def __init__(self, origin: str, reason: str) -> None:
         self.origin, self.reason = origin, reason
         super().__init__(f"{origin}: {reason}")
+
+
+class ImageShapeError(ImageDecodeError):
+    """An image whose shape cannot be preprocessed within bounded memory (aspect ratio beyond
+    ``MAX_ASPECT_RATIO``). A subclass of ImageDecodeError: callers record it per image."""
+
+
+def check_shape(w: int, h: int, origin: str) -> None:
+    """Raise ImageShapeError when ``w`` x ``h`` is beyond ``MAX_ASPECT_RATIO`` (either way)."""
+    if w >= 1 and h >= 1 and max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise ImageShapeError(origin, f"extreme aspect ratio {w}x{h} (more than {MAX_ASPECT_RATIO}:1); "
+                              "not a photo that can be scored")
 
 
 class PreprocessConfigError(WoundscoreError):
@@ -192,7 +219,75 @@ def _open(data: bytes, origin: str, max_pixels: int) -> Image.Image:
         raise ImageDecodeError(
             origin, f"decompression bomb refused: header claims {w}x{h} = {w * h:,} pixels (limit {max_pixels:,})"
         )
+    check_shape(w, h, origin)
     return im
+
+
+# Bytes inserted where the last scan's compressed data ends (no 0xFF, so no marker): a complete
+# scan never reads them, a scan that stopped early decodes them instead of grey.
+_PROBE = bytes(np.random.default_rng(20240).integers(0, 255, 512, dtype=np.uint8))
+
+
+def _last_scan_end(data: bytes) -> int | None:
+    """Offset of the marker that ends the last scan's entropy-coded data (before the first EOI),
+    or None when the marker structure cannot be followed."""
+    n, i, end = len(data), 2, None
+    if data[:2] != b"\xff\xd8":
+        return None
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            return end
+        m = data[i + 1]
+        if m == 0xFF:  # fill byte
+            i += 1
+            continue
+        if m == 0xD9:  # EOI (anything after it, e.g. an MPF second image, is not this image)
+            return end
+        if 0xD0 <= m <= 0xD7 or m == 0x01:  # parameterless markers
+            i += 2
+            continue
+        if i + 4 > n:
+            return end
+        j = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if m == 0xDA:  # SOS: entropy-coded data runs to the next marker that is not FF00 / RSTn
+            while True:
+                j = data.find(b"\xff", j)
+                if j < 0 or j + 1 >= n:
+                    return end
+                if data[j + 1] == 0x00 or 0xD0 <= data[j + 1] <= 0xD7:
+                    j += 2
+                    continue
+                break
+            end = j
+        i = j
+    return end
+
+
+def _jpeg_ends_early(data: bytes, im: Image.Image, draft: tuple[int, int] | None) -> bool:
+    """True when libjpeg ran out of compressed data before the last block (its "premature end of
+    data segment" warning, which Pillow swallows) and filled the rest with mid-grey.
+
+    Such blocks decode to exactly (128, 128, 128), so only an image whose bottom-right corner is
+    that grey is checked further (a cheap pre-filter): it is decoded again with ``_PROBE`` inserted
+    where the last scan's data ends. A complete scan never reads those bytes (identical pixels); a
+    scan that stopped early decodes them (different pixels)."""
+    if im.mode not in ("RGB", "L"):
+        return False
+    w, h = im.size
+    corner = np.asarray(im.crop((max(0, w - 2), max(0, h - 2), w, h)))
+    if not (corner == 128).all():
+        return False
+    end = _last_scan_end(data)
+    if end is None:
+        return False
+    try:
+        probe = Image.open(io.BytesIO(data[:end] + _PROBE + data[end:]))
+        if draft is not None:
+            probe.draft(None, draft)
+        probe.load()
+    except Exception:  # cannot prove it: keep the image
+        return False
+    return probe.size != im.size or probe.tobytes() != im.tobytes()
 
 
 def _sixteen_bit_to_l(im: Image.Image) -> Image.Image:
@@ -238,6 +333,7 @@ def decode_image(data: bytes, *, origin: str = "<bytes>", fast_decode: bool = Fa
     """
     im = _open(data, origin, max_pixels)
     try:
+        draft: tuple[int, int] | None = None
         if fast_decode and target_size is not None and im.format == "JPEG":
             w, h = im.size
             # Keep >= 2S on the long side, not S: the final bilinear resize then averages over
@@ -247,9 +343,15 @@ def decode_image(data: bytes, *, origin: str = "<bytes>", fast_decode: bool = Fa
             m = max(w, h)
             if m > s:
                 # Request the smallest scale whose long side is still >= 2S after padding.
-                im.draft(None, (math.ceil(s * w / m), math.ceil(s * h / m)))
+                draft = (math.ceil(s * w / m), math.ceil(s * h / m))
+                im.draft(None, draft)
         im.load()  # force the full decode now: truncation and corruption surface here
+        if im.format == "JPEG" and _jpeg_ends_early(data, im, draft):
+            raise ImageDecodeError(origin, "JPEG data ends early (premature end of the compressed data; the "
+                                   "decoder would fill the rest of the image with grey)")
         return normalize_image(im)
+    except ImageDecodeError:
+        raise
     except Image.DecompressionBombError as e:
         raise ImageDecodeError(origin, f"decompression bomb refused: {e}") from None
     except Exception as e:  # OSError (truncated), SyntaxError, ValueError, struct.error, ...
@@ -264,12 +366,15 @@ def load_image(x: "bytes | str | Path | Image.Image", *, spec: PreprocessSpec | 
     fast = spec is not None and spec.decode == "draft"
     size = spec.size if spec is not None else None
     if isinstance(x, Image.Image):
+        check_shape(*x.size, "<image>")
         return normalize_image(x)
     if isinstance(x, (bytes, bytearray, memoryview)):
         return decode_image(bytes(x), fast_decode=fast, target_size=size)
     p = Path(x)
     try:
-        data = p.read_bytes()
+        data = read_regular_file(p)
+    except NotRegularFileError as e:
+        raise ImageDecodeError(str(p), f"cannot read file: {e}") from None
     except OSError as e:
         raise ImageDecodeError(str(p), f"cannot read file: {e.strerror or e}") from None
     return decode_image(data, origin=str(p), fast_decode=fast, target_size=size)
@@ -295,7 +400,14 @@ def preprocess(image: Image.Image, spec: PreprocessSpec) -> "torch.Tensor":
     """
     import torch
 
-    im = pad_to_square(normalize_image(image))
+    im = normalize_image(image)
+    check_shape(*im.size, "<image>")
+    s = max(im.size)
+    if s * s > MAX_PIXELS:
+        # The square canvas would exceed the pixel bound: box-reduce to about 2S on the long side
+        # first (bounded memory; only such images leave the exact path).
+        im = im.reduce(math.ceil(s / (DRAFT_OVERSAMPLE * max(spec.size))))
+    im = pad_to_square(im)
     h, w = spec.size
     if im.size != (w, h):
         im = im.resize((w, h), _RESAMPLE[spec.resample])

@@ -62,6 +62,11 @@ class _Buffer:
                 if self.eof:
                     raise SourceError(f"{self.path}: record {index}: invalid JSON: {e.msg}") from None
                 value, end = None, -1
+            except RecursionError:  # e.g. 100000 nested '[': no release record is nested like that
+                raise SourceError(f"{self.path}: record {index}: JSON nested too deeply to read "
+                                  "(not a SurgWound record)") from None
+            except ValueError as e:  # the parser's other refusals (e.g. an integer too long to convert)
+                raise SourceError(f"{self.path}: record {index}: unreadable JSON value: {e}") from None
             if end != -1 and (self.eof or _complete(self.text, self.pos, end)):
                 self.pos = end
                 return value

@@ -4,8 +4,10 @@ reader errors. A label problem raises while reading; a problem with one image is
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -37,6 +39,41 @@ class ImageReadError(SourceError):
     def __init__(self, origin: str, reason: str) -> None:
         self.origin, self.reason = origin, reason
         super().__init__(f"{origin}: {reason}")
+
+
+class NotRegularFileError(OSError):
+    """A path that is a FIFO, device or socket, refused before any byte is read."""
+
+
+def read_regular_file(path: str | Path) -> bytes:
+    """The bytes of ``path``, refusing anything but a regular file *before* reading from it.
+
+    The file is opened non-blocking (opening a FIFO for reading would otherwise wait for a writer
+    for ever) and checked with ``fstat`` on the open descriptor (no race with a rename).
+    Raises NotRegularFileError (FIFO, device, socket), IsADirectoryError, or OSError (missing, ...).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as e:
+        if e.errno == errno.ENXIO:  # what open() says for a Unix socket
+            raise NotRegularFileError(f"{path} is a socket or a device without a driver, not a regular file") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or
+                    stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+            raise NotRegularFileError(f"{path} is {kind}, not a regular file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=True) as f:
+            fd = -1
+            return f.read()
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def label_errors_are_source_errors(read: Callable[..., list["Sample"]]) -> Callable[..., list["Sample"]]:
@@ -93,7 +130,9 @@ class Sample:
         if self.root is not None and not _inside(self.path, self.root):
             raise ImageReadError(self.origin, f"image path escapes {self.root}: {self.path}")
         try:
-            return self.path.read_bytes()
+            return read_regular_file(self.path)
+        except NotRegularFileError as e:
+            raise ImageReadError(self.origin, f"image path is not a regular file: {e}") from None
         except FileNotFoundError:
             raise ImageReadError(self.origin, f"image file not found: {self.path}") from None
         except IsADirectoryError:

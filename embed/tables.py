@@ -85,9 +85,8 @@ def _read_label_table(csv_path: Path, *, with_split: bool) -> list[_Row]:
     for n, cells in enumerate(rows, start=2):
         if not any(c.strip() for c in cells):
             continue  # blank line
-        if len(cells) > len(header):
+        if len(cells) != len(header):  # short rows too: a lost cell would shift into "missing"
             raise SourceLabelError(f"{csv_path}: row {n}: {len(cells)} cells but the header has {len(header)} columns")
-        cells = cells + [""] * (len(header) - len(cells))
         image = cells[image_col].strip()
         if not image:
             raise SourceLabelError(f"{csv_path}: row {n}: field {header[image_col]!r} is empty")
