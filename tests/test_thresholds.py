@@ -102,3 +102,29 @@ def test_bad_arguments_are_named_errors() -> None:
         choose_thresholds(Y[:, :5], P[:, :5])
     with pytest.raises(ThresholdError, match=r"unknown safety label\(s\) \['pain'\]"):
         choose_thresholds(Y, P, safety_labels=("pain",))
+
+
+def test_thresholds_and_their_sensitivity_specificity_equal_hand_computed_values() -> None:
+    """Issue 16 finding 4: against hand-worked numbers, not the code itself. Fails if sens_spec
+    returns the false-positive rate for specificity, or if a rule returns a constant 0.5.
+
+    Positives .95 .90 .85 .80 .75 .70 .65 .62 .58 .30; negatives .60 .45 .40 .35 .28 .25 .20 .15 .10 .05.
+    Youden: J = .8 at t = .58 (sens 9/10, spec 9/10) and at t = .62 (sens 8/10, spec 10/10); the tie
+    goes to the higher, .62. Sensitivity >= .90: 9 of 10 positives -> the 9th highest, .58, where
+    one negative (.60) is flagged: sens .9, spec .9.
+    """
+    pos = [0.95, 0.90, 0.85, 0.80, 0.75, 0.70, 0.65, 0.62, 0.58, 0.30]
+    neg = [0.60, 0.45, 0.40, 0.35, 0.28, 0.25, 0.20, 0.15, 0.10, 0.05]
+    y = np.array([1] * 10 + [0] * 10, dtype=np.int8)
+    Y = np.tile(y[:, None], (1, 6))
+    P = np.tile(np.array(pos + neg)[:, None], (1, 6))
+    th = choose_thresholds(Y, P, 0.9)
+    hs = th["labels"]["healing_status"]
+    assert (hs["applied"], hs["value"], hs["sensitivity"], hs["specificity"]) == ("youden", 0.62, 0.8, 1.0)
+    assert hs["rules"] == {"0.5": 0.5, "youden": 0.62}
+    u = th["labels"]["urgency"]
+    assert (u["applied"], u["value"], u["sensitivity"], u["specificity"]) == ("sensitivity>=0.90", 0.58, 0.9, 0.9)
+    assert u["rules"] == {"0.5": 0.5, "youden": 0.62, "sensitivity>=0.90": 0.58}
+    assert youden_threshold(y, P[:, 0]) == (0.62, pytest.approx(0.8))
+    assert sensitivity_threshold(y, P[:, 0], 0.7) == 0.65 and sensitivity_threshold(y, P[:, 0], 1.0) == 0.30
+    np.testing.assert_array_equal(applied_thresholds(th), [0.62, 0.62, 0.62, 0.58, 0.58, 0.62])
