@@ -256,3 +256,14 @@ def test_probe_folder_in_process(trained, tiny_siglip_dir: Path, tmp_path: Path)
         r = c.post("/v1/score", content=images[0].read_bytes(), headers={"content-type": "image/jpeg"})
     assert r.status_code == 200, r.text
     assert list(r.json()) == [*CONTRACT_KEYS, "summary"] and r.json()["model"]["type"] == "logreg"
+
+
+def test_modal_app_imports() -> None:
+    """deploy/modal_app.py wraps the same create_app; it cannot be deployed from here, only imported."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "deploy" / "modal_app.py"
+    spec = importlib.util.spec_from_file_location("modal_app", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.app.name == "woundscore" and callable(mod.web.get_raw_f())
