@@ -7,6 +7,7 @@ The image generators here are also used by tests/test_preprocess.py.
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -197,16 +198,46 @@ def test_hostile_corpus_run_reports_bad_images_and_keeps_the_good(hostile_run):
         assert f"failed: {name}:" in result.output
 
 
+def _reference_rgb(data: bytes) -> Image.Image:
+    """An independent decode to RGB, written from the documented decisions (not embed.preprocess):
+    EXIF transpose, alpha over black, 16-bit grey scaled by 255/65535, the rest Pillow's convert."""
+    from PIL import ImageOps
+
+    im = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im).astype(np.float64) * (255.0 / 65535.0)
+        return Image.fromarray(np.rint(a).astype(np.uint8), "L").convert("RGB")
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = np.asarray(im.convert("RGBA")).astype(np.float64)
+        rgb = np.rint(rgba[..., :3] * rgba[..., 3:] / 255.0)  # test images: alpha is 0 or 255 only
+        return Image.fromarray(rgb.astype(np.uint8), "RGB")
+    return im.convert("RGB")
+
+
 def test_hostile_good_images_equal_the_reference_embedding(hostile_run, tiny_siglip_dir):
-    """Every odd-but-valid image is embedded exactly as the one preprocessing + encoder give."""
+    """Every odd-but-valid image is embedded as an INDEPENDENT reference gives: the decode above,
+    torchvision's CenterCrop(max side) -> Resize bilinear -> ToTensor -> Normalize, and the Hugging
+    Face SiglipVisionModel's pooler_output (issue 16 finding 10: this used to compare the run with
+    the same preprocess + encoder code path, so a shared bug passed)."""
+    import torch
+    from torchvision import transforms as T
+    from transformers import SiglipVisionModel
+
     from woundscore.cache import read_cache
-    from woundscore.embed.encoder import load_encoder
 
     root, good, bad, out, result = hostile_run
     es = read_cache(out)
-    enc = load_encoder(tiny_siglip_dir, device="cpu", dtype="float32")
-    ref = enc.embed_images([good[i] for i in es.ids.tolist()], batch_size=1)
-    np.testing.assert_allclose(es.X, ref, atol=1e-5, rtol=0)
+    cfg = json.loads((tiny_siglip_dir / "preprocessor_config.json").read_text())
+    size = (cfg["size"]["height"], cfg["size"]["width"])
+    model = SiglipVisionModel.from_pretrained(tiny_siglip_dir, dtype=torch.float32).eval()
+    ref = []
+    for image_id in es.ids.tolist():
+        im = _reference_rgb(good[image_id])
+        pixels = T.Compose([T.CenterCrop(max(im.size)), T.Resize(size, interpolation=T.InterpolationMode.BILINEAR),
+                            T.ToTensor(), T.Normalize(cfg["image_mean"], cfg["image_std"])])(im)
+        with torch.inference_mode():
+            ref.append(model(pixel_values=pixels[None]).pooler_output[0].numpy())
+    np.testing.assert_allclose(es.X, np.stack(ref), atol=1e-5, rtol=0)
     # sha256 is of the file bytes (resume key), not of the decoded pixels
     import hashlib
 
