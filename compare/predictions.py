@@ -4,6 +4,10 @@ Format: UTF-8 CSV with the header ``image_id,healing_status,erythema,edema,infec
 exudate`` (the six labels in ``LABEL_NAMES`` order) and one row per image; probabilities in [0, 1].
 Columns may come in another order; every label column must be present and no column may be unknown.
 
+Image ids are kept verbatim (spaces included). An id that a spreadsheet would run as a formula
+(leading ``=``, ``+``, ``-``, ``@``, tab or CR) is written with a leading apostrophe, which
+:func:`read_predictions` removes (:func:`neutralise`).
+
 Optional sidecar: ``predictions.json`` next to ``predictions.csv`` (same stem, ``.json``) holding
 what the method cost, under the keys of ``META_KEYS``. The report reads it when present and prints
 "not reported" for anything missing. No pickle: plain CSV and JSON only.
@@ -45,6 +49,40 @@ class PredictionsError(WoundscoreError, ValueError):
     """A predictions file (or its sidecar) is unusable. The message names the file, row and field."""
 
 
+#: A cell starting with one of these is a formula to a spreadsheet (=, +, -, @; tab and CR too,
+#: OWASP's list); the writer prefixes it with an apostrophe, which the reader removes again.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_QUOTE = "'"
+
+
+def neutralise(cell: str) -> str:
+    """A CSV text cell that no spreadsheet executes: ``'`` before a formula start (and before a
+    leading ``'``, so :func:`unneutralise` is exact for every string)."""
+    return _QUOTE + cell if cell.startswith(_FORMULA_START + (_QUOTE,)) else cell
+
+
+def unneutralise(cell: str) -> str:
+    """The inverse of :func:`neutralise` (a hand-written cell without the prefix is kept as is)."""
+    return cell[1:] if cell.startswith(_QUOTE) and cell[1:].startswith(_FORMULA_START + (_QUOTE,)) else cell
+
+
+def check_writable_file(path: str | os.PathLike) -> Path:
+    """Before any compute: ``path`` can be written (its folder exists or can be made, accepts a new
+    file, and ``path`` is not a folder); PredictionsError otherwise."""
+    import tempfile
+
+    p = Path(path)
+    if p.is_dir():
+        raise PredictionsError(f"{p}: is a folder; give a file name for the predictions CSV")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p.parent, prefix=f".{p.name}.probe-"):
+            pass
+    except OSError as e:
+        raise PredictionsError(f"{p}: cannot write there ({e.strerror or e})") from None
+    return p
+
+
 def _check_header(path: Path, header: list[str] | None) -> list[int]:
     """The column index of each of ``HEADER`` in the file's header row; PredictionsError if unusable."""
     if header is None:
@@ -65,8 +103,9 @@ def _parse_row(path: Path, line_no: int, row: list[str], col: list[int], n_field
     """(image id, six probabilities) of one data row; PredictionsError naming line and field."""
     if len(row) != n_fields:
         raise PredictionsError(f"{path}: line {line_no}: {len(row)} fields, header has {n_fields}")
-    image_id = row[col[0]].strip()
-    if not image_id:
+    # ids are kept verbatim (leading/trailing spaces are part of an id), minus the writer's quote
+    image_id = unneutralise(row[col[0]])
+    if not image_id.strip():
         raise PredictionsError(f"{path}: line {line_no}: empty image_id")
     values = []
     for name, c in zip(LABEL_NAMES, col[1:]):
@@ -154,8 +193,8 @@ def write_predictions(
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(HEADER)
-    # repr-precision floats: a read-back gives the identical array
-    w.writerows([i] + [repr(float(v)) for v in row] for i, row in zip(ids, P))
+    # repr-precision floats: a read-back gives the identical array; ids neutralised for spreadsheets
+    w.writerows([neutralise(i)] + [repr(float(v)) for v in row] for i, row in zip(ids, P))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, buf.getvalue())
     if meta is not None:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from woundscore.cache import read_cache
+from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.schema import SPLITS
 from woundscore.cache.types import EmbeddingSet
 from woundscore.cache.util import atomic_write_text
@@ -110,6 +111,27 @@ def _trained_runs(
             runs[name] = trained_method(name, data, seed, mlp_params if name == MLP else None,
                                         models_dir / name, source)
     return runs
+
+
+def _check_zero_shot_source(data: EmbeddingSet, zero_shot: bool, source: Any, model: Any) -> None:
+    """Before any compute: the source's val and test images must be the cache's (sha256 per id);
+    otherwise the run is refused (SourceMismatchError). Ids the source lacks are left to zero-shot,
+    which is then skipped with the reason."""
+    if not (zero_shot and source is not None and model is not None):
+        return
+    from woundscore.compare.zeroshot import SourceMismatchError, check_same_images
+    from woundscore.embed.sources import open_source
+
+    try:
+        src = open_source(source)
+        wanted = {str(i) for s in ("val", "test") for i in data.subset(s).ids}
+        chosen = [s for s in src.samples() if str(s.image_id) in wanted]
+    except WoundscoreError:
+        return  # an unreadable source: zero-shot is skipped with the reason
+    try:
+        check_same_images(src.path, chosen, {str(i): str(h) for i, h in zip(data.ids, data.sha256)})
+    except SourceMismatchError as e:
+        raise ReportError(f"--source: {e}") from None
 
 
 def _zero_shot_run(
@@ -289,6 +311,7 @@ def run_comparison(
     predictions = dict(predictions or {})
     _check_request(predictions, finetune_dir, methods, n_boot)
     data, cache_name = _load_cache(cache, methods)
+    _check_zero_shot_source(data, zero_shot, source, model)
     out = Path(out_dir)
     stage = _stage_output(out)
     try:

@@ -18,13 +18,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.schema import LABEL_NAMES
-from woundscore.compare.predictions import write_predictions
+from woundscore.compare.predictions import check_writable_file, write_predictions
+from woundscore.compare.render import printable
 from woundscore.embed.encoder import resolve_checkpoint
 from woundscore.embed.preprocess import load_image, preprocess, preprocess_bytes, resolve_spec
 from woundscore.embed.runtime import DEFAULT_MODEL, checkpoint_notice, quiet_transformers, resolve_device
@@ -55,6 +56,10 @@ MAX_TEXT_LENGTH = 64
 
 class ZeroShotError(WoundscoreError):
     """The checkpoint cannot score zero-shot (no text tower, no tokenizer, not loadable)."""
+
+
+class SourceMismatchError(ZeroShotError):
+    """The source's images are not the cache's (another sha256 for an id): refused, never skipped."""
 
 
 def tokenize_prompts(tokenizer: Any, texts: Sequence[str], *, max_length: int = MAX_TEXT_LENGTH) -> Any:
@@ -225,16 +230,43 @@ def _score(zs: ZeroShotModel, chosen: list[Any], batch_size: int, quiet: bool,
     return kept_ids, np.concatenate(probs) if probs else np.zeros((0, len(LABEL_NAMES))), skipped, score_s
 
 
+def check_same_images(source: Any, chosen: Sequence[Any], expected_sha256: Mapping[str, str]) -> None:
+    """Refuse (ZeroShotError) when an image of ``chosen`` (source samples) has other bytes than the
+    cache recorded for its id (``expected_sha256``: id -> sha256 hex): zero-shot would then score
+    other photos than the methods it is compared with. Unreadable images are left to scoring,
+    which skips and lists them."""
+    import hashlib
+
+    differ = []
+    for s in chosen:
+        want = expected_sha256.get(str(s.image_id))
+        try:
+            data = s.read_bytes()
+        except Exception:  # noqa: BLE001 - an unreadable image is skipped (with its reason) when scored
+            continue
+        if want and hashlib.sha256(data).hexdigest() != str(want):
+            differ.append(str(s.image_id))
+    if differ:
+        shown = ", ".join(repr(i) for i in differ[:5]) + (", ..." if len(differ) > 5 else "")
+        raise SourceMismatchError(f"{source}: {len(differ)} image(s) differ from the cache's (sha256 per id): {shown}; "
+                            "zero-shot must score the cache's own images (use the source the cache was made from)")
+
+
 def zero_shot_source(source: str | os.PathLike, model: "str | os.PathLike | ZeroShotModel", *,
                      split: str | None = "test", ids: Sequence[str] | None = None, device: str = "auto",
-                     batch_size: int = 8, revision: str | None = None, quiet: bool = True) -> ZeroShotResult:
+                     batch_size: int = 8, revision: str | None = None, quiet: bool = True,
+                     expected_sha256: Mapping[str, str] | None = None) -> ZeroShotResult:
     """Zero-shot scores for the images of a source (one split, or the given image ids, e.g. a cache's).
 
-    Unreadable images are skipped and listed in ``skipped`` (never scored as 0). Raises
-    ZeroShotError (unknown ids, empty selection), embed.sources.SourceError.
+    Unreadable images are skipped and listed in ``skipped`` (never scored as 0).
+    ``expected_sha256`` (id -> sha256): the cache's record; an image with other bytes is refused
+    before the model loads. Raises ZeroShotError (unknown ids, empty selection, other images),
+    embed.sources.SourceError.
     """
     src = open_source(source)
     chosen = _select(src.samples(), src.path, split, ids)
+    if expected_sha256 is not None:
+        check_same_images(src.path, chosen, expected_sha256)
     t_load = time.perf_counter()
     zs = _as_model(model, device, revision)
     load_s = time.perf_counter() - t_load
@@ -257,7 +289,9 @@ def zero_shot_source(source: str | os.PathLike, model: "str | os.PathLike | Zero
 def run_zero_shot(source: str | os.PathLike, out: str | os.PathLike, *, model: str | os.PathLike = DEFAULT_MODEL,
                   split: str = "test", device: str = "auto", batch_size: int = 8, revision: str | None = None,
                   quiet: bool = False) -> ZeroShotResult:
-    """Score a split of ``source`` and write ``out`` (predictions CSV) + its ``.json`` sidecar."""
+    """Score a split of ``source`` and write ``out`` (predictions CSV) + its ``.json`` sidecar.
+    ``out`` is checked to be writable before the model loads."""
+    check_writable_file(out)
     res = zero_shot_source(source, model, split=split, device=device, batch_size=batch_size, revision=revision,
                            quiet=quiet)
     if len(res.ids) == 0:
@@ -265,5 +299,5 @@ def run_zero_shot(source: str | os.PathLike, out: str | os.PathLike, *, model: s
     write_predictions(Path(out), res.ids, res.P, meta=res.meta)
     if not quiet:
         for s in res.skipped:
-            print(f"skipped {s['image_id']}: {s['reason']}", file=sys.stderr)
+            print(printable(f"skipped {s['image_id']}: {s['reason']}"), file=sys.stderr)
     return res
