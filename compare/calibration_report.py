@@ -23,7 +23,7 @@ MAX_BINS = 10
 
 def n_bins_for(n: int) -> int:
     """Equal-count bins for ``n`` observed images: about ``IMAGES_PER_BIN`` each, 1..MAX_BINS."""
-    return int(min(MAX_BINS, max(1, n // IMAGES_PER_BIN)))
+    return int(min(MAX_BINS, max(1, round(n / IMAGES_PER_BIN))))
 
 
 def equal_count_bins(y: np.ndarray, p: np.ndarray, n_bins: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
