@@ -40,8 +40,17 @@ def test_each_member_stops_on_its_own_best_epoch_with_its_weights_restored(ens, 
     _, va, _ = data
     hist = ens.history_
     for r, (best, score) in enumerate(zip(ens.member_best_epochs_, ens.member_best_scores_)):
-        own = [h["member_scores"][r] for h in hist[:best + 4]]  # the epochs before its patience ran out
-        assert best == 1 + int(np.argmax(own)) and score == pytest.approx(max(own))
+        # Keras EarlyStopping's rule replayed on the member's own scores: strict improvement,
+        # stop after `patience` (4) epochs without one; later epochs must not count
+        want, top, wait = 0, -np.inf, 0
+        for epoch, h in enumerate(hist, start=1):
+            if h["member_scores"][r] > top:
+                want, top, wait = epoch, h["member_scores"][r], 0
+            else:
+                wait += 1
+                if wait >= 4:
+                    break
+        assert (best, score) == (want, pytest.approx(top))
         # restored: the member's own val macro AUC is its best epoch's
         assert macro_auc(va.Y, ens.member_proba(va.X)[r]) == pytest.approx(score, abs=1e-6)
     assert ens.best_epoch_ == max(ens.member_best_epochs_) and ens.monitor_ == "val_macro_auc"
@@ -93,3 +102,27 @@ def test_members_train_independently_a_member_without_labels_does_not_move(data)
     moved = [any(not np.array_equal(a, b) for a, b in zip(m.get_weights(), w)) for m, w in zip(fit.members, init)]
     assert moved == [True, False]
     assert fit.monitor == "none" and fit.best_epoch == [3, 3] and len(fit.history) == 3
+
+
+def test_a_member_whose_patience_ran_out_is_frozen_while_others_train_on() -> None:
+    from types import SimpleNamespace
+
+    from woundscore.classify.ensemble import _PerMemberStopping
+
+    script = iter([[0.6, 0.6], [0.7, 0.61], [0.65, 0.62], [0.66, 0.63], [0.9, 0.64], [0.95, 0.5], [0.99, 0.5]])
+
+    class Scripted(_PerMemberStopping):
+        def _scores(self):
+            return next(script), None
+
+    members = [SimpleNamespace(get_weights=lambda r=r: [r]) for r in range(2)]
+    cb = Scripted(members, None, None, np.ones((2, 6)), "val_macro_auc", 2, None)
+    cb.set_model(SimpleNamespace(stop_training=False))
+    for epoch in range(7):
+        cb.on_epoch_begin(epoch)
+        cb.on_epoch_end(epoch, {"loss": 1.0})
+        if cb.model.stop_training:
+            break
+    # member 0 peaked at epoch 2 and ran out of patience at epoch 4: epoch 5's 0.9 must not count
+    assert cb.best_epoch == [2, 5] and cb.best == [0.7, 0.64]
+    assert epoch == 6 and cb.model.stop_training  # member 1 ran out at epoch 7
