@@ -58,10 +58,13 @@ def _parse_predictions(ctx: click.Context, param: click.Parameter, values: tuple
               help="Also report the test metrics without the test images that have an exact or near "
                    "duplicate in train/val (the leakage audit).")
 @click.option("--curve", is_flag=True, help="Add the learning-curve section (as `wound-compare curve`).")
+@click.option("--seeds", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Seeds trained (in one fit) to show the MLP's seed spread; 0 or 1: not measured. "
+                   "An MLP seed ensemble shows its own members instead.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 def run_cmd(cache: str, out_dir: str, source: str | None, model: str | None, finetune_dir: str | None,
             predictions: dict[str, str], zero_shot: bool, train: tuple[str, ...], n_boot: int, seed: int,
-            exclude_leaked: bool, curve: bool, quiet: bool) -> None:
+            exclude_leaked: bool, curve: bool, seeds: int, quiet: bool) -> None:
     """Compare the MLP with the probe, zero-shot and a fine-tune on the same test images.
 
     Trains the logistic probe and the MLP on the cache's train split (early
@@ -92,7 +95,7 @@ def run_cmd(cache: str, out_dir: str, source: str | None, model: str | None, fin
     result = run_comparison(cache, out_dir, source=source, model=model, finetune_dir=finetune_dir,
                             predictions=predictions, zero_shot=zero_shot, n_boot=n_boot, seed=seed, quiet=quiet,
                             methods=tuple(m for m in dict.fromkeys(train) if m != "none"),
-                            exclude_leaked=exclude_leaked, curve=curve)
+                            exclude_leaked=exclude_leaked, curve=curve, seeds=seeds)
     click.echo(printable(result.metrics["answer"]["text"]))
     deploy = result.metrics.get("deploy") or {}
     if deploy.get("command"):

@@ -220,6 +220,9 @@ def trained_method(
         "inference_ms_per_image": round(1000.0 * infer_s / max(len(test), 1), 4),
     }
     members = getattr(est, "member_proba", None)
+    member_P = None if members is None else np.asarray(members(test.X), dtype=np.float64)
+    if member_P is not None and len(member_P) < 2:
+        member_P = None  # one member: no spread to show
     return MethodRun(
         description=TRAINED[name],
         origin=f"trained here: {len(train)} train rows, early stopping / calibration / thresholds on {len(val)} val rows",
@@ -229,8 +232,20 @@ def trained_method(
         cost=cost, calibration=cal_json,
         calibration_note=f"fitted on {len(val)} val rows: " + ", ".join(f"{k} {v}" for k, v in cal.methods.items()),
         model_dir=Path(model_dir),
-        member_P_test=None if members is None else np.asarray(members(test.X), dtype=np.float64),
+        member_P_test=member_P,
     )
+
+
+def seed_members(data: EmbeddingSet, seed: int, params: Mapping[str, Any] | None, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The MLP's seed spread, measured: a k-member seed ensemble (one Keras fit, each member with its
+    own seed and early stopping on val) -> (val (k, n_val, 6), test (k, n_test, 6)) member scores."""
+    from woundscore.classify.models import KerasMLPClassifier
+
+    train, val, test = data.subset("train"), data.subset("val"), data.subset("test")
+    est = KerasMLPClassifier(**{"seed": seed, **dict(params or {}), "n_members": int(k)})
+    est.fit(train.X, train.Y, X_val=val.X, Y_val=val.Y)
+    return (np.asarray(est.member_proba(val.X), dtype=np.float64),
+            np.asarray(est.member_proba(test.X), dtype=np.float64))
 
 
 def external_method(name: str, path: Path, data: EmbeddingSet, description: str) -> MethodRun:

@@ -33,7 +33,8 @@ from woundscore.compare.calibration_report import calibration_metrics
 from woundscore.compare.document import build_document, notices, report_data
 from woundscore.compare.headline import all_pairs, headline
 from woundscore.compare.methods import (
-    FINETUNE, MLP, PROBE, ZERO_SHOT, MethodRun, ReportError, external_method, trained_method, zero_shot_method,
+    FINETUNE, MLP, PROBE, ZERO_SHOT, MethodRun, ReportError, external_method, seed_members, trained_method,
+    zero_shot_method,
 )
 from woundscore.compare.render import printable, render_html, render_markdown
 from woundscore.compare.sections import deploy_data, leakage_data, seed_spread
@@ -254,17 +255,38 @@ def _swap_into_place(stage: Path, out: Path) -> None:
         os.replace(stage, out)
 
 
-def _curve(data: EmbeddingSet, curve: bool | Mapping[str, Any], methods: Sequence[str], seed: int,
-           say: Callable[[str], None]) -> tuple[dict | None, list]:
-    """H5's learning curve (``compare.curve``) as (JSON, document blocks), when asked."""
+def _seed_spread(data: EmbeddingSet, runs: Mapping[str, MethodRun], seeds: int, seed: int, mlp_params: Any,
+                 say: Callable[[str], None]) -> dict | None:
+    """The MLP's seed spread: its own members when the head is a seed ensemble, else ``seeds``
+    members trained for the measurement (one Keras fit); None without an MLP."""
+    if MLP not in runs:
+        return None
+    Y_val, Y_test = data.subset("val").Y, data.subset("test").Y
+    if runs[MLP].member_P_test is not None:
+        return seed_spread(None, runs[MLP].member_P_test, Y_val, Y_test, source="the members of the MLP seed ensemble")
+    if seeds < 2:
+        return seed_spread(None, None, Y_val, Y_test, source="", reason="not requested; wound-compare run --seeds N "
+                           "(N >= 2) trains N seeds to measure it")
+    say(f"MLP seed spread: {seeds} seeds in one fit")
+    val, test = seed_members(data, seed, mlp_params, seeds)
+    return seed_spread(val, test, Y_val, Y_test, source=f"{seeds} seeds trained for this measurement, seeds from {seed}")
+
+
+def _curve(data: EmbeddingSet, curve: bool | Mapping[str, Any], methods: Sequence[str], seed: int, n_boot: int,
+           finetune_dir: Any, stage: Path, say: Callable[[str], None]) -> tuple[dict | None, list]:
+    """The learning curve (``compare.curve``) as (JSON, document blocks with its figure drawn into
+    ``stage``), when asked; ``curve`` may be a mapping of learning_curve options."""
     if not curve:
         return None, []
     from woundscore.compare.curve import curve_blocks, learning_curve
 
     say("learning curve (nested subsets of the train split)")
-    options = dict(curve) if isinstance(curve, Mapping) else {}
-    res = learning_curve(data, seed=seed, methods=tuple(methods) or (PROBE, MLP), **options)
-    return (res.to_json() if hasattr(res, "to_json") else None), list(curve_blocks(res))
+    options = {"n_boot": n_boot, "methods": tuple(methods) or (PROBE, MLP), "on_progress": say,
+               **(dict(curve) if isinstance(curve, Mapping) else {})}
+    if finetune_dir is not None:
+        options.setdefault("finetune_predictions", str(Path(finetune_dir) / FINETUNE_PREDICTIONS))
+    res = learning_curve(data, seed=seed, **options)
+    return res.to_json(), list(curve_blocks(res, image=stage / "curve.png"))
 
 
 def run_comparison(
@@ -282,6 +304,7 @@ def run_comparison(
     mlp_params: Mapping[str, Any] | None = None,
     exclude_leaked: bool = False,
     curve: bool | Mapping[str, Any] = False,
+    seeds: int = 0,
     quiet: bool = False,
 ) -> ComparisonResult:
     """Benchmark the MLP against the probe, zero-shot and external predictions; write the report.
@@ -301,6 +324,8 @@ def run_comparison(
         exclude_leaked: also report the test metrics without the test images that have an exact
             or near duplicate in train/val (``cache.leakage``).
         curve: add the learning-curve section (``compare.curve``); a mapping passes its options.
+        seeds: N >= 2 trains an N-seed MLP ensemble to show the MLP's seed spread (not needed
+            when the MLP head is itself a seed ensemble: its members are used).
 
     Raises:
         ReportError, compare.predictions.PredictionsError, cache errors. Predictions files are
@@ -317,8 +342,8 @@ def run_comparison(
     try:
         files, doc = _build(stage, out, data, cache_name, say, source=source, model=model, finetune_dir=finetune_dir,
                             predictions=predictions, zero_shot=zero_shot, n_boot=n_boot, seed=seed, methods=methods,
-                            mlp_params=mlp_params, exclude_leaked=exclude_leaked, curve=curve, quiet=quiet,
-                            t_start=t_start)
+                            mlp_params=mlp_params, exclude_leaked=exclude_leaked, curve=curve, seeds=seeds,
+                            quiet=quiet, t_start=t_start)
         _swap_into_place(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -331,7 +356,7 @@ def run_comparison(
 
 def _build(stage: Path, out: Path, data: EmbeddingSet, cache_name: str, say: Callable[[str], None], *,
            source: Any, model: Any, finetune_dir: Any, predictions: dict, zero_shot: bool, n_boot: int, seed: int,
-           methods: Sequence[str], mlp_params: Any, exclude_leaked: bool, curve: Any, quiet: bool,
+           methods: Sequence[str], mlp_params: Any, exclude_leaked: bool, curve: Any, seeds: int, quiet: bool,
            t_start: float) -> tuple[dict[str, Path], dict[str, Any]]:
     """Everything :func:`run_comparison` computes, written into ``stage``: (files, metrics.json's dict)."""
     timing = {"load_seconds": round(time.perf_counter() - t_start, 3)}
@@ -349,7 +374,7 @@ def _build(stage: Path, out: Path, data: EmbeddingSet, cache_name: str, say: Cal
     t0 = time.perf_counter()
     result, head, calibration, excluded = _evaluate(data, runs, n_boot, seed, exclude_leaked, leakage)
     timing["metrics_seconds"] = round(time.perf_counter() - t0, 3)
-    curve_json, curve_section = _curve(data, curve, methods, seed, say)
+    curve_json, curve_section = _curve(data, curve, methods, seed, n_boot, finetune_dir, stage, say)
 
     say("figures")
     t0 = time.perf_counter()
@@ -360,14 +385,16 @@ def _build(stage: Path, out: Path, data: EmbeddingSet, cache_name: str, say: Cal
     deploy = deploy_data(head["best"], {n: out / "models" / n for n, r in runs.items() if r.model_dir is not None},
                          finetune_dir, FINETUNE if finetune_dir is not None else None, order)
     extra = {"headline": head, "calibration": calibration, "leakage": leakage, "excluded_leaked": excluded,
-             "deploy": deploy, "seed_spread": seed_spread(runs[MLP], data.subset("test").Y) if MLP in runs else None,
+             "deploy": deploy, "seed_spread": _seed_spread(data, runs, seeds, seed, mlp_params, say),
              "curve": curve_json}
     doc = report_data(data=data, cache_name=cache_name, runs=runs, skipped=skipped, result=result,
                       n_boot=n_boot, seed=seed, extra=extra)
     timing["total_seconds"] = round(time.perf_counter() - t_start, 3)  # before writing the files
     doc["timing"] = timing
-    for block in curve_section:  # the curve's figures, drawn by compare.curve into the report folder
-        if block[0] == "image" and not (stage / block[1]).is_file() and Path(block[1]).is_file():
+    for block in curve_section:  # the curve's figure: into the report folder, named relative to it
+        if block[0] == "image" and not (stage / Path(block[1]).name).is_file():
             shutil.copyfile(block[1], stage / Path(block[1]).name)
     curve_section = [("image", Path(b[1]).name, b[2]) if b[0] == "image" else b for b in curve_section]
+    if curve_section:
+        figures["curve.png"] = stage / "curve.png"
     return _write_report(stage, doc, figures, curve_section), doc

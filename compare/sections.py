@@ -96,21 +96,25 @@ def deploy_blocks(dp: Mapping[str, Any] | None) -> list[tuple]:
     return [("p", lead + (". Other model folders: " + "; ".join(others) + "." if others else "."))]
 
 
-def seed_spread(run: Any, Y: np.ndarray) -> dict[str, Any]:
-    """The MLP's spread over its ensemble members' seeds: each member's test macro AUC (raw scores;
-    calibration is monotone per label, so AUC is the same). Not available for a single-seed head."""
+def seed_spread(member_val: np.ndarray | None, member_test: np.ndarray | None, Y_val: np.ndarray,
+                Y_test: np.ndarray, *, source: str, reason: str = "") -> dict[str, Any]:
+    """The MLP's spread over seeds: each member's val and test macro AUC (raw scores; calibration
+    is monotone per label, so AUC is unchanged). ``member_*``: (m, n, 6) or None (then
+    ``reason`` says why nothing was measured); ``source``: which members these are."""
     from woundscore.classify.metrics import macro_auc
 
-    members = getattr(run, "member_P_test", None)
-    if members is None:
-        return {"available": False,
-                "reason": "the MLP head is one training run (its estimator has no member_proba), so its "
-                          "seed spread is not measured here"}
-    aucs = [macro_auc(Y, P) for P in members]
-    vals = np.array([a for a in aucs if a is not None], dtype=np.float64)
-    return {"available": True, "members": len(members), "macro_auc": aucs,
-            "min": float(vals.min()) if vals.size else None, "max": float(vals.max()) if vals.size else None,
-            "sd": float(vals.std(ddof=1)) if vals.size > 1 else None}
+    if member_test is None:
+        return {"available": False, "reason": reason}
+
+    def summary(members: np.ndarray | None, Y: np.ndarray) -> dict[str, Any]:
+        aucs = [] if members is None else [macro_auc(Y, P) for P in members]
+        vals = np.array([a for a in aucs if a is not None], dtype=np.float64)
+        return {"macro_auc": aucs, "min": float(vals.min()) if vals.size else None,
+                "max": float(vals.max()) if vals.size else None,
+                "sd": float(vals.std(ddof=1)) if vals.size > 1 else None}
+
+    return {"available": True, "members": int(len(member_test)), "source": source,
+            "val": summary(member_val, Y_val), "test": summary(member_test, Y_test)}
 
 
 def seed_spread_blocks(s: Mapping[str, Any] | None) -> list[tuple]:
@@ -118,9 +122,15 @@ def seed_spread_blocks(s: Mapping[str, Any] | None) -> list[tuple]:
         return []
     if not s["available"]:
         return [("p", f"MLP seed spread: not measured ({s['reason']}).")]
-    if s["min"] is None:
-        return [("p", f"MLP seed spread: the {s['members']} members' macro AUC is not estimable on this test split.")]
-    sd = "" if s["sd"] is None else f", standard deviation {s['sd']:.3f}"
-    return [("p", f"MLP seed spread: the {s['members']} seed members of the MLP ensemble reach test macro ROC AUCs "
-                  f"from {s['min']:.3f} to {s['max']:.3f}{sd} (point values, n as in the macro table); the "
-                  "ensemble's own scores are the mlp rows above. One training run's AUC is partly this luck.")]
+
+    def part(x: Mapping[str, Any], split: str) -> str:
+        if not x["macro_auc"]:
+            return f"{split}: not measured"
+        if x["min"] is None:
+            return f"{split}: not estimable"
+        sd = "" if x["sd"] is None else f", sd {x['sd']:.3f}"
+        return f"{split} macro ROC AUC {x['min']:.3f} to {x['max']:.3f}{sd}"
+
+    return [("p", f"MLP seed spread over {s['members']} seeds ({s['source']}): {part(s['test'], 'test')}; "
+                  f"{part(s['val'], 'val')} (point values per seed; the interval of the mlp rows above covers "
+                  "test sampling only). One training run's AUC is partly this luck.")]
