@@ -204,6 +204,7 @@ class _State:
         self.scorer: Any = None
         self.batcher: MicroBatcher | None = None
         self.error: str | None = None
+        self.ready = False  # set once loaded AND warmed up (the first forward done)
         self.example: dict[str, Any] = _example_from_contract()
         self.timings: dict[str, float] = {}
 
@@ -227,6 +228,7 @@ def _load(state: _State, loader: Callable[[], Any]) -> None:
     example = _score_images(state, [Image.new("RGB", (size[1], size[0]), EXAMPLE_IMAGE_RGB)])[0]
     state.timings = {"load_s": t1 - t0, "first_forward_s": time.perf_counter() - t1}
     state.example = example
+    state.ready = True
 
 
 def model_description(state: _State, *, max_bytes: int, max_batch: int, max_wait_ms: float) -> dict[str, Any]:
@@ -368,7 +370,7 @@ def _routes(app: FastAPI, state: _State, *, token: str | None, max_bytes: int, l
 
     @app.get("/readyz", summary="Model loaded and warm (503 before)")
     async def readyz() -> JSONResponse:
-        if state.scorer is None or state.error:
+        if not state.ready or state.error:
             e = not_ready()
             return JSONResponse(error_body(e.code, e.message), status_code=503)
         return JSONResponse({"status": "ready", **{k: round(v, 3) for k, v in state.timings.items()}})
