@@ -39,7 +39,7 @@ def headline(macro: Mapping[str, Mapping[str, Any]], comparisons: Sequence[Mappi
     est = {n: e for n, e in macro.items() if e.get("value") is not None}
     best = max(est, key=lambda n: est[n]["value"]) if est else None
     diffs = [d for c in comparisons for d in _distinguishable(c, label_names)]
-    macro_diffs = [dict(d, label="macro") for c in comparisons
+    macro_diffs = [dict(d, label="macro AUC") for c in comparisons
                    for d in _distinguishable({**c, "per_label": {"macro": c["macro"]}}, ["macro"])]
     return {"best": best, "best_macro": est.get(best) if best else None, "differences": diffs,
             "macro_differences": macro_diffs, "comparisons": list(comparisons)}

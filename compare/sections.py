@@ -74,13 +74,16 @@ def deploy_data(best: str | None, model_dirs: Mapping[str, Path], finetune_dir: 
     the fine-tune deploys from its own output folder; zero-shot and other predictions files have
     no model folder (the next deployable method by macro AUC is named instead)."""
     folders = {n: str(p) for n, p in model_dirs.items()}
+    note = None
     if finetune_dir is not None and finetune_name:
-        folders[finetune_name] = str(finetune_dir)
+        if (Path(finetune_dir) / "provenance.json").is_file():  # a model folder (wound-compare finetune)
+            folders[finetune_name] = str(finetune_dir)
+        else:
+            note = f"{finetune_dir} holds predictions but no model folder (provenance.json), so it cannot be served"
     deployable = [n for n in macro_order if n in folders]
-    if not deployable:
-        return {"best": best, "deployable": None, "command": None, "folders": folders}
-    pick = deployable[0]
-    return {"best": best, "deployable": pick, "command": f"wound-serve {folders[pick]}", "folders": folders}
+    pick = deployable[0] if deployable else None
+    return {"best": best, "deployable": pick, "command": f"wound-serve {folders[pick]}" if pick else None,
+            "folders": folders, "note": note}
 
 
 def deploy_blocks(dp: Mapping[str, Any] | None) -> list[tuple]:
@@ -93,7 +96,8 @@ def deploy_blocks(dp: Mapping[str, Any] | None) -> list[tuple]:
             else f"The best method ({dp['best']}) has no model folder here; the best deployable one is "
                  f"{dp['deployable']}: {dp['command']}")
     others = [f"{n}: wound-serve {p}" for n, p in dp["folders"].items() if n != dp["deployable"]]
-    return [("p", lead + (". Other model folders: " + "; ".join(others) + "." if others else "."))]
+    text = lead + (". Other model folders: " + "; ".join(others) + "." if others else ".")
+    return [("p", text + (f" Note: {dp['note']}." if dp.get("note") else ""))]
 
 
 def seed_spread(member_val: np.ndarray | None, member_test: np.ndarray | None, Y_val: np.ndarray,

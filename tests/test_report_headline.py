@@ -154,3 +154,8 @@ def test_forest_plot_notice_overlaps_no_other_text(tmp_path, monkeypatch):
                   if t.get_text()]
         for t in others:
             assert not box.overlaps(t.get_window_extent(r)), (t.get_text(), plots.__name__)
+        if fig._suptitle is not None:  # the figure's title clears every panel title
+            top = fig._suptitle.get_window_extent(r)
+            for ax in fig.axes:
+                if ax.get_visible() and ax.title.get_text():
+                    assert not top.overlaps(ax.title.get_window_extent(r)), (fig._suptitle.get_text(), ax.title.get_text())

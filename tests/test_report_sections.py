@@ -76,12 +76,15 @@ def test_the_report_names_the_one_command_that_deploys_the_best(full):
     res, _, _, tmp = full
     dp = res.metrics["deploy"]
     macro = res.metrics["metrics"]["macro_auc"]
-    best = max(macro, key=lambda n: macro[n]["value"])
-    assert dp["best"] == best == res.metrics["headline"]["best"]
-    folder = str(tmp / "ft") if best == "finetune" else str(res.out_dir / "models" / best)
-    assert dp["command"] == f"wound-serve {folder}"
-    first = (res.out_dir / "report.md").read_text().split("\n## ", 2)[1]
-    assert f"Deploy the best method ({best}) with one command: wound-serve {folder}" in first.replace("\\", "")
+    order = sorted(macro, key=lambda n: -macro[n]["value"])
+    assert dp["best"] == order[0] == res.metrics["headline"]["best"] == "finetune"  # planted: low noise
+    # ft/ holds predictions only (no provenance.json): the best deployable one is a saved head
+    pick = next(n for n in order if n in ("probe", "mlp"))
+    folder = str(res.out_dir / "models" / pick)
+    assert dp["deployable"] == pick and dp["command"] == f"wound-serve {folder}"
+    first = (res.out_dir / "report.md").read_text().split("\n## ", 2)[1].replace("\\", "")
+    assert f"The best method (finetune) has no model folder here; the best deployable one is {pick}: wound-serve {folder}" in first
+    assert "holds predictions but no model folder" in first
     assert load_model_dir(res.out_dir / "models" / "probe").kind == "logreg"
     assert load_model_dir(res.out_dir / "models" / "mlp").kind == "mlp"
 
@@ -111,3 +114,17 @@ def test_cli_run_has_exclude_leaked_curve_and_seeds(tmp_path):
     out = CliRunner().invoke(cli, ["run", "--help"]).output
     for flag in ("--exclude-leaked", "--curve", "--seeds"):
         assert flag in out
+
+
+def test_a_finetune_model_folder_is_the_deploy_command_when_it_wins(tmp_path):
+    """ft/ that is a model folder (provenance.json, as wound-compare finetune writes) is served as is."""
+    from woundscore.compare.report import run_comparison
+
+    es, z, _ = leaky_set()
+    ft = write_external(tmp_path / "ft" / "predictions.csv", es, z, split=("val", "test"), noise=0.2)
+    (ft.parent / "provenance.json").write_text("{}")
+    res = run_comparison(es, tmp_path / "out", finetune_dir=ft.parent, methods=("probe",), zero_shot=False,
+                         n_boot=100, quiet=True)
+    assert res.metrics["deploy"]["command"] == f"wound-serve {ft.parent}"
+    assert f"Deploy the best method (finetune) with one command: wound-serve {ft.parent}" in \
+        (res.out_dir / "report.md").read_text().replace("\\", "")
