@@ -39,11 +39,27 @@ def scores_by_id(es: EmbeddingSet, z: np.ndarray, seed: int) -> dict[str, np.nda
     return {str(i): P[k] for k, i in enumerate(es.ids)}
 
 
+def calibrated_reference(es: EmbeddingSet, by_id: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict]:
+    """The report's documented rule applied by hand on the id-matched rows: calibration fitted on
+    the val rows' raw scores, thresholds chosen on the calibrated val scores. Returns (image id ->
+    calibrated scores (6,), label -> {rule: threshold})."""
+    from woundscore.classify.calibration import fit_calibration
+
+    val = es.subset("val")
+    P_val = np.stack([by_id[str(i)] for i in val.ids])
+    cal = fit_calibration(val.Y, P_val, pos_weight=None)
+    ids = list(by_id)
+    P_cal = cal.apply(np.stack([by_id[i] for i in ids]))
+    chosen = choose_thresholds(val.Y, cal.apply(P_val), label_names=LABEL_NAMES)["labels"]
+    return dict(zip(ids, P_cal)), {lab: {chosen[lab]["applied"]: chosen[lab]["value"]} for lab in LABEL_NAMES}
+
+
 def assert_report_matches_ids(metrics: dict, es: EmbeddingSet, method: str, by_id: dict[str, np.ndarray],
-                              *, val_thresholds: bool) -> int:
+                              thresholds: dict) -> int:
     """Every per-label number of ``method`` equals the independent reference on the id-matched test
-    rows; thresholds equal choose_thresholds on the id-matched val rows. Returns how many AUCs matched."""
-    test, val = es.subset("test"), es.subset("val")
+    rows (``by_id``: image id -> the scores the report must use (6,)); the method's thresholds equal
+    ``thresholds``. Returns how many labels matched."""
+    test = es.subset("test")
     P_test = np.stack([by_id[str(i)] for i in test.ids])
     checked = 0
     for j, label in enumerate(LABEL_NAMES):
@@ -58,13 +74,7 @@ def assert_report_matches_ids(metrics: dict, es: EmbeddingSet, method: str, by_i
             t = point["threshold"]
             assert point["sensitivity"]["value"] == pytest.approx(float(np.mean(p[y == 1] >= t)), abs=1e-12)
             assert point["specificity"]["value"] == pytest.approx(float(np.mean(p[y == 0] < t)), abs=1e-12)
-    th = metrics["methods"][method]["thresholds"]
-    if val_thresholds:
-        P_val = np.stack([by_id[str(i)] for i in val.ids])
-        ref = choose_thresholds(val.Y, P_val, label_names=LABEL_NAMES)["labels"]
-        assert th == {lab: {ref[lab]["applied"]: ref[lab]["value"]} for lab in LABEL_NAMES}
-    else:
-        assert th == {}
+    assert metrics["methods"][method]["thresholds"] == thresholds
     return checked
 
 
@@ -81,7 +91,7 @@ def test_predictions_file_in_shuffled_order_is_matched_by_image_id(tmp_path):
     p = write_predictions(tmp_path / "shuffled.csv", ids, np.stack([by_id[i] for i in ids]))
     res = run_comparison(es, tmp_path / "out", predictions={"ext": p}, methods=(), zero_shot=False,
                          n_boot=100, quiet=True)
-    assert assert_report_matches_ids(res.metrics, es, "ext", by_id, val_thresholds=True) == 6
+    assert assert_report_matches_ids(res.metrics, es, "ext", *calibrated_reference(es, by_id)) == 6
     assert "5 row(s) of the file are not in the cache's test/val splits and were ignored" in \
         res.metrics["methods"]["ext"]["notes"]
 
@@ -109,45 +119,23 @@ def test_zero_shot_rows_in_shuffled_order_are_matched_by_image_id(tmp_path, monk
     assert res.metrics["skipped"] == {}
     # asked for exactly the cache's val and test images
     assert sorted(asked[0]) == sorted(map(str, es.ids[es.split != "train"]))
-    assert assert_report_matches_ids(res.metrics, es, "zero-shot", by_id, val_thresholds=True) == 6
+    assert assert_report_matches_ids(res.metrics, es, "zero-shot", *calibrated_reference(es, by_id)) == 6
 
 
-class _RowFunctionHead:
-    """A stand-in head whose score is a fixed function of each row's embedding: sigmoid(X[:, :6])."""
+def test_trained_method_scores_the_test_rows_of_an_interleaved_cache(tmp_path):
+    """The real logistic probe end to end on a cache whose splits are interleaved: the report's
+    numbers equal scikit-learn's on the SAVED model folder's (calibrated) scores of the test rows,
+    looked up by id, and its thresholds are the folder's. Catches compare/methods.py trained_method
+    scoring rows other than the cache's test rows (e.g. ``data.X[:n_test]`` or val.X)."""
+    import json
 
-    fitted_on: tuple[int, int] | None = None
-
-    def fit(self, X, Y, X_val=None, Y_val=None):
-        type(self).fitted_on = (len(X), len(X_val))
-        return self
-
-    def predict_proba(self, X):
-        return sigmoid(np.asarray(X, dtype=np.float64)[:, :6])
-
-
-def test_trained_method_scores_the_test_rows_of_an_interleaved_cache(tmp_path, monkeypatch):
-    """Catches: compare/methods.py trained_method scoring rows other than the cache's test rows
-    (e.g. ``data.X[:n_test]``, or val.X), or choosing thresholds on scores of other rows."""
-    import woundscore.compare.methods as methods
+    from woundscore.classify.artifacts import load_model_dir
 
     es, _ = interleaved_set(seed=13)
-    monkeypatch.setattr(methods, "_make_head", lambda name, seed, params: _RowFunctionHead())
     res = run_comparison(es, tmp_path / "out", methods=("probe",), zero_shot=False, n_boot=100, quiet=True)
-    assert _RowFunctionHead.fitted_on == (int((es.split == "train").sum()), int((es.split == "val").sum()))
-    by_id = {str(i): sigmoid(es.X[k, :6].astype(np.float64)) for k, i in enumerate(es.ids)}
-    assert assert_report_matches_ids(res.metrics, es, "probe", by_id, val_thresholds=True) == 6
-
-
-def test_real_probe_on_an_interleaved_cache_equals_a_probe_fitted_by_hand(tmp_path):
-    """The real logistic probe end to end: the report's AUCs equal scikit-learn's on a probe fitted
-    here on the train rows and scored on the test rows by id. Catches the trained runner fitting on
-    or scoring the wrong split."""
-    from woundscore.classify.models import LogisticProbe
-
-    es, _ = interleaved_set(seed=14)
-    res = run_comparison(es, tmp_path / "out", methods=("probe",), zero_shot=False, n_boot=100, quiet=True)
-    train, val = es.subset("train"), es.subset("val")
-    probe = LogisticProbe(seed=0).fit(train.X, train.Y, X_val=val.X, Y_val=val.Y)
-    P = probe.predict_proba(es.X)
+    folder = tmp_path / "out" / "models" / "probe"
+    P = load_model_dir(folder).predict_proba(es.X)
     by_id = {str(i): P[k] for k, i in enumerate(es.ids)}
-    assert assert_report_matches_ids(res.metrics, es, "probe", by_id, val_thresholds=True) == 6
+    saved = json.loads((folder / "thresholds.json").read_text())["labels"]
+    thresholds = {lab: {saved[lab]["applied"]: saved[lab]["value"]} for lab in LABEL_NAMES}
+    assert assert_report_matches_ids(res.metrics, es, "probe", by_id, thresholds) == 6

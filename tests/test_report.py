@@ -7,6 +7,7 @@ the whole module stays a few seconds beyond the one MLP fit.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -83,6 +84,8 @@ INTERVAL = re.compile(r"^[+-]?\d\.\d{3} \([+-]?\d\.\d{3} to [+-]?\d\.\d{3}\)$")
 NOT_ESTIMABLE = re.compile(r"^not estimable( \(.+\))?$")
 COST_HEADER = ["method", "device", "train time", "peak memory", "trainable parameters", "inference per image"]
 EXTERNAL_HEADER = ["label", "published AUC (external, point only)"]
+#: interval cells each method has at least: AUC, AP, Brier and ECE of each of the six labels
+PER_METHOD_CI_CELLS = 6 * 4
 
 
 def md_tables(md: str) -> list[tuple[list[str], list[list[str]]]]:
@@ -102,7 +105,10 @@ def md_tables(md: str) -> list[tuple[list[str], list[list[str]]]]:
 
 
 def assert_every_number_has_n_and_ci(md: str) -> int:
-    """Every metric cell carries an interval (or says not estimable) and every metric row an n."""
+    """Every metric cell carries an interval (or says not estimable) and every metric row an n.
+
+    Returns how many interval cells it checked: callers assert a floor, so that a report whose
+    metric tables vanished (0 cells checked) cannot pass."""
     checked = 0
     for header, rows in md_tables(md):
         if "n" not in header:
@@ -228,6 +234,8 @@ def test_report_has_context_pooling_note_limitations_and_caveats(trained):
 
 
 def test_html_escapes_every_string_from_data(tmp_path):
+    """Catches: any data string reaching report.html unescaped, and the written page losing its
+    Content-Security-Policy meta (deleting or loosening it in templates/report.html.j2)."""
     es, z = make_set(seed=2, notice=HOSTILE_NOTICE, hostile=True)
     p = write_external(tmp_path / "x.csv", es, z)
     ids, _ = read_predictions(p)
@@ -235,6 +243,7 @@ def test_html_escapes_every_string_from_data(tmp_path):
     res = run_comparison(es, tmp_path / "out", predictions={HOSTILE_METHOD: p, "plain": write_external(
         tmp_path / "plain.csv", es, z, noise=2.0)}, methods=(), zero_shot=False, n_boot=200, quiet=True)
     page = (tmp_path / "out" / "report.html").read_text()
+    assert page.splitlines()[2] == CSP  # the written page keeps its policy (removing it fails here)
     assert "<script" not in page.lower()
     assert "<img src=x" not in page and "<b>Abdomen" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;.jpg" in page  # the Red case's id, escaped
@@ -273,7 +282,7 @@ def test_one_class_label_is_not_estimable_in_md_and_null_with_reason_in_json(tmp
                for r in rows if r[:2] == ["urgency", "a"])
     assert row[4].startswith("not estimable (test split has only negatives")
     assert "Not estimable on this test split (one class only): urgency." in md
-    assert_every_number_has_n_and_ci(md)
+    assert assert_every_number_has_n_and_ci(md) >= PER_METHOD_CI_CELLS * 2  # methods a, b
     text = (tmp_path / "out" / "metrics.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
 
@@ -344,6 +353,8 @@ def test_label_rows_follow_the_schema_order(trained):
 
 
 def test_zero_shot_scores_the_caches_own_test_images(tmp_path, mini_release, tiny_siglip_dir):
+    """The real tiny-SigLIP zero-shot end to end. Catches: compare/methods.py zero_shot_method
+    taking the scored rows in their order (reversed, or the last n_test) instead of by image id."""
     from woundscore.embed.run import run_embedding
 
     cache = tmp_path / "emb.h5"
@@ -355,23 +366,76 @@ def test_zero_shot_scores_the_caches_own_test_images(tmp_path, mini_release, tin
     zs = m["methods"]["zero-shot"]
     assert zs["cost"]["trainable_params"] == 0 and zs["cost"]["train_seconds"] == 0.0
     assert zs["origin"] == f"{tiny_siglip_dir} on images of {mini_release}"
-    n_test = m["limitations"]["n_test_images"]
-    assert all(m["metrics"]["per_label"][lab]["zero-shot"]["n"] <= n_test for lab in LABEL_NAMES)
+    # every per-label number is the reference on the id-matched rows: an independent zero-shot
+    # call (same images, same batches) scored by scikit-learn (catches rows taken in their order)
+    from sklearn.metrics import roc_auc_score
+
+    from woundscore.cache import read_cache
+    from woundscore.compare.zeroshot import zero_shot_source
+
+    es = read_cache(cache)
+    val, test = es.subset("val"), es.subset("test")
+    ref = zero_shot_source(mini_release, tiny_siglip_dir, ids=[str(i) for i in (*val.ids, *test.ids)])
+    by_id = {str(i): p for i, p in zip(ref.ids, ref.P)}
+    P = np.stack([by_id[str(i)] for i in test.ids])
+    estimable = 0
+    for j, lab in enumerate(LABEL_NAMES):
+        got, obs = m["metrics"]["per_label"][lab]["zero-shot"], test.Y[:, j] != -1
+        y, p = test.Y[obs, j], P[obs, j]
+        assert got["n"] == int(obs.sum()) and got["positives"] == int((y == 1).sum())
+        if len(set(y.tolist())) == 2:
+            assert got["auc"]["value"] == pytest.approx(roc_auc_score(y, p), abs=1e-12), lab
+            estimable += 1
+        assert got["brier"]["value"] == pytest.approx(float(np.mean((p - y) ** 2)), abs=1e-12), lab
+    assert estimable >= 3
     assert m["metrics"]["comparisons"] == []  # one method: nothing to compare, and the report says so
     md = (tmp_path / "out" / "report.md").read_text()
-    assert_every_number_has_n_and_ci(md)
+    assert assert_every_number_has_n_and_ci(md) >= PER_METHOD_CI_CELLS  # zero-shot alone
     assert "Only one method was scored: nothing to compare." in md
 
 
+def set_from_source(source: Path, d: int = 8) -> EmbeddingSet:
+    """An EmbeddingSet whose ids, splits, labels and sha256 are those of ``source`` (random X):
+    zero-shot finds every cached image in the source, with the cache's bytes."""
+    import hashlib
+
+    from woundscore.embed.sources import open_source
+
+    samples = open_source(source).samples()
+    n = len(samples)
+    return EmbeddingSet(
+        ids=np.array([s.image_id for s in samples]).astype(str),
+        X=np.random.default_rng(0).normal(size=(n, d)).astype(np.float32),
+        Y=np.stack([s.labels for s in samples]).astype(np.int8),
+        split=np.array([s.split for s in samples]),
+        sha256=np.array([hashlib.sha256(s.read_bytes()).hexdigest() for s in samples]),  # run --source checks them
+        extras={"urgency_level": np.array(["Green"] * n), "location": np.array([""] * n)},
+        provenance={"encoder_id": "synthetic/test", "encoder_revision": "r1", "created": "2026-01-01T00:00:00Z"},
+    )
+
+
 def test_zero_shot_that_cannot_load_is_skipped_with_the_reason(tmp_path, mini_release):
-    es, z = make_set(seed=12)
-    res = run_comparison(es, tmp_path / "out", source=mini_release, model=tmp_path / "no-such-model",
-                         predictions={"a": write_external(tmp_path / "a.csv", es, z)}, methods=(),
-                         n_boot=200, quiet=True)
+    """The reason is the named load error with its message, for a cache whose images ARE in the
+    source (so the model load is what fails). Catches: a reason that is not the exception's
+    name + message, and the old test's blind spot (it passed on an unrelated id mismatch)."""
+    from woundscore.cache.errors import WoundscoreError
+    from woundscore.embed.runtime import EncoderLoadError
+
+    es = set_from_source(mini_release)
+    test = es.subset("test")
+    p = write_predictions(tmp_path / "a.csv", test.ids, np.random.default_rng(1).random((len(test), 6)))
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(WoundscoreError) as direct:  # what the zero-shot code raises on its own
+        from woundscore.compare.zeroshot import zero_shot_source
+
+        zero_shot_source(mini_release, missing, ids=list(map(str, es.ids[es.split != "train"])))
+    res = run_comparison(es, tmp_path / "out", source=mini_release, model=missing,
+                         predictions={"a": p}, methods=(), n_boot=200, quiet=True)
     reason = res.metrics["skipped"]["zero-shot"]
-    assert reason == "XX"
+    assert reason == f"{type(direct.value).__name__}: {direct.value}"
+    assert type(direct.value) is EncoderLoadError and str(missing) in reason
     md = (tmp_path / "out" / "report.md").read_text()
-    assert "- zero-shot: skipped, " in md
+    assert f"- zero-shot: skipped, {reason}" in md.replace("\\", "")
 
 
 def test_tiny_test_split_reports_what_it_can_and_says_why_not_the_rest(tmp_path):
@@ -392,7 +456,7 @@ def test_tiny_test_split_reports_what_it_can_and_says_why_not_the_rest(tmp_path)
     assert per["edema"]["a"]["auc"]["value"] is None
     assert "healing_status" not in res.metrics["metrics"]["macro_auc"]["a"]["labels"]
     md = (tmp_path / "out" / "report.md").read_text()
-    assert_every_number_has_n_and_ci(md)
+    assert assert_every_number_has_n_and_ci(md) >= PER_METHOD_CI_CELLS * 2  # methods a, b
     assert "Rough intervals: the macro interval of a, b rests on fewer than half of the 200 resamples" in md
 
 
@@ -499,6 +563,7 @@ CSP = ('<meta http-equiv="Content-Security-Policy" content="default-src \'none\'
 
 
 def test_html_page_keeps_its_content_security_policy_and_escapes_every_block_kind(tmp_path):
+    """Catches: the CSP meta removed, moved below the title or loosened (e.g. no default-src 'none')."""
     from woundscore.compare.render import render_html, render_markdown
 
     (tmp_path / "f.png").write_bytes(b"\x89PNG\r\n\x1a\nxx")
