@@ -330,6 +330,9 @@ def _finetune_and_report(r: _Run) -> Any:
                              n_boot=s.n_boot, seed=s.seed, mlp_params=mlp_params or None, quiet=r.quiet)
         r.say(_indent(_auc_table(rep.metrics)))
         r.say(_indent(rep.metrics["answer"]["text"], wrap=True))
+        deploy = rep.metrics.get("deploy") or {}
+        if deploy.get("command"):  # the report's best deployable head, one command
+            r.say(f"  deploy {deploy['deployable']}: {deploy['command']}")
         for name, why in (rep.metrics.get("skipped") or {}).items():
             r.say(f"  skipped {name}: {why}")
     return rep

@@ -157,3 +157,10 @@ def test_cli_demo_usage_errors() -> None:
     assert "Invalid value for '--images': 5 is not in the range x>=40." in res.output
     res = CliRunner().invoke(cli, ["demo", "--help"])
     assert res.exit_code == 0 and "Example:" in res.output and "means nothing" in res.output.replace("\n  ", " ")
+
+
+def test_the_demo_prints_the_command_that_deploys_the_reports_best(demo_runs) -> None:
+    r, printed, _, _, _ = demo_runs
+    deploy = json.loads(r.report_files["metrics.json"].read_text())["deploy"]
+    assert deploy["command"] and deploy["command"].startswith("wound-serve ")
+    assert f"deploy {deploy['deployable']}: {deploy['command']}" in printed
