@@ -98,17 +98,25 @@ def concat(chunks: list[Rows], X: np.ndarray | None) -> Rows:
 
 
 def sorted_unique(rows: Rows, *, first_new: int = 0) -> Rows:
-    """Drop rows (from index ``first_new`` on) whose sha256 occurred before; stable-sort by order."""
-    shas = rows.sha256.tolist()
-    if first_new < rows.n and len(set(shas)) < len(shas):  # rare: only then find the repeats
-        seen, keep = set(shas[:first_new]), np.ones(rows.n, bool)
-        for i in range(first_new, rows.n):
-            keep[i] = shas[i] not in seen
-            seen.add(shas[i])
-        rows = rows.take(np.flatnonzero(keep))
+    """Rows from index ``first_new`` on (newer batches) replace every earlier row of their image id
+    (a re-embedded or relabelled image); then a stable sort by order. Repeats before ``first_new``
+    (a damaged main file) are left for ``verify`` to report. Identical bytes under two ids stay
+    two rows."""
+    ids = rows.image_id.tolist()
+    if first_new < rows.n and len(set(ids)) < len(ids):  # rare: only then find the replaced rows
+        last = {img: i for i, img in enumerate(ids) if i >= first_new}
+        keep = [i for i, img in enumerate(ids) if last.get(img, i) == i]
+        rows = rows.take(np.asarray(keep, dtype=np.int64))
     if rows.n > 1 and np.any(np.diff(rows.order) < 0):
         rows = rows.take(np.argsort(rows.order, kind="stable"))
     return rows
+
+
+def real_path(path: str | os.PathLike) -> Path:
+    """``path`` with a symlink as its last component followed: a cache reached through a link is
+    locked, written and read at its real place (the link stays a link)."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def encode_strs(values: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -198,17 +206,28 @@ def complete_provenance(provenance: Mapping[str, Any]) -> dict[str, Any]:
     return prov
 
 
+def same_weights(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Both provenances come from local checkpoint folders with the same recorded revision
+    ``local:<hash of config and weights>``: the same checkpoint, whatever folder it was copied to.
+    (Hub ids are compared as they are: a hub commit hash is only unique within its repository.)"""
+    ra, rb = str(a.get("encoder_revision") or ""), str(b.get("encoder_revision") or "")
+    return ra.startswith("local:") and ra == rb
+
+
 def identity_differences(
     have: Mapping[str, Any], new: Mapping[str, Any], keys: Sequence[str] = IDENTITY_KEYS
 ) -> dict[str, tuple[Any, Any]]:
     """Differences over ``keys`` of two provenances, as ``{key: (have, new)}``.
 
-    Values are normalised first (JSON strings parsed, tuples as lists, "" revision as None), and
+    ``encoder_id`` ("local/<folder name>") is not compared when both sides record the same local
+    weights hash (:func:`same_weights`). Values are normalised first (JSON strings parsed, tuples as lists, "" revision as None), and
     dict-valued keys are compared per sub-key (shown as ``preprocessing.size``). The cache uses
     it to refuse mixing rows; classify uses it to refuse embeddings from another encoder.
     """
     diff: dict[str, tuple[Any, Any]] = {}
     for key in keys:
+        if key == "encoder_id" and same_weights(have, new):
+            continue  # the weights are the identity; "local/<folder>" only names where they were
         a, b = have.get(key), new.get(key)
         if key == "encoder_revision":
             a, b = a or None, b or None

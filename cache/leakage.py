@@ -77,21 +77,26 @@ class LeakageAudit:
 
     def summary_lines(self, max_pairs: int = 20) -> list[str]:
         """Human-readable lines: counts, then up to ``max_pairs`` pairs of each kind."""
-        if self.clean:
-            return [f"leakage: no duplicate images across splits (exact, or embedding cosine >= {self.near_cutoff})"]
-        lines = [f"leakage: {self.n_exact} exact-duplicate pair(s) and {self.n_near} near-duplicate pair(s) "
-                 f"(cosine >= {self.near_cutoff}) across splits; {len(self._leaked)} of {self.test_rows} test "
-                 f"images have a duplicate in train or val"]
-        if self.n_conflicts:
-            lines.append(f"  {self.n_conflicts} duplicate pair(s) within one split have conflicting labels")
-        for kind, pairs, total, sign in (("exact", self.exact, self.n_exact, "="),
-                                         ("near", self.near, self.n_near, "~"),
-                                         ("conflict", self.conflicts, self.n_conflicts, "vs")):
-            for a, sa, b, sb, c in pairs[:max_pairs]:
-                lines.append(f"  {kind}: {a} ({sa}) {sign} {b} ({sb}), cosine {c:.4f}")
-            if total > max_pairs:
-                lines.append(f"  ... {total - max_pairs} more {kind} pair(s) (use --json)")
-        return lines
+        return format_leakage(self.to_json(), max_pairs=max_pairs)
+
+
+def format_leakage(doc: dict[str, Any], *, max_pairs: int = 20) -> list[str]:
+    """The lines of a ``LeakageAudit.to_json()`` dict (also what ``wound-cache info`` prints)."""
+    counts, cut = doc["counts"], doc["near_cutoff"]
+    if not (counts["exact"] or counts["near"] or counts["conflicts"]):
+        return [f"leakage: no duplicate images across splits (same bytes, or embedding cosine >= {cut})"]
+    lines = [f"leakage: {counts['exact']} exact-duplicate pair(s) and {counts['near']} near-duplicate pair(s) "
+             f"(cosine >= {cut}) across splits; {counts['leaked_test']} of {counts['test_rows']} test images "
+             "have a duplicate in train or val"]
+    if counts["conflicts"]:
+        lines.append(f"  {counts['conflicts']} duplicate pair(s) within one split have conflicting labels")
+    for kind, sign in (("exact", "="), ("near", "~"), ("conflicts", "vs")):
+        for p in doc[kind][:max_pairs]:
+            lines.append(f"  {kind}: {p['id_a']} ({p['split_a']}) {sign} {p['id_b']} ({p['split_b']}), "
+                         f"cosine {p['cosine']:.4f}")
+        if counts[kind] > max_pairs:
+            lines.append(f"  ... {counts[kind] - max_pairs} more {kind} pair(s) (use --json)")
+    return lines
 
 
 def _unit_rows(X: np.ndarray) -> np.ndarray:

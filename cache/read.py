@@ -1,7 +1,7 @@
 """Reading a cache: rows, provenance, failures, run history, a summary, and a soundness check.
 
 Readers take no lock. They see the main file plus every complete part file of an unfinished run
-(rows deduplicated by sha256, sorted by ``order``); if a writer consolidates meanwhile, the read
+(one row per image id, a later batch's row replacing an earlier one; sorted by ``order``); if a writer consolidates meanwhile, the read
 starts over, so a concurrent writer's batches appear whole or not at all.
 """
 
@@ -19,9 +19,10 @@ import h5py
 import numpy as np
 
 from woundscore.cache.guarded import reason
+from woundscore.cache.leakage import audit_leakage, format_leakage
 from woundscore.cache.layout import (
     LAYOUT_VERSION, REQUIRED_ATTRS, ROW_DATASETS, ROW_SPLITS, Rows, check_layout, concat, provenance_from_attrs,
-    read_strs, sorted_unique,
+    read_strs, real_path, sorted_unique,
 )
 from woundscore.cache.parts import Part, list_parts, read_part
 from woundscore.cache.schema import LABEL_NAMES, LabelSchema, label_counts
@@ -32,7 +33,7 @@ SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 @dataclass
 class Loaded:
-    """The logical content of a cache: main file + complete parts, deduplicated and sorted."""
+    """The logical content of a cache: main file + complete parts, one row per id, sorted."""
 
     provenance: dict[str, Any]
     attrs: dict[str, Any]
@@ -54,7 +55,7 @@ class _Retry(Exception):
 def load(path: str | os.PathLike, *, with_x: bool = True) -> Loaded:
     """Read main file + complete parts (``rows.X`` None unless ``with_x``); retries while a writer
     consolidates. Damaged parts are skipped and listed in ``bad_parts``."""
-    path = Path(path)
+    path = real_path(path)  # a link's parts folder is beside the real file
     for _ in range(20):
         try:
             return _load_once(path, with_x=with_x)
@@ -187,16 +188,24 @@ def cache_info(path: str | os.PathLike) -> dict[str, Any]:
 
     Returns a JSON-able dict: ``{"path", "rows", "embedding_dim", "pending_batches",
     "splits": {split: {"rows": n, "labels": {name: {"pos", "neg", "missing"}}}},
-    "provenance": {...}, "failures": {"count": m, "items": [...]}, "runs": [...]}``.
+    "provenance": {...}, "failures": {"count": m, "items": [...]}, "runs": [...],
+    "leakage": LeakageAudit.to_json()}`` (duplicate images across splits, see ``cache.leakage``).
     """
-    loaded = load(path, with_x=False)
+    loaded = load(path, with_x=True)
     r = loaded.rows
     present = set(r.split.tolist())  # the known splits in report order ("" last), then any others
     names = [s for s in ROW_SPLITS if s in present] + sorted(present - set(ROW_SPLITS))
     splits = {s: {"rows": int((r.split == s).sum()), "labels": label_counts(r.labels[r.split == s])} for s in names}
     return {"path": str(path), "rows": int(r.n), "embedding_dim": int(loaded.provenance["embedding_dim"]),
             "pending_batches": len(loaded.parts), "splits": splits, "provenance": loaded.provenance,
-            "failures": {"count": len(loaded.failures), "items": loaded.failures}, "runs": loaded.runs}
+            "failures": {"count": len(loaded.failures), "items": loaded.failures}, "runs": loaded.runs,
+            "leakage": audit_leakage(_embedding_set(loaded)).to_json()}
+
+
+def _embedding_set(loaded: Loaded) -> EmbeddingSet:
+    r = loaded.rows
+    return EmbeddingSet(ids=r.image_id, X=r.X, Y=r.labels, split=r.split, sha256=r.sha256, extras=r.extras,
+                        provenance=loaded.provenance)
 
 
 def format_info(info: Mapping[str, Any], *, max_failures: int = 20) -> str:
@@ -226,6 +235,8 @@ def format_info(info: Mapping[str, Any], *, max_failures: int = 20) -> str:
     lines += [f"  {item['image_id']}: {item['reason']}" for item in fails["items"][:max_failures]]
     if fails["count"] > max_failures:
         lines.append(f"  ... {fails['count'] - max_failures} more (use --json)")
+    if "leakage" in info:
+        lines += ["", *format_leakage(info["leakage"]), ""]
     lines.append(f"runs: {len(info['runs'])}")
     lines += [
         f"  {r.get('started', '?')} {r.get('status', '?')}: {r.get('rows_added', 0)} rows, "
@@ -315,11 +326,10 @@ def _row_problems(loaded: Loaded) -> list[str]:
         bad, (i, j) = np.flatnonzero(badlab.any(axis=1)), np.argwhere(badlab)[0]
         problems.append(f"{len(bad)} row(s) have labels outside {{-1, 0, 1}}: {_first(ids, bad)} "
                         f"(e.g. {ids[i]} {LABEL_NAMES[j]}={int(r.labels[i, j])})")
-    for name, values in (("image id", ids), ("sha256", r.sha256.tolist())):
-        seen: set[str] = set()  # repeated values, in the order of their first repeat:
-        dups = list(dict.fromkeys(v for v in values if v in seen or seen.add(v)))
-        if dups:
-            problems.append(f"{len(dups)} duplicate {name}(s): {', '.join(dups[:5])}{' ...' if len(dups) > 5 else ''}")
+    seen: set[str] = set()  # repeated ids, in the order of their first repeat (identical bytes
+    dups = list(dict.fromkeys(v for v in ids if v in seen or seen.add(v)))  # under two ids are fine)
+    if dups:
+        problems.append(f"{len(dups)} duplicate image id(s): {', '.join(dups[:5])}{' ...' if len(dups) > 5 else ''}")
     bad_sha = [i for i, s in enumerate(r.sha256.tolist()) if not SHA_RE.match(s)]
     if bad_sha:
         problems.append(f"{len(bad_sha)} sha256 value(s) are not hex digests: {_first(ids, bad_sha)}")

@@ -28,10 +28,11 @@ import numpy as np
 from woundscore.cache.guarded import reason, write_main
 from woundscore.cache.layout import (
     LAYOUT_VERSION, ROW_SPLITS, Rows, complete_provenance, identity_differences, now, parts_dir,
-    provenance_attrs, strs, this_process,
+    provenance_attrs, real_path, strs, this_process,
 )
 from woundscore.cache.parts import list_parts, remove_parts, write_part
 from woundscore.cache.read import SHA_RE, clean_failures, load
+from woundscore.cache.reconcile import SourceView, apply_source, reconcile_counts
 from woundscore.cache.schema import EXTRA_NAMES, LABEL_NAMES
 from woundscore.cache.types import CacheError, CacheLockedError, CacheMismatchError, CacheValueError, CacheWriteError
 
@@ -148,9 +149,13 @@ class CacheWriter:
     Use as a context manager; ``close`` consolidates the batches into the one ``.h5`` file::
 
         with CacheWriter("emb.h5", encoder.provenance()) as w:
-            todo = [s for s in samples if sha(s) not in w.known_hashes()]
+            w.reconcile(SourceView(ids, split, labels, extras, order))  # optional: follow the source
+            todo = [s for s in samples if w.known_ids().get(s.image_id) != sha(s)]
             for batch in batches(todo):
-                w.append(ids, sha256, split, labels, extras, embeddings, order=order)
+                w.append(ids, sha256, split, labels, extras, embeddings, order=order, replace_changed=True)
+
+    Identity is the image id: one row per id (identical bytes under two ids are two rows).
+    A cache reached through a symlink is locked and written at its real path.
 
     Args:
         path: the cache file (``.h5``). Its parent folder is created if needed.
@@ -170,7 +175,7 @@ class CacheWriter:
 
     def __init__(self, path: str | os.PathLike, provenance: Mapping[str, Any], *, overwrite: bool = False,
                  fsync: bool = False) -> None:
-        self.path = Path(path)
+        self.path = real_path(path)  # lock and replace the real file, never the link
         self.fsync = fsync
         self._prov = complete_provenance(provenance)
         self.dim = int(self._prov["embedding_dim"])
@@ -193,6 +198,8 @@ class CacheWriter:
             self._run["took_over_stale_lock_from"] = self._lock.stale
         self._pending_failures: list[dict] = []
         self._rows_added = self._n_failures = 0
+        self._source: SourceView | None = None
+        self._drop: set[str] = set()  # cached ids whose current bytes failed: their old row goes
         # Temporary files of a killed writer are never complete: drop them.
         for p in [*parts_dir(self.path).glob("*.tmp"), *self.path.parent.glob(f".{self.path.name}.*.tmp")]:
             p.unlink(missing_ok=True)
@@ -215,12 +222,17 @@ class CacheWriter:
             raise CacheMismatchError(str(self.path), diff)
         for msg in loaded.bad_parts:  # only after a power cut without fsync
             warnings.warn(f"ignoring damaged batch file: {msg}; its rows will be embedded again")
+        # Parts a killed writer left between replacing the main file and deleting them are
+        # superseded (readers skip them): delete them now, even if this writer adds nothing.
+        remove_parts(self.path, int(loaded.attrs.get("parts_merged_upto", 0)))
         rows = loaded.rows
+        self._cached = rows  # without X: what reconcile compares with
         self._known = set(rows.sha256.tolist())
         self._id_sha = dict(zip(rows.image_id.tolist(), rows.sha256.tolist()))
         self._next_order = int(rows.order.max()) + 1 if rows.n else 0
         self._seq = loaded.last_seq
         self._dirty = bool(loaded.parts or loaded.bad_parts)
+        self._changes: dict[str, int] = {}
         self._order_kind = str(loaded.attrs.get("order_kind", "source")) if rows.n else "source"
         for key in ("compute_dtype", "device"):
             if str(loaded.provenance.get(key) or "") != self._run[key]:
@@ -230,9 +242,25 @@ class CacheWriter:
         """sha256 hex digests already in the cache (including completed batches of a killed run)."""
         return set(self._known)
 
+    def known_ids(self) -> dict[str, str]:
+        """image id -> sha256 of every row in the cache (including completed batches of a killed run)."""
+        return dict(self._id_sha)
+
+    def reconcile(self, view: SourceView) -> dict[str, int]:
+        """Make the cache follow ``view`` (the source, or this rank's share of it) when it is closed:
+        rows take the view's split, labels, annotations and order; ids it does not list are removed.
+
+        Returns what that changes in the rows already cached: ``{"relabelled", "moved",
+        "annotations", "removed"}`` (rows appended later already agree with the source).
+        """
+        self._check_open()
+        self._source = view
+        self._changes = reconcile_counts(self._cached, view)
+        return dict(self._changes)
+
     def append(self, ids: Sequence[str], sha256: Sequence[str], split: Sequence[str], labels: np.ndarray,
                extras: Mapping[str, Sequence[str]], embeddings: np.ndarray,
-               order: np.ndarray | Sequence[int] | None = None) -> int:
+               order: np.ndarray | Sequence[int] | None = None, *, replace_changed: bool = False) -> int:
         """Append one batch of ``b`` rows; durable (survives kill -9) when it returns.
 
         Args:
@@ -243,23 +271,28 @@ class CacheWriter:
             order: (b,) int64 positions in the source listing (rows are kept sorted by it);
                 default: after every row already in the cache, in call order.
 
+            replace_changed: an id already cached with other bytes gets the new row (its image was
+                re-embedded); without it such a row raises CacheValueError.
+
         Returns:
-            rows written; rows whose sha256 is already in the cache (or earlier in the batch) are
-            skipped.
+            rows written; rows whose id is already cached with the same sha256 are skipped. Two
+            ids with identical bytes are two rows; one id twice in a batch is a CacheValueError.
         """
         self._check_open()
         rows = self._validate(ids, sha256, split, labels, extras, embeddings, order)
         keep, seen = [], set()
         for i, (img, sha) in enumerate(zip(rows.image_id.tolist(), rows.sha256.tolist())):
-            if sha in self._known or sha in seen:
-                continue
+            if img in seen:
+                raise CacheValueError(f"{self.path}: image id {img!r} appears twice in one batch")
+            seen.add(img)
             other = self._id_sha.get(img)
-            if other is not None and other != sha:
+            if other == sha:
+                continue
+            if other is not None and not replace_changed:
                 raise CacheValueError(
                     f"{self.path}: image id {img!r} is already in the cache with sha256 {other}, "
                     f"new bytes have {sha} (was the file changed? remove it or use --overwrite)"
                 )
-            seen.add(sha)
             keep.append(i)
         if len(keep) < rows.n:
             rows = rows.take(np.asarray(keep, dtype=np.int64))
@@ -282,6 +315,8 @@ class CacheWriter:
         self._check_open()
         self._pending_failures.append({"image_id": str(image_id), "reason": str(reason)})
         self._n_failures += 1
+        if self._id_sha.pop(str(image_id), None) is not None:  # its bytes changed and now fail:
+            self._drop.add(str(image_id))  # the old row no longer describes the image
 
     def close(self) -> None:
         """Consolidate all batches into the single ``.h5`` file (atomically) and release the lock.
@@ -292,7 +327,7 @@ class CacheWriter:
         if self._closed:
             return
         try:
-            if self._dirty or self._pending_failures or self._rows_added:
+            if self._dirty or self._pending_failures or self._rows_added or self._drop or any(self._changes.values()):
                 self._run.update(finished=now(), status="completed", rows_added=self._rows_added,
                                  failures=self._n_failures)
                 self._consolidate(self._run)
@@ -374,10 +409,15 @@ class CacheWriter:
 
     def _consolidate(self, run: dict | None) -> None:
         loaded = load(self.path, with_x=True)
+        rows = loaded.rows
+        if self._source is not None:  # the source decides labels, splits and which ids stay
+            rows = apply_source(rows, self._source, self._drop)
+        elif self._drop:
+            rows = rows.take(np.flatnonzero(~np.isin(rows.image_id, sorted(self._drop))))
         runs = [r for r in loaded.runs if r.get("run_id") != (run or {}).get("run_id")] + ([dict(run)] if run else [])
-        write_new_cache(self.path, {**loaded.provenance, "updated": now()}, loaded.rows,
-                        order_kind=self._order_kind if loaded.rows.n else "source", runs=runs, upto=loaded.last_seq,
-                        failures=clean_failures(loaded.failures + self._pending_failures, loaded.rows))
+        write_new_cache(self.path, {**loaded.provenance, "updated": now()}, rows,
+                        order_kind=self._order_kind if rows.n else "source", runs=runs, upto=loaded.last_seq,
+                        failures=clean_failures(loaded.failures + self._pending_failures, rows))
         self._pending_failures = []
         self._dirty = False
 
