@@ -58,9 +58,9 @@ def _parse_predictions(ctx: click.Context, param: click.Parameter, values: tuple
               help="Also report the test metrics without the test images that have an exact or near "
                    "duplicate in train/val (the leakage audit).")
 @click.option("--curve", is_flag=True, help="Add the learning-curve section (as `wound-compare curve`).")
-@click.option("--seeds", type=click.IntRange(min=0), default=5, show_default=True,
-              help="Seeds trained (in one fit) to show the MLP's seed spread; 0 or 1: not measured. "
-                   "An MLP seed ensemble shows its own members instead.")
+@click.option("--seeds", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Train N MLP seeds (in one fit) to show the MLP's seed spread, e.g. 5 (about 5x the "
+                   "MLP's train time); 0: not measured. An MLP seed ensemble shows its own members instead.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")
 def run_cmd(cache: str, out_dir: str, source: str | None, model: str | None, finetune_dir: str | None,
             predictions: dict[str, str], zero_shot: bool, train: tuple[str, ...], n_boot: int, seed: int,
