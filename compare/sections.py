@@ -79,7 +79,7 @@ def deploy_data(best: str | None, model_dirs: Mapping[str, Path], finetune_dir: 
         if (Path(finetune_dir) / "provenance.json").is_file():  # a model folder (wound-compare finetune)
             folders[finetune_name] = str(finetune_dir)
         else:
-            note = f"{finetune_dir} holds predictions but no model folder (provenance.json), so it cannot be served"
+            note = f"{finetune_dir} holds predictions but no model folder, so it cannot be served"
     deployable = [n for n in macro_order if n in folders]
     pick = deployable[0] if deployable else None
     return {"best": best, "deployable": pick, "command": f"wound-serve {folders[pick]}" if pick else None,
