@@ -1,8 +1,11 @@
-"""`wound-embed run`: embed every image of a source once and append the rows to the cache.
+"""`wound-embed run`: embed every image of a source and make the cache follow the source.
 
-DataLoader workers read the bytes, hash them (sha256, the resume key), skip images the cache
-already holds and decode + preprocess the rest, while the main process runs the encoder on the
-previous batch. Each batch is one durable append (``CacheWriter``): a ``kill -9`` at any moment
+Identity is the image id: every id of the source gets its own row, labels and split; identical
+bytes under two ids in one chunk share one forward pass, never one row. DataLoader workers read
+the bytes, hash them (sha256), skip ids the cache already holds with the same bytes and decode +
+preprocess the rest, while the main process runs the encoder on the previous batch. An id whose
+bytes changed is re-embedded; labels, splits and annotations follow the source without
+re-embedding, and ids the source no longer lists are removed (``CacheWriter.reconcile``). Each batch is one durable append (``CacheWriter``): a ``kill -9`` at any moment
 loses at most the batch in flight, and a rerun skips what was written.
 
 Batches are fixed chunks of the source listing (chunk k = samples [k*B, (k+1)*B)), whatever is
@@ -31,8 +34,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from woundscore.cache import CacheValueError, CacheWriter
+from woundscore.cache import CacheValueError, CacheWriter, read_cache
 from woundscore.cache.errors import WoundscoreError
+from woundscore.cache.leakage import LeakageAudit, audit_leakage
+from woundscore.cache.reconcile import SourceView
 from woundscore.cache.schema import EXTRA_NAMES, LABEL_NAMES
 from woundscore.embed.encoder import ImageEncoder, load_encoder
 from woundscore.embed.preprocess import ImageDecodeError, preprocess_bytes
@@ -63,7 +68,10 @@ class EmbedSummary:
     total: int = 0
     embedded: int = 0
     skipped: int = 0
-    duplicates: int = 0
+    shared: int = 0
+    reembedded: int = 0
+    reconciled: dict[str, int] = field(default_factory=dict)
+    leakage: LeakageAudit | None = None
     failed: list[tuple[str, str]] = field(default_factory=list)
     wall_s: float = 0.0
     interrupted: bool = False
@@ -88,8 +96,16 @@ class EmbedSummary:
             f"{len(self.failed)} failed, of {self.total} images in {self.wall_s:.1f} s "
             f"({rate:.2f} images/s, {self.compute_dtype})"
         ]
-        if self.duplicates:
-            lines.append(f"  {self.duplicates} images had the same bytes as another image and were stored once")
+        if self.shared:
+            lines.append(f"  {self.shared} images had the same bytes as another image of their batch and shared "
+                         "its forward pass (each keeps its own row, labels and split)")
+        changes = [f"{n} {what}" for what, n in (
+            ("re-embedded (bytes changed)", self.reembedded), ("relabelled", self.reconciled.get("relabelled", 0)),
+            ("moved to another split", self.reconciled.get("moved", 0)),
+            ("with new annotations", self.reconciled.get("annotations", 0)),
+            ("removed (no longer in the source)", self.reconciled.get("removed", 0))) if n]
+        if changes:
+            lines.append("  the cache follows the source: " + ", ".join(changes))
         if self.fp32_redone:
             lines.append(f"  {self.fp32_redone} batches gave non-finite output and were redone in float32")
         for image_id, reason in self.failed[:max_failures]:
@@ -98,6 +114,8 @@ class EmbedSummary:
             lines.append(f"  ... and {len(self.failed) - max_failures} more (see `wound-cache info {self.out}`)")
         if self.stopped_strict:
             lines.append("stopped at the first failure (--strict); images before it are kept")
+        if self.leakage is not None:
+            lines += self.leakage.summary_lines()
         if self.interrupted:
             lines.append(
                 "interrupted: every batch written so far is kept. Resume with the same command "
@@ -132,7 +150,7 @@ def chunk_indices(n: int, batch_size: int, rank: int = 0, world: int = 1) -> lis
 class _ChunkDataset:
     """Map-style dataset whose item k is a whole chunk, read, hashed and preprocessed in a worker."""
 
-    def __init__(self, samples: Sequence[Sample], chunks: list[list[int]], spec: Any, known: set[str]) -> None:
+    def __init__(self, samples: Sequence[Sample], chunks: list[list[int]], spec: Any, known: dict[str, str]) -> None:
         self.samples, self.chunks, self.spec, self.known = samples, chunks, spec, known
 
     def __len__(self) -> int:
@@ -141,16 +159,19 @@ class _ChunkDataset:
     def __getitem__(self, k: int) -> dict[str, Any]:
         import torch
 
-        ok, shas, pixels, skipped, failed = [], [], [], [], []
+        ok, shas, pix, pixels, skipped, failed = [], [], [], [], [], []
+        first: dict[str, int] = {}  # sha256 -> its pixels' row: identical bytes share one forward pass
         for i in self.chunks[k]:
             s = self.samples[i]
             try:
                 data = s.read_bytes()
                 sha = hashlib.sha256(data).hexdigest()
-                if sha in self.known:
+                if self.known.get(s.image_id) == sha:
                     skipped.append(i)
                     continue
-                pixels.append(preprocess_bytes(data, self.spec, origin=s.origin))
+                if sha not in first:
+                    pixels.append(preprocess_bytes(data, self.spec, origin=s.origin))
+                    first[sha] = len(pixels) - 1
             except (ImageReadError, ImageDecodeError) as e:
                 failed.append((i, str(e)))
                 continue
@@ -159,7 +180,8 @@ class _ChunkDataset:
                 continue
             ok.append(i)
             shas.append(sha)
-        return {"k": k, "ok": ok, "sha": shas, "pixels": torch.stack(pixels) if pixels else None,
+            pix.append(first[sha])
+        return {"k": k, "ok": ok, "sha": shas, "pix": pix, "pixels": torch.stack(pixels) if pixels else None,
                 "skipped": skipped, "failed": failed}
 
 
@@ -212,6 +234,7 @@ class _Batches:
 
     def __init__(self, writer: CacheWriter, enc: ImageEncoder, samples: Sequence[Sample], summary: EmbedSummary) -> None:
         self.writer, self.enc, self.samples, self.summary = writer, enc, samples, summary
+        self.cached = writer.known_ids()  # id -> sha256 before this run
         self.extra_names = list(dict.fromkeys(list(EXTRA_NAMES) + [k for s in samples for k in s.extras]))
 
     def fail(self, i: int, reason: str) -> None:
@@ -226,15 +249,17 @@ class _Batches:
         ok, shas = list(item["ok"]), list(item["sha"])
         feats = np.zeros((0, self.enc.dim), np.float32)
         if item["pixels"] is not None:
-            feats, finite = self.enc.embed_pixels_checked(item["pixels"])
+            unique, finite_u = self.enc.embed_pixels_checked(item["pixels"])
+            pix = np.asarray(item["pix"], dtype=np.int64)
+            feats, finite = unique[pix], finite_u[pix]  # one forward pass per distinct image
+            self.summary.shared += len(ok) - len(unique)
             for j in np.flatnonzero(~finite):  # name the image
                 self.fail(ok[j], f"{self.samples[ok[j]].origin}: non-finite embedding even in float32")
             keep = np.flatnonzero(finite)
             ok, shas, feats = [ok[j] for j in keep], [shas[j] for j in keep], feats[keep]
         if ok or item["failed"]:
-            written = self._append(ok, shas, feats)
-            self.summary.embedded += written
-            self.summary.duplicates += len(ok) - written
+            self.summary.embedded += self._append(ok, shas, feats)
+            self.summary.reembedded += sum(self.samples[i].image_id in self.cached for i in ok)
 
     def _append(self, idx: list[int], shas: list[str], feats: np.ndarray) -> int:
         """One durable write. A row the cache refuses (an image id already stored with other
@@ -258,7 +283,17 @@ class _Batches:
                   else np.zeros((0, len(LABEL_NAMES)), np.int8))
         extras = {name: [s.extras.get(name, "") for s in batch] for name in self.extra_names}
         return self.writer.append([s.image_id for s in batch], [shas[j] for j in sel], [s.split for s in batch],
-                                  labels, extras, feats[sel], order=np.asarray([idx[j] for j in sel], dtype=np.int64))
+                                  labels, extras, feats[sel], order=np.asarray([idx[j] for j in sel], dtype=np.int64),
+                                  replace_changed=True)
+
+    def source_view(self, indices: Sequence[int]) -> SourceView:
+        """What the source says about the images ``indices`` (this rank's chunks)."""
+        batch = [self.samples[i] for i in indices]
+        labels = (np.stack([s.labels for s in batch]).astype(np.int8) if batch
+                  else np.zeros((0, len(LABEL_NAMES)), np.int8))
+        return SourceView([s.image_id for s in batch], [s.split for s in batch], labels,
+                          {name: [s.extras.get(name, "") for s in batch] for name in self.extra_names},
+                          np.asarray(list(indices), dtype=np.int64))
 
 
 def _resume_command() -> str:
@@ -281,7 +316,7 @@ def _embed_chunks(batches: _Batches, chunks: list[list[int]], *, workers: int, s
 
     summary, enc = batches.summary, batches.enc
     delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0)
-    loader = DataLoader(_ChunkDataset(batches.samples, chunks, enc.spec, batches.writer.known_hashes()),
+    loader = DataLoader(_ChunkDataset(batches.samples, chunks, enc.spec, batches.cached),
                         batch_size=None, shuffle=False, num_workers=workers, collate_fn=_identity,
                         worker_init_fn=_worker_init if workers else None, prefetch_factor=2 if workers else None,
                         persistent_workers=False, pin_memory=enc.device.startswith("cuda"))
@@ -331,8 +366,13 @@ def run_embedding(source: str | Path, out: str | Path, *, model: str | Path = DE
                            resume_command=_resume_command())
     redone_before = enc.fp32_redone
     with CacheWriter(target, _provenance(enc, src), overwrite=overwrite) as writer:
-        _embed_chunks(_Batches(writer, enc, samples, summary), chunks, strict=strict, quiet=quiet,
+        batches = _Batches(writer, enc, samples, summary)
+        # labels, splits and annotations follow the source; ids it no longer lists go (on close)
+        summary.reconciled = writer.reconcile(batches.source_view([i for c in chunks for i in c]))
+        _embed_chunks(batches, chunks, strict=strict, quiet=quiet,
                       workers=default_workers() if workers is None else int(workers))
+    if world == 1:  # a shard holds only its share: audit the merged cache (`wound-cache info`)
+        summary.leakage = audit_leakage(read_cache(target))
     summary.fp32_redone = enc.fp32_redone - redone_before
     summary.wall_s = time.perf_counter() - t0
     if world > 1 and not summary.interrupted:

@@ -38,6 +38,29 @@ def _reference(source, tiny_siglip_dir, batch_size=4):
     return samples, X
 
 
+def independent_reference(samples, model_dir) -> np.ndarray:
+    """(n, d) vectors made without the package: PIL decode, the torchvision pipeline of the
+    MedSigLIP notebook (CenterCrop(max side) -> Resize bilinear -> ToTensor -> Normalize) and
+    Hugging Face's SiglipModel.get_image_features pooled output, one image at a time."""
+    import io
+
+    import torch
+    from PIL import Image
+    from torchvision import transforms as T
+    from transformers import SiglipModel
+
+    model = SiglipModel.from_pretrained(model_dir).eval()
+    size = model.config.vision_config.image_size
+    out = []
+    for s in samples:
+        im = Image.open(io.BytesIO(s.read_bytes())).convert("RGB")
+        x = T.Compose([T.CenterCrop(max(im.size)), T.Resize((size, size), interpolation=T.InterpolationMode.BILINEAR),
+                       T.ToTensor(), T.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])(im)
+        with torch.no_grad():
+            out.append(model.get_image_features(pixel_values=x[None]).pooler_output.numpy()[0])
+    return np.stack(out)
+
+
 def test_release_run_equals_reference_and_verifies(release_cache, mini_release, tiny_siglip_dir):
     from woundscore.cache import read_cache, verify_cache
 
@@ -164,9 +187,14 @@ def test_torchrun_two_ranks_merge_equals_single_process(release_cache, mini_rele
     assert merged.split.tolist() == single.split.tolist() and np.array_equal(merged.Y, single.Y)
     # Each rank runs the very chunks the single process ran (one thread per rank under torchrun):
     np.testing.assert_allclose(merged.X, single.X, atol=1e-6, rtol=0)
+    # ... and both equal a reference made without the package (issue 16.10: not the same code path)
+    samples = open_source(mini_release).samples()
+    np.testing.assert_allclose(merged.X, independent_reference(samples, tiny_siglip_dir), atol=1e-5, rtol=0)
 
 
-def test_an_image_changed_since_it_was_embedded_is_a_failure_not_a_crash(tmp_path, tiny_siglip_dir, labels_csv_dir):
+def test_an_image_changed_since_it_was_embedded_is_re_embedded(tmp_path, tiny_siglip_dir, labels_csv_dir):
+    """Issue 14.1. Catches: the old row kept (the old behaviour: a failure, the stale vector
+    kept), or the new bytes embedded but the old row not replaced."""
     import shutil
 
     from woundscore.cache import read_cache, read_failures
@@ -181,11 +209,15 @@ def test_an_image_changed_since_it_was_embedded_is_a_failure_not_a_crash(tmp_pat
     changed = before.ids[5]
     (src / "images" / changed).write_bytes(jpeg(50, 50, seed=99))
     s = run_embedding(src, out, model=tiny_siglip_dir, batch_size=4, workers=0, quiet=True)
-    assert s.exit_code == 3 and [i for i, _ in s.failed] == [changed]
-    assert "already in the cache with sha256" in s.failed[0][1] and "labels.csv" in s.failed[0][1]
+    assert (s.exit_code, s.failed, s.embedded, s.skipped, s.reembedded) == (0, [], 1, 15, 1)
+    assert "1 re-embedded (bytes changed)" in s.format()
     after = read_cache(out)
-    assert np.array_equal(after.X, before.X) and after.ids.tolist() == before.ids.tolist()  # kept as it was
-    # (the cache's failure list drops ids it holds a row for, so the summary is where it shows)
+    assert after.ids.tolist() == before.ids.tolist()
+    other = after.ids != changed
+    assert np.array_equal(after.X[other], before.X[other])  # the others untouched, bit for bit
+    row = [x for x in open_source(src).samples() if x.image_id == changed]
+    np.testing.assert_allclose(after.X[~other], independent_reference(row, tiny_siglip_dir), atol=1e-5, rtol=0)
+    assert after.sha256[~other][0] != before.sha256[~other][0]
     assert read_failures(out) == []
 
 
