@@ -1,13 +1,14 @@
 """Several MLP heads trained in ONE Keras ``fit``: a seed ensemble, or the learning curve's repeats.
 
 Each member is :func:`woundscore.classify.models.build_mlp` (Google's head) with its own weights,
-dropout masks, row order, training rows and ``pos_weight``; the training loss is the SUM of the
-members' masked BCE losses, so every member's gradient is exactly the one it would get alone
-(the parameters are disjoint; Adam is per parameter). Each member early-stops on its own
+dropout masks, row order, training rows and ``pos_weight``. They train side by side as slices of
+stacked weights (:class:`StackedDense`: one kernel (k, d_in, units) per layer); the training loss
+is the SUM of the members' masked BCE losses, so every member's gradient is exactly the one it
+would get alone (its slice enters only its own loss term; Adam works per element). Each member early-stops on its own
 validation macro AUC with Keras ``EarlyStopping``'s rule (strict improvement, ``patience``
 epochs) and gets its best epoch's weights back; a member whose patience has run out is frozen
-in the record (later epochs cannot change its result). What is shared is only Keras's per-step
-machinery, which dominates the cost on small data (bench/RESULTS.md: ~10 ms per step).
+in the record (later epochs cannot change its result). What is shared is Keras's per-step and
+per-variable machinery, which dominates the cost on small data (bench/RESULTS.md: ~10 ms per step).
 
 :func:`averaging_model` wires the members into one plain Keras model (``Input -> members ->
 Average``) whose output is the mean of the members' LOGITS: saved as one ``model.keras`` it
@@ -64,15 +65,49 @@ class MemberFit:
     seconds: float = 0.0
 
 
+class StackedDense(keras.layers.Layer):
+    """k Dense layers side by side: (n, k, d_in) -> (n, k, units), member r's kernel (d_in, units)
+    and bias (units,) at index r. Glorot-uniform per member (Dense's default), L2 on both.
+    One variable pair for all members: Keras's per-variable optimizer loop and per-op overhead
+    stay those of one MLP (training only; members are saved as plain Dense layers)."""
+
+    def __init__(self, k: int, units: int, l2: float = 0.0, activation: str | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.k, self.units, self.l2, self.activation = k, units, l2, keras.activations.get(activation)
+
+    def build(self, input_shape: tuple) -> None:
+        d = int(input_shape[-1])
+        limit = float(np.sqrt(6.0 / (d + self.units)))
+        reg = keras.regularizers.L2(self.l2) if self.l2 else None
+        self.kernel = self.add_weight(shape=(self.k, d, self.units), regularizer=reg, name="kernel",
+                                      initializer=keras.initializers.RandomUniform(-limit, limit))
+        self.bias = self.add_weight(shape=(self.k, self.units), initializer="zeros", regularizer=reg, name="bias")
+
+    def call(self, x: Any) -> Any:
+        return self.activation(keras.ops.einsum("nkd,kdu->nku", x, self.kernel) + self.bias)
+
+
+def _stacked_mlp(k: int, d: int, hidden: Sequence[int], dropout: Sequence[float], l2: float) -> keras.Model:
+    """build_mlp's architecture for k members at once: (n, k, d) -> (n, k, 6) logits."""
+    layers: list[Any] = [keras.Input(shape=(k, d))]
+    for units, rate in zip(hidden, dropout):
+        layers += [StackedDense(k, units, l2, "relu"), keras.layers.Dropout(rate)]  # masks differ per member
+    return keras.Sequential(layers + [StackedDense(k, 6)], name="members_trainer")
+
+
+def _member_weights(weights: list[np.ndarray], r: int) -> list[np.ndarray]:
+    """Member r's weights in build_mlp's order (kernel, bias per Dense) from the stacked ones."""
+    return [w[r] for w in weights]
+
+
 class _PerMemberStopping(keras.callbacks.Callback):
     """EarlyStopping's rule per member, with its best weights kept; stops when all are done."""
 
-    def __init__(self, members: list, X_val: np.ndarray | None, Y_val: np.ndarray | None, pw: np.ndarray,
+    def __init__(self, k: int, X_val: np.ndarray | None, Y_val: np.ndarray | None, pw: np.ndarray,
                  monitor: str, patience: int, on_epoch: Callable[[dict], None] | None) -> None:
         super().__init__()
-        self.members, self.X_val, self.Y_val, self.pw = members, X_val, Y_val, pw
+        self.k, self.X_val, self.Y_val, self.pw = k, X_val, Y_val, pw
         self.monitor, self.patience, self.on_epoch = monitor, patience, on_epoch
-        k = len(members)
         self.best = [-np.inf] * k
         self.best_epoch, self.wait, self.done = [0] * k, [0] * k, [False] * k
         self.best_weights: list = [None] * k
@@ -84,8 +119,9 @@ class _PerMemberStopping(keras.callbacks.Callback):
     def _scores(self) -> tuple[list[float], float | None]:
         """Per member: the monitored value, higher is better; and the mean-logit ensemble's val AUC."""
         if self.monitor == "none":
-            return [0.0] * len(self.members), None
-        Z = np.stack([m.predict_on_batch(self.X_val) for m in self.members]).astype(np.float64)  # (k, n, 6)
+            return [0.0] * self.k, None
+        Xs = np.broadcast_to(self.X_val[:, None, :], (len(self.X_val), self.k, self.X_val.shape[1]))
+        Z = np.asarray(self.model.predict_on_batch(np.ascontiguousarray(Xs)), np.float64).transpose(1, 0, 2)
         if self.monitor == "val_macro_auc":
             return [macro_auc(self.Y_val, z) or -np.inf for z in Z], macro_auc(self.Y_val, Z.mean(0))
         return [-_np_bce(self.Y_val, z, pw) for z, pw in zip(Z, self.pw)], None
@@ -97,12 +133,14 @@ class _PerMemberStopping(keras.callbacks.Callback):
 
     def _epoch_end(self, epoch: int, logs: dict | None) -> None:
         scores, ens = self._scores()
+        weights = None
         for r, s in enumerate(scores):
             if self.done[r]:
                 continue
             if s > self.best[r] or self.monitor == "none":
+                weights = self.model.get_weights() if weights is None else weights
                 self.best[r], self.best_epoch[r], self.wait[r] = s, epoch + 1, 0
-                self.best_weights[r] = self.members[r].get_weights()
+                self.best_weights[r] = _member_weights(weights, r)
             else:
                 self.wait[r] += 1
                 self.done[r] = self.wait[r] >= self.patience
@@ -114,11 +152,6 @@ class _PerMemberStopping(keras.callbacks.Callback):
             self.on_epoch(dict(rec, monitor=self.monitor))
         if all(self.done):
             self.model.stop_training = True
-
-    def restore(self) -> None:
-        for m, w in zip(self.members, self.best_weights):
-            if w is not None:
-                m.set_weights(w)
 
 
 def fit_members(Xs: Sequence[np.ndarray], Ys: Sequence[np.ndarray], X_val: np.ndarray | None,
@@ -133,7 +166,9 @@ def fit_members(Xs: Sequence[np.ndarray], Ys: Sequence[np.ndarray], X_val: np.nd
             Ys: k arrays (n, 6) int8 1 / 0 / -1. Member r trains on (Xs[r], Ys[r]).
         X_val, Y_val: (m, d), (m, 6) shared validation rows (early stopping), or None.
         seed: ``keras.utils.set_random_seed`` before the members are built (each draws its own
-            initial weights and dropout seeds from it). Other arguments: as KerasMLPClassifier.
+            initial weights and dropout masks from it). Other arguments: as KerasMLPClassifier.
+    Returns:
+        MemberFit whose ``members`` are plain build_mlp models holding each member's best weights.
     """
     import torch
 
@@ -150,18 +185,18 @@ def fit_members(Xs: Sequence[np.ndarray], Ys: Sequence[np.ndarray], X_val: np.nd
         torch.set_num_threads(int(n_threads))
     try:
         keras.utils.set_random_seed(int(seed))
-        members = [build_mlp(d, hidden=hidden, dropout=dropout, l2=l2, name=f"{MEMBER_PREFIX}{r}") for r in range(k)]
-        inputs = [keras.Input(shape=(d,), name=f"x_{r}") for r in range(k)]
-        outs = [keras.layers.Reshape((1, -1))(m(x)) for m, x in zip(members, inputs)]
-        stacked = keras.layers.Concatenate(axis=1)(outs) if k > 1 else outs[0]
-        trainer = keras.Model(inputs, stacked, name="members_trainer")
+        trainer = _stacked_mlp(k, d, hidden, dropout, l2)
         trainer.compile(optimizer=keras.optimizers.Adam(float(learning_rate)), loss=SumOfMemberBCE(pw))
-        stopper = _PerMemberStopping(members, X_val, Y_val, pw, monitor, int(patience), on_epoch)
+        stopper = _PerMemberStopping(k, X_val, Y_val, pw, monitor, int(patience), on_epoch)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"keras\.")
-            trainer.fit(list(Xs), np.stack(Ys, axis=1).astype(np.float32), batch_size=int(batch_size),
+            trainer.fit(np.stack(Xs, axis=1), np.stack(Ys, axis=1).astype(np.float32), batch_size=int(batch_size),
                         epochs=int(max_epochs), callbacks=[stopper], shuffle=True, verbose=0)
-            stopper.restore()
+            members = []
+            for r in range(k):
+                m = build_mlp(d, hidden=hidden, dropout=dropout, l2=l2, name=f"{MEMBER_PREFIX}{r}")
+                m.set_weights(stopper.best_weights[r] or _member_weights(trainer.get_weights(), r))
+                members.append(m)
     finally:
         torch.set_num_threads(old_threads)
     scores = [float(-s if monitor == "val_loss" else s) if monitor != "none" else float("nan") for s in stopper.best]
