@@ -84,7 +84,8 @@ def test_verify_ok(runner, tmp_path):
     path = build(tmp_path / "c.h5", failures=[("bad.jpg", "empty file")])
     result = runner.invoke(cli, ["verify", str(path)])
     assert result.exit_code == 0
-    assert result.output == "OK: 8 rows, dim 8 (train 4, val 2, test 2), 1 failure(s) recorded\n"
+    assert result.output == ("OK: 8 rows, dim 8 (train 4, val 2, test 2), 1 failure(s) recorded\n"
+                             "leakage: no duplicate images across splits (same bytes, or embedding cosine >= 0.98)\n")
 
 
 def test_verify_reports_problems_and_exits_1(runner, tmp_path):
