@@ -371,7 +371,7 @@ def run_embedding(source: str | Path, out: str | Path, *, model: str | Path = DE
         summary.reconciled = writer.reconcile(batches.source_view([i for c in chunks for i in c]))
         _embed_chunks(batches, chunks, strict=strict, quiet=quiet,
                       workers=default_workers() if workers is None else int(workers))
-    if world == 1:  # a shard holds only its share: audit the merged cache (`wound-cache info`)
+    if world == 1 and not summary.interrupted:  # a shard holds only its share: `wound-cache info` audits the merge
         summary.leakage = audit_leakage(read_cache(target))
     summary.fp32_redone = enc.fp32_redone - redone_before
     summary.wall_s = time.perf_counter() - t0
