@@ -92,12 +92,14 @@ def stats_command(source: str, as_json: bool) -> None:
 def run_command(source: str, out: str, model: str, revision: str | None, batch_size: int | None, device: str,
                 dtype: str, workers: int | None, strict: bool, overwrite: bool, fast_decode: bool,
                 quiet: bool) -> None:
-    """Embed every image of SOURCE once with MedSigLIP-448 into the cache OUT.
+    """Embed every image of SOURCE with MedSigLIP-448 into the cache OUT, one row per image id.
 
     SOURCE is a SurgWound release folder, a folder with labels.csv and images/, a folder of
     images, or one image. Label problems stop the run before anything is embedded. A rerun skips
-    images already in the cache (by sha256); images that cannot be read or decoded are recorded
-    in the cache's failure list and the run goes on. Ctrl-C stops after the current batch.
+    ids already in the cache with the same bytes (sha256), re-embeds ids whose bytes changed,
+    updates labels and splits from SOURCE and removes ids SOURCE no longer lists. Images that
+    cannot be read or decoded are recorded in the cache's failure list and the run goes on. The
+    summary lists duplicate images across splits (leakage). Ctrl-C stops after the current batch.
 
     \b
     Example:
