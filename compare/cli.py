@@ -257,9 +257,9 @@ def demo_command(out_dir: str, n_images: int, seed: int, quiet: bool) -> None:
               help="A fine-tune's predictions.csv: its test macro AUC is drawn at the full train size.")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=100), default=2000, show_default=True,
               help="Bootstrap resamples for the intervals.")
-@click.option("--max-epochs", type=click.IntRange(min=1), default=150, show_default=True,
+@click.option("--max-epochs", type=click.IntRange(min=1), default=100, show_default=True,
               help="The curve's MLP: at most this many epochs (the trained head's default: 300).")
-@click.option("--patience", type=click.IntRange(min=1), default=15, show_default=True,
+@click.option("--patience", type=click.IntRange(min=1), default=10, show_default=True,
               help="The curve's MLP: early-stopping patience in epochs (the trained head's default: 25).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the subsets, training and bootstrap.")
 @click.option("--quiet", is_flag=True, help="No progress messages.")

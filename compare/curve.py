@@ -35,9 +35,9 @@ METHODS = ("probe", "mlp")
 MIN_TRAIN_CLASS = 5
 #: "Flattened": the upper end of the 95% CI of the last step's macro AUC gain is below this.
 FLAT_GAIN = 0.02
-#: The curve's MLP: the default head except max_epochs 300 -> 150 and patience 25 -> 15 (the
+#: The curve's MLP: the default head except max_epochs 300 -> 100 and patience 25 -> 10 (the
 #: budget; bench/RESULTS.md), and its repeats trained together (classify.ensemble.fit_members).
-CURVE_MLP = {"max_epochs": 150, "patience": 15}
+CURVE_MLP = {"max_epochs": 100, "patience": 10}
 
 
 class CurveError(WoundscoreError, ValueError):
