@@ -88,9 +88,11 @@ def read_part(p: Path) -> Part:
 def list_parts(path: Path, after: int = 0) -> list[tuple[int, Path]]:
     """``(seq, file)`` of ``path``'s part files with seq > ``after``, in seq order."""
     folder = parts_dir(path)
-    if not folder.is_dir():
-        return []
-    found = ((_NAME_RE.match(p.name), p) for p in folder.iterdir())
+    try:
+        names = [p for p in folder.iterdir()] if folder.is_dir() else []
+    except FileNotFoundError:  # a writer consolidated and removed the folder meanwhile; a reader
+        return []  # notices the replaced main file and reads again
+    found = ((_NAME_RE.match(p.name), p) for p in names)
     return sorted((int(m.group(1)), p) for m, p in found if m and int(m.group(1)) > after)
 
 
