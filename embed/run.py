@@ -21,6 +21,7 @@ crash tests can kill a run in the middle. Never set it otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -30,7 +31,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -201,20 +202,34 @@ def default_workers() -> int:
 
 
 class _StopOnSigint:
-    """First Ctrl-C (or SIGTERM, e.g. a batch scheduler's time limit): finish the current batch,
-    then stop. A second one: stop at once (the cache keeps every batch already written)."""
+    """Ctrl-C (or SIGTERM, e.g. a batch scheduler's time limit) stops the run at once: waiting for
+    decode workers (a file that blocks, a slow disk) or inside the encoder forward, nothing is
+    half-written. Only while a batch is being appended to the cache (one durable write) does the
+    stop wait for that append to end, so the cache ends on a whole batch. A second signal during
+    the append stops at once too (the cache is crash-safe)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self.in_append = False
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
         what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        sys.stderr.write(f"\n{what}: stopping after the current batch (press Ctrl-C again to stop at once)\n")
+        stop_now = self.requested or not self.in_append
+        self.requested = True
+        sys.stderr.write(f"\n{what}: stopping now (every batch already written is kept)\n" if stop_now else
+                         f"\n{what}: stopping once this batch is written (press Ctrl-C again to stop at once)\n")
         sys.stderr.flush()
+        if stop_now:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def appending(self) -> Iterator[None]:
+        self.in_append = True
+        try:
+            yield
+        finally:
+            self.in_append = False
 
     def __enter__(self) -> "_StopOnSigint":
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -235,6 +250,7 @@ class _Batches:
     def __init__(self, writer: CacheWriter, enc: ImageEncoder, samples: Sequence[Sample], summary: EmbedSummary) -> None:
         self.writer, self.enc, self.samples, self.summary = writer, enc, samples, summary
         self.cached = writer.known_ids()  # id -> sha256 before this run
+        self.stop = _StopOnSigint()  # replaced by the running one in _embed_chunks
         self.extra_names = list(dict.fromkeys(list(EXTRA_NAMES) + [k for s in samples for k in s.extras]))
 
     def fail(self, i: int, reason: str) -> None:
@@ -258,7 +274,8 @@ class _Batches:
             keep = np.flatnonzero(finite)
             ok, shas, feats = [ok[j] for j in keep], [shas[j] for j in keep], feats[keep]
         if ok or item["failed"]:
-            self.summary.embedded += self._append(ok, shas, feats)
+            with self.stop.appending():  # the one part a Ctrl-C lets finish
+                self.summary.embedded += self._append(ok, shas, feats)
             self.summary.reembedded += sum(self.samples[i].image_id in self.cached for i in ok)
 
     def _append(self, idx: list[int], shas: list[str], feats: np.ndarray) -> int:
@@ -324,18 +341,23 @@ def _embed_chunks(batches: _Batches, chunks: list[list[int]], *, workers: int, s
     bar = tqdm(total=summary.total, unit="img", desc=f"embedding{where}", disable=quiet, dynamic_ncols=True,
                smoothing=0.1)
     with _StopOnSigint() as stop, bar:
-        for item in loader:
-            batches.write(item)
-            bar.update(len(chunks[item["k"]]))
-            if delay:
-                time.sleep(delay)
-            if strict and summary.failed:
-                summary.stopped_strict = True
-                break
-            if stop.requested:
-                summary.interrupted = True
-                break
-        del loader  # shuts the workers down before the cache is consolidated
+        batches.stop = stop
+        try:
+            for item in loader:
+                batches.write(item)
+                bar.update(len(chunks[item["k"]]))
+                if delay:
+                    time.sleep(delay)
+                if strict and summary.failed:
+                    summary.stopped_strict = True
+                    break
+                if stop.requested:
+                    summary.interrupted = True
+                    break
+        except KeyboardInterrupt:  # raised by the handler outside an append: every written batch is whole
+            summary.interrupted = True
+        finally:
+            del loader  # shuts the workers down before the cache is consolidated
 
 
 def run_embedding(source: str | Path, out: str | Path, *, model: str | Path = DEFAULT_MODEL,

@@ -144,7 +144,8 @@ def test_sigint_stops_after_the_batch_and_says_how_to_resume(ctx, tmp_path, mini
     p.join(60)
     text = log.read_text()
     assert p.exitcode == 130, text[-2000:]
-    assert "Ctrl-C: stopping after the current batch" in text
+    assert ("Ctrl-C: stopping now (every batch already written is kept)" in text
+            or "Ctrl-C: stopping once this batch is written" in text)
     assert "interrupted: every batch written so far is kept. Resume with the same command" in text
     assert f"wound-embed run {mini_release} --out {out}" in text
     assert verify_cache(out) == []  # consolidated, clean
@@ -171,5 +172,6 @@ def test_sigterm_is_a_graceful_stop_too(ctx, tmp_path, labels_csv_dir, tiny_sigl
     p.join(60)
     text = log.read_text()
     assert p.exitcode == 130, text[-2000:]
-    assert "SIGTERM: stopping after the current batch" in text
+    assert ("SIGTERM: stopping now (every batch already written is kept)" in text
+            or "SIGTERM: stopping once this batch is written" in text)
     assert verify_cache(out) == [] and 0 < len(read_cache(out)) < 16
