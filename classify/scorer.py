@@ -213,6 +213,42 @@ class WoundScorer:
                 out[i] = r
         return out  # type: ignore[return-value]
 
+    def prepare(self, image: Any) -> Any:
+        """One image (path, bytes or PIL image) -> what :meth:`score_prepared` takes: its (3, H, W)
+        float32 pixel tensor through the encoder's one preprocessing (decode, pad to square,
+        resize, normalise: the numbers ``embed_images`` and ``wound-embed run`` use), or the
+        decoded image for an encoder that offers no ``embed_pixels_checked``. Meant for decode
+        threads: the forward then gets only stacked pixels.
+
+        Raises embed.preprocess.ImageDecodeError for an unreadable image (MemoryError for a
+        canvas too large to hold).
+        """
+        from woundscore.embed.preprocess import load_image, preprocess
+
+        enc = self.encoder
+        spec = getattr(enc, "spec", None)
+        image = load_image(image, spec=spec)
+        return preprocess(image, spec) if spec is not None and hasattr(enc, "embed_pixels_checked") else image
+
+    def score_prepared(self, items: Sequence[Any], names: Sequence[str]) -> list[dict[str, Any]]:
+        """Items from :meth:`prepare` -> one contract object each, with ONE encoder forward on
+        their stacked pixels. A row whose embedding stays non-finite (even redone in float32)
+        gives ``{"image", "error"}``; the others are scored."""
+        import torch
+
+        if not items:
+            return []
+        if not all(isinstance(x, torch.Tensor) for x in items):
+            return self.score_batch(list(items), names=names)
+        enc = self.encoder
+        X, finite = enc.embed_pixels_checked(torch.stack(list(items)))
+        ok = [i for i in range(len(items)) if finite[i]]
+        out: list[dict[str, Any]] = [{"image": names[i], "error": f"{names[i]}: {enc.model_id}: non-finite embedding "
+                                      "even in float32"} for i in range(len(items))]
+        for i, r in zip(ok, self.results_for_embeddings(X[ok], [names[i] for i in ok], enc.provenance())):
+            out[i] = r
+        return out
+
     def _one_by_one(self, images: Sequence[Any], names: Sequence[str]) -> list[dict[str, Any]]:
         out = []
         for x, name in zip(images, names):

@@ -8,10 +8,17 @@
   with 413 as soon as it passes ``max_bytes``; multipart is parsed in memory (python-multipart's
   parser, not Starlette's ``form()``, which spools parts over 1 MB to a temporary file), so nothing
   from a request body is written to disk or logged.
-- Dynamic micro-batching: decoded images wait in an asyncio queue; a batcher task takes up to
-  ``max_batch`` of them, waiting at most ``max_wait_ms`` after the first, and runs ONE encoder
-  forward in a single worker thread (the event loop never blocks on it). An image's answer does
-  not depend on its batch (rows are independent; tested < 1e-5).
+- Decode AND preprocess (pad, resize, normalise: ``WoundScorer.prepare``, the encoder's one
+  preprocessing) run in a pool of decode threads, one request each; the forward thread gets only
+  the stacked pixel tensors, so preprocessing overlaps the forward as in ``wound-embed run``.
+- Dynamic micro-batching: prepared images wait in an asyncio queue; a batcher task runs ONE
+  encoder forward at a time in a single worker thread (the event loop never blocks on it). The
+  rule: as soon as the forward thread is free, a batch takes every image already queued (up to
+  ``max_batch``) and waits -- at most ``max_wait_ms`` -- only for requests already received and
+  still being decoded; it never waits for requests that have not arrived. An idle server thus
+  runs a lone request at once (batch 1 costs the same as with micro-batching off), and under load
+  the images that queued during one forward form the next batch. An image's answer does not
+  depend on its batch (rows are independent; tested < 1e-5).
 - Optional bearer token: scoring and /v1/model need ``Authorization: Bearer <token>`` (compared
   in constant time); the token is never logged or echoed.
 """
@@ -21,11 +28,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
-from typing import Any, Callable
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Callable, Iterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -38,6 +46,10 @@ log = logging.getLogger("woundscore.serve")
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_BATCH = 8
 DEFAULT_MAX_WAIT_MS = 10.0
+# Decode threads: leave a core to the forward (PIL and torch release the GIL; oversubscribing a
+# small CPU slows the forward more than the decodes gain).
+DEFAULT_DECODE_THREADS = max(1, min(8, (os.cpu_count() or 2) - 1))
+_POLL_S = 0.002  # how often a waiting batch re-checks whether announced requests are still coming
 RAW_TYPES = ("application/octet-stream",)
 EXAMPLE_IMAGE_RGB = (150, 96, 90)  # the plain image whose real answer is the OpenAPI example
 
@@ -56,7 +68,12 @@ def error_body(code: str, message: str) -> dict[str, str]:
 
 
 class MicroBatcher:
-    """Gathers concurrent images into one ``score_fn(list) -> list`` call in a worker thread."""
+    """Gathers concurrent images into one ``score_fn(list) -> list`` call in a worker thread.
+
+    Rule (module docstring): a batch starts as soon as the forward thread is free with what is
+    queued; it waits up to ``max_wait_ms`` only while requests announced with :meth:`expect` are
+    still being prepared.
+    """
 
     def __init__(self, score_fn: Callable[[list[Any]], list[dict[str, Any]]], *, max_batch: int,
                  max_wait_ms: float) -> None:
@@ -64,6 +81,16 @@ class MicroBatcher:
         self.queue: asyncio.Queue[tuple[Any, asyncio.Future]] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="woundscore-forward")
         self.batches: list[int] = []  # sizes of the batches run (for tests and /v1/model stats)
+        self.pending = 0  # requests received and still being decoded (touched on the event loop only)
+
+    @contextmanager
+    def expect(self) -> Iterator[None]:
+        """Around a request's decoding: a batch being gathered may wait for it (see the rule)."""
+        self.pending += 1
+        try:
+            yield
+        finally:
+            self.pending -= 1
 
     async def submit(self, image: Any) -> dict[str, Any]:
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -81,12 +108,12 @@ class MicroBatcher:
             except asyncio.QueueEmpty:
                 pass
             left = deadline - loop.time()
-            if left <= 0:
+            if left <= 0 or self.pending == 0:  # nothing is on its way: never wait for the unknown
                 break
-            try:
-                batch.append(await asyncio.wait_for(self.queue.get(), left))
+            try:  # short waits: an announced request that fails to decode never arrives
+                batch.append(await asyncio.wait_for(self.queue.get(), min(left, _POLL_S)))
             except asyncio.TimeoutError:
-                break
+                continue
         return batch
 
     async def run(self) -> None:
@@ -169,14 +196,15 @@ def multipart_file(body: bytes, content_type: str) -> bytes:
     return bytes(chosen[0]["data"])
 
 
-def decode_or_refuse(data: bytes) -> Any:
-    """Bytes -> RGB PIL image, or a RequestError saying what is wrong (no body bytes echoed)."""
+def decode_or_refuse(data: bytes, prepare: Callable[[bytes], Any] | None = None) -> Any:
+    """Bytes -> ``prepare(data)`` (default: the RGB PIL image), or a RequestError saying what is
+    wrong (no body bytes echoed)."""
     from woundscore.embed.preprocess import ImageDecodeError, decode_image
 
     if not data:
         raise RequestError(400, "empty_body", "the request has no image (empty body)")
     try:
-        return decode_image(data, origin="<bytes>")
+        return decode_image(data, origin="<bytes>") if prepare is None else prepare(data)
     except ImageDecodeError as exc:
         reason = re.sub(r";? ?first bytes .*\)$", ")", exc.reason)  # keep the body's bytes out of answers
         low = reason.lower()
@@ -203,16 +231,18 @@ class _State:
     def __init__(self) -> None:
         self.scorer: Any = None
         self.batcher: MicroBatcher | None = None
+        self.decoders: ThreadPoolExecutor | None = None
         self.error: str | None = None
         self.ready = False  # set once loaded AND warmed up (the first forward done)
         self.example: dict[str, Any] = _example_from_contract()
         self.timings: dict[str, float] = {}
 
 
-def _score_images(state: _State, images: list[Any]) -> list[dict[str, Any]]:
+def _score_images(state: _State, items: list[Any]) -> list[dict[str, Any]]:
+    """In the forward thread: items from ``WoundScorer.prepare`` -> contract + summary each."""
     from woundscore.classify.prompt import render_prompt
 
-    results = state.scorer.score_batch(images, names=["<bytes>"] * len(images))
+    results = state.scorer.score_prepared(items, names=["<bytes>"] * len(items))
     return [{**r, "summary": render_prompt(r)} if "error" not in r else r for r in results]
 
 
@@ -225,7 +255,7 @@ def _load(state: _State, loader: Callable[[], Any]) -> None:
     t1 = time.perf_counter()
     state.scorer = scorer
     size = getattr(getattr(scorer.encoder, "spec", None), "size", (448, 448))
-    example = _score_images(state, [Image.new("RGB", (size[1], size[0]), EXAMPLE_IMAGE_RGB)])[0]
+    example = _score_images(state, [scorer.prepare(Image.new("RGB", (size[1], size[0]), EXAMPLE_IMAGE_RGB))])[0]
     state.timings = {"load_s": t1 - t0, "first_forward_s": time.perf_counter() - t1}
     state.example = example
     state.ready = True
@@ -291,12 +321,14 @@ _ERRORS = {s: {"description": d, "content": {"application/json": {"example": err
 def create_app(model_dir: str | None = None, *, encoder: Any = None, device: str = "auto", dtype: str = "auto",
                max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
                max_bytes: int = DEFAULT_MAX_BYTES, token: str | None = None,
+               decode_threads: int = DEFAULT_DECODE_THREADS,
                loader: Callable[[], Any] | None = None,
                on_load_error: Callable[[BaseException], None] | None = None) -> FastAPI:
     """The ASGI app scoring with ``model_dir`` (any model folder: MLP, probe, fine-tune).
 
     ``encoder``/``device``/``dtype``: as WoundScorer.load. ``loader``: a zero-argument callable
-    returning a ready WoundScorer (instead of loading ``model_dir``). ``token``: bearer token
+    returning a ready WoundScorer (instead of loading ``model_dir``). ``decode_threads``: requests
+    decoded and preprocessed at once (beside the one forward thread). ``token``: bearer token
     required by /v1/score and /v1/model (None: open). ``on_load_error``: called if loading fails
     (wound-serve stops the server with exit 1); /readyz then says why.
     """
@@ -316,6 +348,7 @@ def create_app(model_dir: str | None = None, *, encoder: Any = None, device: str
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state.batcher = MicroBatcher(lambda xs: _score_images(state, xs), max_batch=max_batch, max_wait_ms=max_wait_ms)
+        state.decoders = ThreadPoolExecutor(max_workers=max(1, decode_threads), thread_name_prefix="woundscore-decode")
         batch_task = asyncio.create_task(state.batcher.run())
         load_task = asyncio.create_task(_load_async(state, loader, on_load_error))
         try:
@@ -324,6 +357,7 @@ def create_app(model_dir: str | None = None, *, encoder: Any = None, device: str
             for t in (load_task, batch_task):
                 t.cancel()
             state.batcher.executor.shutdown(wait=True)
+            state.decoders.shutdown(wait=True)
 
     app = FastAPI(title="woundscore", version=_version(), lifespan=lifespan,
                   description="Six wound scores from a photo. Research use only: not a diagnosis.")
@@ -387,7 +421,7 @@ def _routes(app: FastAPI, state: _State, *, token: str | None, max_bytes: int, l
                                "content": {"application/json": {"example": {}}}}, **_ERRORS})
     async def v1_score(request: Request) -> JSONResponse:
         _check_token(request, token)
-        if state.scorer is None or state.batcher is None:
+        if not state.ready or state.batcher is None or state.decoders is None:
             raise not_ready()
         content_type = request.headers.get("content-type", "")
         if not content_type:
@@ -395,8 +429,10 @@ def _routes(app: FastAPI, state: _State, *, token: str | None, max_bytes: int, l
                                "'file'), image/* or application/octet-stream")
         body = await read_body(request, max_bytes)
         data = _image_from_request(content_type, body)
-        image = await asyncio.to_thread(decode_or_refuse, data)
-        result = await state.batcher.submit(image)
+        with state.batcher.expect():  # a batch being gathered may wait for this one
+            item = await asyncio.get_running_loop().run_in_executor(state.decoders, decode_or_refuse, data,
+                                                                    state.scorer.prepare)
+        result = await state.batcher.submit(item)
         if "error" in result:
             raise RequestError(422, "undecodable_image", result["error"])
         return JSONResponse(result)

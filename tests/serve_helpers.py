@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -14,6 +15,7 @@ import zlib
 from pathlib import Path
 
 import httpx
+import pytest
 
 # Run inside the server subprocess: test hooks around the real `wound-serve` command.
 #   WS_TEST_LOAD_GATE: loading waits until this file exists (readiness before load)
@@ -22,16 +24,16 @@ SERVER_SCRIPT = r'''
 import os, sys, time
 from woundscore.classify import scorer as S
 gate, delay = os.environ.get("WS_TEST_LOAD_GATE"), float(os.environ.get("WS_TEST_FORWARD_DELAY", "0"))
-_load, _batch = S.WoundScorer.load.__func__, S.WoundScorer.score_batch
+_load, _batch = S.WoundScorer.load.__func__, S.WoundScorer.score_prepared
 def load(cls, *a, **k):
     while gate and not os.path.exists(gate):
         time.sleep(0.05)
     return _load(cls, *a, **k)
-def score_batch(self, images, **k):
+def score_prepared(self, items, names):
     time.sleep(delay)
-    return _batch(self, images, **k)
+    return _batch(self, items, names)
 S.WoundScorer.load = classmethod(load)
-S.WoundScorer.score_batch = score_batch
+S.WoundScorer.score_prepared = score_prepared
 from woundscore.classify.serve_cli import main
 main(prog_name="wound-serve")
 '''
@@ -102,3 +104,38 @@ def noise_png(size: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, "PNG", compress_level=0)
     return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained(mini_release: Path, tiny_siglip_dir: Path, tmp_path_factory):
+    """(work folder, an MLP folder trained on the tiny SigLIP's cache work/emb.h5, 8 image files)."""
+    from woundscore.cache import read_cache
+    from woundscore.classify.train import train_on_set
+    from woundscore.embed.run import run_embedding
+    from woundscore.embed.sources import open_source
+
+    work = tmp_path_factory.mktemp("serve")
+    cache = work / "emb.h5"
+    run_embedding(mini_release, cache, model=tiny_siglip_dir, batch_size=8, workers=0, device="cpu", quiet=True)
+    model_dir = work / "mlp"
+    train_on_set(read_cache(cache), model_dir, model="mlp", max_epochs=3, source=str(cache))
+    images = []
+    for s in open_source(mini_release).samples()[:8]:
+        f = work / Path(s.image_id).name
+        f.write_bytes(s.read_bytes())
+        images.append(f)
+    return work, model_dir, images
+
+
+@contextlib.contextmanager
+def ready_client(app, timeout: float = 120.0):
+    """``with ready_client(create_app(...)) as c``: a started fastapi TestClient once /readyz is 200."""
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as c:
+        t_end = time.monotonic() + timeout
+        while c.get("/readyz").status_code != 200:
+            if time.monotonic() > t_end:
+                raise TimeoutError(f"/readyz not 200 after {timeout} s: {c.get('/readyz').text}")
+            time.sleep(0.05)
+        yield c

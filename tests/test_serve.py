@@ -17,31 +17,11 @@ import numpy as np
 import pytest
 
 from woundscore.cache.schema import LABEL_NAMES
-from tests.serve_helpers import Server, noise_png, png_bomb
+from tests.serve_helpers import Server, noise_png, png_bomb, ready_client, trained  # noqa: F401 (fixture)
 
 MAX_BYTES = 3_000_000
 TOKEN = "s3cret-token-value-1234"
 SECRET_BODY = b"<html>BODY-MARKER-that-must-not-be-logged</html>"
-
-
-@pytest.fixture(scope="module")
-def trained(mini_release: Path, tiny_siglip_dir: Path, tmp_path_factory):
-    from woundscore.cache import read_cache
-    from woundscore.classify.train import train_on_set
-    from woundscore.embed.run import run_embedding
-    from woundscore.embed.sources import open_source
-
-    work = tmp_path_factory.mktemp("serve")
-    cache = work / "emb.h5"
-    run_embedding(mini_release, cache, model=tiny_siglip_dir, batch_size=8, workers=0, device="cpu", quiet=True)
-    model_dir = work / "mlp"
-    train_on_set(read_cache(cache), model_dir, model="mlp", max_epochs=3, source=str(cache))
-    images = []
-    for s in open_source(mini_release).samples()[:8]:
-        f = work / Path(s.image_id).name
-        f.write_bytes(s.read_bytes())
-        images.append(f)
-    return work, model_dir, images
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +169,10 @@ def test_batch_does_not_change_an_answer(trained, offline) -> None:
     scorer, single = offline
     _, _, images = trained
     together = scorer.score_batch(images)
-    for f, r in zip(images, together):
+    prepared = scorer.score_prepared([scorer.prepare(f.read_bytes()) for f in images], [f.name for f in images])
+    for f, r, p in zip(images, together, prepared):
         assert_same_scores(r, single[f.name])
+        assert_same_scores(p, single[f.name])  # the service's path: pixels prepared apart, one stacked forward
 
 
 def test_logs_hold_no_body(server) -> None:
@@ -235,6 +217,65 @@ def test_auth_readiness_and_graceful_sigterm(trained, tiny_siglip_dir: Path) -> 
     finally:
         srv.stop()
     assert TOKEN not in srv.log.read_text(errors="replace")
+
+
+def test_an_idle_batcher_runs_a_lone_request_at_once_and_waits_only_for_announced_ones() -> None:
+    """Micro-batching adds no latency when idle: --max-wait-ms is spent only on requests already
+    received and still being decoded (``expect()``), never on requests that may come."""
+    from woundscore.classify.serve import MicroBatcher
+
+    async def main() -> tuple[float, float, list[int]]:
+        b = MicroBatcher(lambda xs: [{"x": x} for x in xs], max_batch=8, max_wait_ms=3000)
+        task = asyncio.create_task(b.run())
+        t = time.perf_counter()
+        assert await b.submit(1) == {"x": 1}
+        idle = time.perf_counter() - t
+
+        async def announced() -> dict:
+            with b.expect():  # received, still being decoded for 0.2 s
+                await asyncio.sleep(0.2)
+            return await b.submit(3)
+
+        t = time.perf_counter()
+        late = asyncio.create_task(announced())
+        await asyncio.sleep(0.01)
+        assert await b.submit(2) == {"x": 2} and await late == {"x": 3}
+        paired = time.perf_counter() - t
+        task.cancel()
+        b.executor.shutdown()
+        return idle, paired, b.batches
+
+    idle, paired, batches = asyncio.run(main())
+    assert idle < 1.0, f"a lone request on an idle server waited {idle:.2f} s"
+    assert batches == [1, 2] and paired < 2.0
+
+
+def test_preprocessing_runs_outside_the_forward_thread(trained, tiny_siglip_dir: Path, offline, monkeypatch) -> None:
+    """Decode AND resize/normalise run in the request's decode thread; the forward thread only
+    gets stacked pixels (the offline path overlaps them the same way). Answers stay offline's."""
+    import threading as th
+
+    import woundscore.embed.encoder as E
+    import woundscore.embed.preprocess as P
+    from woundscore.classify.serve import create_app
+
+    _, model_dir, images = trained
+    seen: list[str] = []
+    real = P.preprocess
+
+    def spy(image, spec):
+        seen.append(th.current_thread().name)
+        return real(image, spec)
+
+    monkeypatch.setattr(P, "preprocess", spy)
+    monkeypatch.setattr(E, "preprocess", spy)
+    with ready_client(create_app(str(model_dir), encoder=str(tiny_siglip_dir), device="cpu")) as c:
+        seen.clear()  # the warm-up forward is not a request
+        rs = [c.post("/v1/score", content=f.read_bytes(), headers={"content-type": "image/jpeg"}) for f in images[:3]]
+    assert [r.status_code for r in rs] == [200] * 3
+    assert len(seen) == 3 and not [n for n in seen if n.startswith("woundscore-forward")], seen
+    for f, r in zip(images, rs):
+        assert_same_scores(r.json(), offline[1][f.name])
 
 
 def test_probe_folder_in_process(trained, tiny_siglip_dir: Path, tmp_path: Path) -> None:
