@@ -30,6 +30,7 @@ from woundscore.cache.util import atomic_write_text
 from woundscore.classify.metrics import format_table
 from woundscore.classify.scorer import WoundScorer
 from woundscore.classify.train import train_from_cache
+from woundscore.compare.headline import headline_blocks
 from woundscore.compare.report import run_comparison
 from woundscore.embed.encoder import load_encoder
 from woundscore.embed.run import run_embedding
@@ -327,9 +328,11 @@ def _finetune_and_report(r: _Run) -> Any:
         mlp_params = {k: v for k, v in (("max_epochs", s.mlp_max_epochs), ("patience", s.mlp_patience))
                       if v is not None}
         rep = run_comparison(r.cache, r.report_dir, source=r.release, model=r.ckpt, finetune_dir=r.ft_dir,
-                             n_boot=s.n_boot, seed=s.seed, mlp_params=mlp_params or None, quiet=r.quiet)
+                             n_boot=s.n_boot, seed=s.seed, mlp_params=mlp_params or None, quiet=r.quiet,
+                             seeds=5)  # the MLP's seed spread: cheap on the demo's 70 train rows
         r.say(_indent(_auc_table(rep.metrics)))
-        r.say(_indent(rep.metrics["answer"]["text"], wrap=True))
+        for kind, body in headline_blocks(rep.metrics["headline"], len(rep.metrics["methods"])):
+            r.say(_indent("\n".join(f"- {x}" for x in body) if kind == "list" else body, wrap=kind != "list"))
         deploy = rep.metrics.get("deploy") or {}
         if deploy.get("command"):  # the report's best deployable head, one command
             r.say(f"  deploy {deploy['deployable']}: {deploy['command']}")

@@ -21,7 +21,8 @@ def leakage_data(data: EmbeddingSet) -> dict[str, Any]:
     """``cache.leakage.audit_leakage`` of the cache as JSON (every pair, the leaked test ids)."""
     from woundscore.cache.leakage import audit_leakage
 
-    return audit_leakage(data).to_json()
+    # the near-duplicate cut-off means something only for a trained encoder (README, "Leakage audit")
+    return {**audit_leakage(data).to_json(), "embeddings_notice": data.provenance.get("notice") or None}
 
 
 def leakage_blocks(lk: Mapping[str, Any] | None) -> list[tuple]:
@@ -34,6 +35,10 @@ def leakage_blocks(lk: Mapping[str, Any] | None) -> list[tuple]:
     text = (f"Leakage audit: {k} of {n} test images have an exact or near duplicate (same bytes, or "
             f"embedding cosine >= {cut}) in train/val; {c['exact']} exact and {c['near']} near duplicate "
             f"pair(s) across splits, {c['conflicts']} duplicate pair(s) within a split with conflicting labels.")
+    text += (" The near cut-off is not yet validated on MedSigLIP embeddings of SurgWound; exact pairs do not "
+             "depend on it.")
+    if lk.get("embeddings_notice"):  # e.g. the demo's random weights: different images look alike
+        text += " These embeddings carry a notice (see the banner): near pairs from them are noise."
     if k:
         text += (" Scores on those images may measure memory rather than skill; "
                  "wound-compare run --exclude-leaked reports the test metrics without them as well.")
