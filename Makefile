@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench mutants clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test-slow: install
 
 bench: install
 	$(PY) bench/run_all.py
+
+# mutation testing (outside CI; mutmut, ~25 min on 2 cores); results and survivors in TESTING.md
+mutants: install
+	$(PY) -m pip install -e '.[mutants]'
+	$(PY) bench/mutants.py --budget-s 300
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

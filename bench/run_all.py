@@ -1,6 +1,6 @@
 """Run every CPU bench of woundscore (what `make bench` runs) and print a summary of targets.
 
-    .venv/bin/python bench/run_all.py            # full sizes, < 15 min on a quiet 2-core machine
+    .venv/bin/python bench/run_all.py            # full sizes, ~20 min on a quiet 2-core machine
     .venv/bin/python bench/run_all.py --quick    # smoke sizes (tiny model, small cache), ~3-5 min
     .venv/bin/python bench/run_all.py --only embed,finetune_step --out /tmp/bench.md
 
@@ -30,7 +30,8 @@ sys.path.insert(0, str(HERE))
 import _common as C  # noqa: E402
 
 # name, file, full-size args, quick args, timeout (s) at full size.
-# Full sizes are what fits 15 minutes on a quiet 2-core x86 machine (fp32 MedSigLIP ~5.5 s/image).
+# Full sizes are what fits ~20 minutes on a quiet 2-core x86 machine (fp32 MedSigLIP ~5.5 s/image):
+# 13.6 min measured for the first six; serve (2-block tower) and curve add about 5 min.
 BENCHES = [
     ("cache", "bench_cache.py", [], ["--rows", "10000", "--append-batches", "50"], 300),
     ("embed", "bench_embed.py", ["--images", "4", "--batch", "4", "--rounds", "2", "--investigate", "--inv-blocks", "9"],
@@ -41,6 +42,8 @@ BENCHES = [
     ("report", "bench_report.py", [], ["--bootstrap", "200"], 180),
     ("finetune_step", "bench_finetune_step.py", ["--batch", "1", "--steps", "1", "--warmup", "1", "--repeat", "2"],
      ["--smoke", "--steps", "1", "--warmup", "1"], 300),
+    ("serve", "bench_serve.py", ["--layers", "2"], ["--layers", "1", "--requests", "4"], 420),
+    ("curve", "bench_curve.py", ["--part", "curve"], ["--part", "curve", "--repeats", "1"], 300),
 ]
 
 
@@ -126,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                              verdict + (f": {why}" if why and met is not True else ""), r["status"],
                              f"{r['wall_s']:.0f}"])
         summary = C.table(["bench / target", "target", "measured", "verdict", "run", "wall s"], rows)
-        foot = (f"total wall {total / 60:.1f} min ({'quick' if args.quick else 'full'}; budget 15 min); "
+        foot = (f"total wall {total / 60:.1f} min ({'quick' if args.quick else 'full'}; budget ~20 min); "
                 f"load average at the end {C.load_average()}")
         print(f"\n{'=' * 100}\n## summary\n\n{summary}\n\n{foot}\n(full output: {out})")
         log.write(f"\n## summary\n\n{summary}\n\n{foot}\n")
