@@ -49,3 +49,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_dir(staged: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Move the finished folder ``staged`` to ``out`` in two renames (same filesystem), so ``out`` is
+    always either the old folder or the new one, never half of each; the old one is removed after."""
+    import shutil  # only the folder writers need it
+
+    staged, out = Path(staged), Path(out)
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(staged, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staged, out)

@@ -38,7 +38,7 @@ import numpy as np
 from woundscore.cache import identity_differences
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.schema import LABEL_NAMES, SCHEMA
-from woundscore.cache.util import canonical
+from woundscore.cache.util import canonical, replace_dir
 
 FORMAT = "woundscore.model"
 FORMAT_VERSION = 1
@@ -168,13 +168,7 @@ def save_model_dir(out_dir: str | os.PathLike, estimator: Any, thresholds: Mappi
             ood.save(tmp / OOD_FILE)
         (tmp / SCHEMA_FILE).write_text(SCHEMA.to_json() + "\n", encoding="utf-8")
         _write_json(tmp / PROVENANCE_FILE, canonical(prov))
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -24,7 +24,7 @@ import numpy as np
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.layout import now
 from woundscore.cache.schema import LABEL_NAMES, MISSING
-from woundscore.cache.util import canonical
+from woundscore.cache.util import canonical, replace_dir
 from woundscore.classify.artifacts import (CALIBRATION_FILE, PROVENANCE_FILE, THRESHOLDS_FILE, LoadedModel,
                                            _write_json, check_writable, load_model_dir)
 from woundscore.classify.calibration import MIN_PER_CLASS, Calibration, brier, ece
@@ -174,13 +174,7 @@ def _write_folder(src: Path, out: Path, lm: LoadedModel, cal: Calibration, thres
         _write_json(tmp / THRESHOLDS_FILE, thresholds)
         _write_json(tmp / PROVENANCE_FILE, canonical(prov))
         _write_json(tmp / RECALIBRATION_FILE, {"calibration_set": described, "warnings": warns, "labels": figures})
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

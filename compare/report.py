@@ -26,7 +26,7 @@ from woundscore.cache import read_cache
 from woundscore.cache.errors import WoundscoreError
 from woundscore.cache.schema import SPLITS
 from woundscore.cache.types import EmbeddingSet
-from woundscore.cache.util import atomic_write_text
+from woundscore.cache.util import atomic_write_text, replace_dir
 from woundscore.compare import metrics as M
 from woundscore.compare import plots
 from woundscore.compare.calibration_report import calibration_metrics
@@ -229,7 +229,7 @@ def _leakage(data: EmbeddingSet, say: Callable[[str], None]) -> dict | None:
 
 def _stage_output(out: Path) -> Path:
     """Check, before any compute, that the report folder can be written; return the empty folder
-    beside it where the report is built (swapped into place by :func:`_swap_into_place`).
+    beside it where the report is built (swapped into place by :func:`woundscore.cache.util.replace_dir`).
 
     ``out`` may be absent, empty, or an earlier report (it has metrics.json); anything else is
     refused, so that a report never replaces a folder of other files.
@@ -244,17 +244,6 @@ def _stage_output(out: Path) -> Path:
         return Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
     except OSError as e:
         raise ReportError(f"{out}: cannot write the report there ({e.strerror or e})") from None
-
-
-def _swap_into_place(stage: Path, out: Path) -> None:
-    """The finished report replaces ``out`` in two renames; an earlier report is removed after."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(stage, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(stage, out)
 
 
 def _seed_spread(data: EmbeddingSet, runs: Mapping[str, MethodRun], seeds: int, seed: int, mlp_params: Any,
@@ -346,7 +335,7 @@ def run_comparison(
                             predictions=predictions, zero_shot=zero_shot, n_boot=n_boot, seed=seed, methods=methods,
                             mlp_params=mlp_params, exclude_leaked=exclude_leaked, curve=curve, seeds=seeds,
                             quiet=quiet, t_start=t_start)
-        _swap_into_place(stage, out)
+        replace_dir(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
