@@ -1,31 +1,44 @@
 """`make mutants`: mutation testing (mutmut 3) of the modules where stages meet and numbers are decided.
 
-Outside CI; sized for a 2-core machine (about 20-30 minutes for the default set). Results go to
-build/mutants/<module>/ (mutmut's own state) and build/mutants/summary.json; TESTING.md records them.
+Outside CI; sized for a 2-core machine (default set: about 25-35 minutes with ``--budget-s 300``).
+Results go to build/mutants/<group>/ (mutmut's own state) and build/mutants/summary.json; TESTING.md
+records them.
 
 Why a driver and not a bare ``[tool.mutmut]`` block: the stage folders at the repository root install
 as ``woundscore.<stage>`` (setuptools package-dir), and mutmut 3 copies the sources into ``mutants/``
 and puts that folder first on ``sys.path``: a mutated ``compare/metrics.py`` would never be imported
 as ``woundscore.compare.metrics`` (the editable install still points at the real folder). So each
-module runs in a mirror with the installed layout, ``build/mutants/<slug>/woundscore/<stage>/...``
-plus ``tests/``, and its own ``[tool.mutmut]`` naming the one module and its test subset. mutmut then
-runs, per mutant, only the tests (of that subset) that executed the mutated function.
+group runs in a mirror with the installed layout, ``build/mutants/<group>/woundscore/<stage>/...``
+plus ``tests/``, and its own ``[tool.mutmut]`` naming the group's modules and its test subset. mutmut
+then runs, per mutant, only the tests (of that subset) that executed the mutated function.
+
+Which functions: GROUPS lists, per group, the functions mutated (``None``: every function of the
+module). They are passed to ``mutmut run`` as mutant-name globs; the others are generated but never
+run and do not count. TESTING.md says why each excluded function is left out.
+
+Stalls: each mutant has mutmut's own wall/CPU limit (``timeout_multiplier``); on top of that the
+driver watches mutmut's progress counter and, when it has not moved for ``--stall-s`` seconds,
+kills the run, reads mutmut's debug log for the mutants that were started and never finished,
+records them as "stalled" (a hang is a detected mutant: the tests did not pass) and resumes with
+the rest.
 
 Usage:
-    .venv/bin/python bench/mutants.py                       # the default modules, in order
-    .venv/bin/python bench/mutants.py compare/metrics.py    # some of them
-    .venv/bin/python bench/mutants.py --list                # the module -> tests table
-Options: --max-children N (default 2), --budget-s S per module (default 600), --keep (reuse a
-module's previous mutmut state: only changed functions are re-run).
+    .venv/bin/python bench/mutants.py                       # every group, in order
+    .venv/bin/python bench/mutants.py compare_metrics       # some of them
+    .venv/bin/python bench/mutants.py --list                # group -> modules, functions, tests
+Options: --max-children N (default 2), --budget-s S per group (default 300), --stall-s S (default 90),
+--keep (reuse a group's previous mutmut state: judged mutants are not re-run).
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -34,29 +47,80 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("cache", "embed", "classify", "compare")
 WORK = ROOT / "build" / "mutants"
+PY = sys.executable
 
-#: module -> the tests that exercise it (fast ones; mutmut picks, per mutant, those that reach it).
-#: Order: the stable, fast modules first.
-MODULES: dict[str, list[str]] = {
-    "compare/metrics.py": ["tests/test_metrics.py", "tests/test_joints_report.py"],  # the latter: JSON keys
-    "classify/thresholds.py": ["tests/test_thresholds.py"],
-    "classify/metrics.py": ["tests/test_classify_metrics.py", "tests/test_thresholds.py"],
-    "compare/predictions.py": ["tests/test_report.py", "tests/test_joints_report.py"],
-    "cache/merge.py": ["tests/test_cache_store.py", "tests/test_cache_cli.py"],
-    "compare/methods.py": ["tests/test_joints_report.py", "tests/test_report.py"],
-    "classify/calibration.py": ["tests/test_classify_calibration.py", "tests/test_calibration.py"],
-    "classify/scorer.py": ["tests/test_classify_predict.py"],
-    "classify/serve.py": ["tests/test_serve.py"],
+#: group -> {"modules": {repo path: functions or None (all)}, "tests": [...]}.
+#: A function is "name" (module level) or "Class.method". Order: stable, fast groups first; the
+#: service and scorer last.
+GROUPS: dict[str, dict] = {
+    "classify_metrics": {
+        "modules": {"classify/metrics.py": ["roc_auc", "macro_auc", "sens_spec", "evaluate"]},
+        "tests": ["tests/test_classify_metrics.py", "tests/test_mutants_classify_metrics.py"],
+    },
+    "classify_thresholds": {
+        "modules": {"classify/thresholds.py": None},
+        "tests": ["tests/test_thresholds.py", "tests/test_mutants_thresholds.py"],
+    },
+    "compare_metrics": {
+        "modules": {"compare/metrics.py": [
+            "not_estimable", "one_class_reason", "wilson_interval", "sensitivity_specificity", "_estimate",
+            "_method_metrics", "_label_metrics", "paired_delta", "_macro", "_comparison", "evaluate",
+            "stratified_bootstrap_counts", "_observed"]},
+        "tests": ["tests/test_metrics.py", "tests/test_mutants_compare_metrics.py"],
+    },
+    "classify_calibration": {
+        "modules": {"classify/calibration.py": None},
+        "tests": ["tests/test_calibration.py", "tests/test_mutants_calibration.py"],
+    },
+    "cache_merge": {
+        "modules": {"cache/merge.py": None, "cache/reconcile.py": None},
+        "tests": ["tests/test_cache_merge.py", "tests/test_reconcile.py", "tests/test_mutants_cache_merge.py"],
+    },
+    "compare_methods": {
+        "modules": {
+            # not zero_shot_method / trained_method: each of their tests runs a whole report or trains a
+            # head (seconds per mutant); their row matching is pinned by tests/test_joints_report.py
+            "compare/methods.py": ["_val_rows", "_calibrate_and_threshold", "external_method"],
+            "compare/predictions.py": ["_check_header", "_parse_row", "read_predictions", "write_predictions",
+                                       "read_predictions_meta"],
+        },
+        "tests": ["tests/test_mutants_compare_methods.py",
+                  "tests/test_joints_report.py::test_predictions_file_in_shuffled_order_is_matched_by_image_id"],
+    },
+    "classify_scorer": {
+        "modules": {"classify/scorer.py": ["origin", "finite_or_none", "_calibration_info", "model_info",
+                                           "WoundScorer.result", "WoundScorer.results_for_embeddings",
+                                           "WoundScorer.score_batch", "WoundScorer._one_by_one", "_error_text"]},
+        "tests": ["tests/test_classify_predict.py", "tests/test_mutants_scorer.py"],
+    },
+    "classify_serve": {
+        "modules": {"classify/serve.py": ["read_body", "multipart_file", "decode_or_refuse", "_check_token",
+                                          "_image_from_request", "error_body", "model_description"]},
+        "tests": ["tests/test_serve.py", "tests/test_mutants_serve.py"],
+    },
 }
 # conftest and fixtures every subset needs
 ALWAYS = ["tests/__init__.py", "tests/conftest.py", "tests/fixtures_data.py", "tests/fixtures_model.py"]
 
 
-def slug(module: str) -> str:
-    return module.replace("/", "_").removesuffix(".py")
+def dotted(module: str) -> str:
+    return "woundscore." + module.removesuffix(".py").replace("/", ".")
 
 
-def mirror(dest: Path, module: str, tests: list[str], keep: bool) -> None:
+def patterns(group: dict) -> list[str]:
+    """mutmut mutant-name globs of the group's selected functions."""
+    out = []
+    for module, funcs in group["modules"].items():
+        if funcs is None:
+            out.append(f"{dotted(module)}.x*__mutmut_*")
+            continue
+        for f in funcs:
+            cls, _, meth = f.rpartition(".")
+            out.append(f"{dotted(module)}.xǁ{cls}ǁ{meth}__mutmut_*" if cls else f"{dotted(module)}.x_{f}__mutmut_*")
+    return out
+
+
+def mirror(dest: Path, group: dict, tests: list[str], keep: bool) -> None:
     """The installed layout in ``dest``: woundscore/ with the four stages inside, tests/, pyproject."""
     if dest.exists() and not keep:
         shutil.rmtree(dest)
@@ -74,84 +138,150 @@ def mirror(dest: Path, module: str, tests: list[str], keep: bool) -> None:
     real = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     pytest_block = real[real.index("[tool.pytest.ini_options]"):]
     pytest_block = re.sub(r"(?m)^testpaths = .*$", 'testpaths = ["tests"]', pytest_block)
+    only = [f"woundscore/{m}" for m in group["modules"]]
     (dest / "pyproject.toml").write_text(
         "[tool.mutmut]\n"
         'source_paths = ["woundscore"]\n'
-        f'only_mutate = ["woundscore/{module}"]\n'
+        f"only_mutate = {json.dumps(only)}\n"
         f"pytest_add_cli_args_test_selection = {json.dumps(tests)}\n"
         'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-p", "no:randomly"]\n'
         'process_isolation = "forkserver"\n'  # torch/keras are not fork-safe after use
-        "timeout_multiplier = 5.0\n"
+        # a mutant may take 4x its tests' clean time (+2 s) before it counts as a timeout
+        "timeout_multiplier = 4.0\n"
+        "timeout_constant = 2.0\n"
+        "log_to_file = true\n"  # the driver reads it to name a mutant that hangs the run
         "\n" + pytest_block,
         encoding="utf-8",
     )
 
 
-def parse_results(dest: Path) -> dict[str, list[str]]:
-    """mutmut's verdicts: status -> mutant names (``mutmut results --all true``)."""
-    r = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=dest,
-                       capture_output=True, text=True)
-    out: dict[str, list[str]] = {}
+def parse_results(dest: Path) -> dict[str, str]:
+    """mutmut's verdicts: mutant name -> status (``mutmut results --all true``)."""
+    r = subprocess.run([PY, "-m", "mutmut", "results", "--all", "true"], cwd=dest, capture_output=True, text=True)
+    out: dict[str, str] = {}
     for line in r.stdout.splitlines():
         m = re.match(r"\s*(\S+): (.+)$", line)
         if m:
-            out.setdefault(m.group(2).strip(), []).append(m.group(1))
+            out[m.group(1)] = m.group(2).strip()
     return out
 
 
-def run_module(module: str, tests: list[str], *, max_children: int, budget_s: int, keep: bool) -> dict:
-    present = [t for t in tests if (ROOT / t).is_file()]
-    if not (ROOT / module).is_file() or not present:
-        return {"module": module, "skipped": f"not present (module or tests {tests})"}
-    dest = WORK / slug(module)
-    mirror(dest, module, present, keep)
+def _unfinished(dest: Path) -> set[str]:
+    """Mutants mutmut's debug log shows as started ("Received") and never completed."""
+    log = dest / "mutants" / "mutmut-debug.log"
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    started = set(re.findall(r"Received mutant: (\S+)", text))
+    done = set(re.findall(r"Completed (\S+): exit=", text))
+    return started - done
+
+
+def _progress(logfile: Path) -> str:
+    tail = logfile.read_bytes()[-400:].decode(errors="replace") if logfile.is_file() else ""
+    found = re.findall(r"(\d+)/(\d+)", tail)
+    return "/".join(found[-1]) if found else ""
+
+
+def _mutmut(dest: Path, names: list[str], *, max_children: int, deadline: float, stall_s: int) -> str:
+    """One ``mutmut run`` over ``names``; returns "finished", "budget" or "stalled"."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "WOUNDSCORE_CPU_BF16": "0"}
-    t0 = time.perf_counter()
-    log = (dest / "mutmut.log").open("w")
-    try:
-        proc = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
-                              cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=budget_s)
-        finished = proc.returncode == 0
-    except subprocess.TimeoutExpired:
-        finished = False
-    seconds = round(time.perf_counter() - t0, 1)
-    res = parse_results(dest)
-    counts = {k: len(v) for k, v in res.items()}
-    killed = counts.get("killed", 0)
-    total = sum(counts.values())
-    judged = total - counts.get("not checked", 0)
-    return {"module": module, "tests": present, "seconds": seconds, "finished": finished, "counts": counts,
-            "total": total, "killed": killed,
-            "score": round(killed / judged, 3) if judged else None,
-            "survived": sorted(res.get("survived", []) + res.get("no tests", []) + res.get("timeout", [])),
+    logfile = dest / "mutmut.log"
+    with logfile.open("a") as log:
+        proc = subprocess.Popen([PY, "-m", "mutmut", "run", "--max-children", str(max_children), *names],
+                                cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        last, moved = "", time.monotonic()
+        while proc.poll() is None:
+            time.sleep(2)
+            now, prog = time.monotonic(), _progress(logfile)
+            if prog != last:
+                last, moved = prog, now
+            why = "budget" if now > deadline else "stalled" if prog and now - moved > stall_s else None
+            if why:
+                os.killpg(proc.pid, signal.SIGKILL)  # mutmut's own process group (start_new_session)
+                proc.wait()
+                return why
+    return "finished" if proc.returncode == 0 else f"exit {proc.returncode}"
+
+
+def run_group(name: str, group: dict, *, max_children: int, budget_s: int, stall_s: int, keep: bool,
+              only: list[str] | None = None) -> dict:
+    present = [t for t in group["tests"] if (ROOT / t.split("::")[0]).is_file()]
+    missing = [m for m in group["modules"] if not (ROOT / m).is_file()]
+    if missing or not present:
+        return {"group": name, "skipped": f"not present: {missing or group['tests']}"}
+    dest = WORK / name
+    mirror(dest, group, present, keep)
+    (dest / "mutmut.log").unlink(missing_ok=True)
+    pats = patterns(group)
+    t0 = time.monotonic()
+    deadline = t0 + budget_s
+    stalled: set[str] = set()
+    names = only or pats  # only: re-judge these mutants (e.g. last run's survivors), keep the rest
+    outcome = ""
+    for _ in range(5):  # resume after each stall, without the mutant(s) that hung
+        outcome = _mutmut(dest, names, max_children=max_children, deadline=deadline, stall_s=stall_s)
+        if outcome != "stalled":
+            break
+        hung = _unfinished(dest) - stalled
+        stalled |= hung
+        res = parse_results(dest)
+        names = [m for m, s in res.items() if s == "not checked" and m not in stalled
+                 and any(fnmatch.fnmatchcase(m, p) for p in pats)]
+        print(f"   stalled; hung mutants {sorted(hung)}; resuming {len(names)}", flush=True)
+        if not names:
+            outcome = "finished"
+            break
+    res = {m: s for m, s in parse_results(dest).items() if any(fnmatch.fnmatchcase(m, p) for p in pats)}
+    for m in stalled:
+        if res.get(m) == "not checked":
+            res[m] = "stalled"
+    counts: dict[str, int] = {}
+    for s in res.values():
+        counts[s] = counts.get(s, 0) + 1
+    caught = counts.get("killed", 0) + counts.get("timeout", 0) + counts.get("stalled", 0)
+    judged = len(res) - counts.get("not checked", 0)
+    return {"group": name, "modules": group["modules"], "tests": present, "seconds": round(time.monotonic() - t0, 1),
+            "outcome": outcome, "counts": counts, "total": len(res), "caught": caught,
+            "score": round(caught / judged, 3) if judged else None,
+            "survived": sorted(m for m, s in res.items() if s in ("survived", "no tests", "suspicious")),
+            "timeout_or_stalled": sorted(m for m, s in res.items() if s in ("timeout", "stalled")),
             "workdir": str(dest.relative_to(ROOT))}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("modules", nargs="*", help="repository paths (default: all of MODULES)")
+    ap.add_argument("groups", nargs="*", help="group names (default: all of GROUPS)")
     ap.add_argument("--max-children", type=int, default=2)
-    ap.add_argument("--budget-s", type=int, default=600, help="time limit per module, seconds")
+    ap.add_argument("--budget-s", type=int, default=300, help="time limit per group, seconds")
+    ap.add_argument("--stall-s", type=int, default=90, help="no progress for this long: kill and resume")
     ap.add_argument("--keep", action="store_true", help="reuse mutmut's state of a previous run")
+    ap.add_argument("--survivors", action="store_true",
+                    help="re-run only the previous run's survivors (implies --keep): after adding tests")
     ap.add_argument("--list", action="store_true")
     a = ap.parse_args(argv)
     if a.list:
-        for m, t in MODULES.items():
-            print(f"{m:28} {' '.join(t)}")
+        for g, spec in GROUPS.items():
+            print(f"{g}: tests {' '.join(spec['tests'])}")
+            for m, f in spec["modules"].items():
+                print(f"    {m}: {'every function' if f is None else ', '.join(f)}")
         return 0
-    chosen = a.modules or list(MODULES)
-    unknown = [m for m in chosen if m not in MODULES]
+    chosen = a.groups or list(GROUPS)
+    unknown = [g for g in chosen if g not in GROUPS]
     if unknown:
-        ap.error(f"unknown module(s) {unknown}; add them to MODULES with their tests")
+        ap.error(f"unknown group(s) {unknown}; known: {list(GROUPS)}")
     WORK.mkdir(parents=True, exist_ok=True)
     summary_path = WORK / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    for m in chosen:
-        print(f"== {m}", flush=True)
-        r = run_module(m, MODULES[m], max_children=a.max_children, budget_s=a.budget_s, keep=a.keep)
-        summary[m] = r
+    for g in chosen:
+        print(f"== {g}", flush=True)
+        only = summary.get(g, {}).get("survived") if a.survivors else None
+        if a.survivors and not only:
+            print("   no survivors recorded; skipped", flush=True)
+            continue
+        r = run_group(g, GROUPS[g], max_children=a.max_children, budget_s=a.budget_s, stall_s=a.stall_s,
+                      keep=a.keep or a.survivors, only=only)
+        summary[g] = r
         summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-        print(json.dumps({k: r.get(k) for k in ("seconds", "finished", "counts", "score", "skipped") if k in r}),
+        print(json.dumps({k: r.get(k) for k in ("seconds", "outcome", "counts", "score", "skipped") if k in r}),
               flush=True)
         for name in r.get("survived", []):
             print(f"   survived: {name}")
