@@ -27,7 +27,8 @@ Usage:
     .venv/bin/python bench/mutants.py compare_metrics       # some of them
     .venv/bin/python bench/mutants.py --list                # group -> modules, functions, tests
 Options: --max-children N (default 2), --budget-s S per group (default 300), --stall-s S (default 90),
---keep (reuse a group's previous mutmut state: judged mutants are not re-run).
+--keep (resume: reuse a group's previous mutmut state and run only the mutants never judged),
+--survivors (re-run only the previous run's survivors, e.g. after adding tests).
 """
 
 from __future__ import annotations
@@ -66,7 +67,13 @@ GROUPS: dict[str, dict] = {
             "not_estimable", "one_class_reason", "wilson_interval", "sensitivity_specificity", "_estimate",
             "_method_metrics", "_label_metrics", "paired_delta", "_macro", "_comparison", "evaluate",
             "stratified_bootstrap_counts", "_observed"]},
-        "tests": ["tests/test_metrics.py", "tests/test_mutants_compare_metrics.py"],
+        # test_metrics.py's bootstrap-heavy tests (n_boot 200-400 on 300 rows) made each evaluate()
+        # mutant take seconds; its fast tests plus the hand-pinned file cover the same functions
+        "tests": ["tests/test_mutants_compare_metrics.py"] + [f"tests/test_metrics.py::{t}" for t in (
+            "test_stratified_counts_keep_class_sizes_and_plain_counts_keep_n", "test_wilson_interval_known_values",
+            "test_sensitivity_specificity_at_threshold_mask_missing",
+            "test_one_class_label_is_not_estimable_and_json_has_no_nan", "test_shape_errors_name_the_method",
+            "test_point_estimates_come_from_classify_metrics")],
     },
     "classify_calibration": {
         "modules": {"classify/calibration.py": None},
@@ -99,6 +106,8 @@ GROUPS: dict[str, dict] = {
         "tests": ["tests/test_serve.py", "tests/test_mutants_serve.py"],
     },
 }
+#: lines never mutated (a regular expression per line): a ``raise ...(`` line, i.e. an error's message
+DO_NOT_MUTATE = r"^\s*raise \w+\("
 # conftest and fixtures every subset needs
 ALWAYS = ["tests/__init__.py", "tests/conftest.py", "tests/fixtures_data.py", "tests/fixtures_model.py"]
 
@@ -150,6 +159,9 @@ def mirror(dest: Path, group: dict, tests: list[str], keep: bool) -> None:
         "timeout_multiplier = 4.0\n"
         "timeout_constant = 2.0\n"
         "log_to_file = true\n"  # the driver reads it to name a mutant that hangs the run
+        # the text of a raised error is not mutated (the condition that raises it is): one mutant per
+        # word of every message cost a second each; the tests pin the messages exactly anyway
+        f"do_not_mutate_patterns = {json.dumps([DO_NOT_MUTATE])}\n"
         "\n" + pytest_block,
         encoding="utf-8",
     )
@@ -216,6 +228,9 @@ def run_group(name: str, group: dict, *, max_children: int, budget_s: int, stall
     deadline = t0 + budget_s
     stalled: set[str] = set()
     names = only or pats  # only: re-judge these mutants (e.g. last run's survivors), keep the rest
+    if keep and not only and (dest / "mutants").is_dir():  # resume: only what was never judged
+        names = [m for m, s in parse_results(dest).items() if s == "not checked"
+                 and any(fnmatch.fnmatchcase(m, p) for p in pats)] or pats
     outcome = ""
     for _ in range(5):  # resume after each stall, without the mutant(s) that hung
         outcome = _mutmut(dest, names, max_children=max_children, deadline=deadline, stall_s=stall_s)

@@ -38,7 +38,7 @@ def _row(i: str, v: str = "0.5") -> str:
     return ",".join([i] + [v] * 6)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test: mutmut maps a function to the tests that ran it
 def small():
     es, z = make_set(n_train=20, n_val=30, n_test=24, seed=4)
     P = sigmoid(z + 0.7 * np.random.default_rng(5).normal(size=z.shape))

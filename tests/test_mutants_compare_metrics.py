@@ -40,7 +40,7 @@ def _q(v) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture  # per test, not per module: mutmut maps a function to the tests that ran it
 def result() -> dict:
     return M.evaluate(Y, {"m": PM, "k": PK}, label_names=NAMES, thresholds={"m": {"a": {"youden": 0.6}}},
                       comparisons=[("m", "k")], n_boot=NB, seed=SEED)
@@ -167,3 +167,35 @@ def test_small_helpers_by_hand() -> None:
     assert ne.to_dict() == {"value": None, "low": None, "high": None, "n": 5, "ci": "wilson", "reason": "why"}
     W = M.stratified_bootstrap_counts(np.array([1, 0, 0, 1, 0]), 6, np.random.default_rng(0))
     assert W.shape == (6, 5) and (W[:, [0, 3]].sum(axis=1) == 2).all() and (W[:, [1, 2, 4]].sum(axis=1) == 3).all()
+
+
+def test_positives_only_label_with_missing_rows_stays_out_of_the_macro() -> None:
+    """A label observed as positives only (with missing rows, so that its n differs from the
+    number of -1 and of non-1 entries) is not averaged into the macro AUC."""
+    Yp = Y.copy()
+    Yp[:, 2] = [1, 1, -1, 1, -1, -1, 1, 1]
+    r = M.evaluate(Yp, {"m": PM, "k": PK}, label_names=NAMES, n_boot=10, seed=SEED)
+    assert r["macro_auc"]["m"]["labels"] == ["a"] and r["macro_auc"]["k"]["labels"] == ["a"]
+    assert r["macro_auc"]["m"]["n_resamples"] > 0
+    assert r["per_label"]["c"]["m"]["auc"]["reason"] == \
+        "not estimable: test split has only positives (0 negatives of n=5)"
+
+
+def test_every_method_is_reported_when_no_label_is_estimable() -> None:
+    Yn = np.where(Y == 1, 0, Y)
+    r = M.evaluate(Yn, {"m": PM, "k": PK}, label_names=NAMES, n_boot=10)
+    assert set(r["macro_auc"]) == {"m", "k"} and r["macro_auc"]["k"]["n_resamples"] == 0
+
+
+def test_ece_uses_the_bins_asked_for_in_the_point_and_the_interval() -> None:
+    r = M.evaluate(Y, {"m": PM}, label_names=NAMES, n_boot=NB, seed=SEED, n_bins=3)
+    y, W = _label_a_resamples()
+    p = PM[Y[:, 0] != -1, 0]
+
+    def ece3(w):
+        b = np.minimum((p * 3).astype(int), 2)
+        return sum(abs(float(np.sum(w[b == k] * (y[b == k] - p[b == k])))) for k in range(3)) / w.sum()
+
+    e = r["per_label"]["a"]["m"]["ece"]
+    assert (e["value"], e["low"], e["high"]) == pytest.approx((ece3(np.ones(len(y))), *_q([ece3(w) for w in W])))
+    assert r["bootstrap"]["ece_bins"] == 3

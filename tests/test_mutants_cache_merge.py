@@ -1,0 +1,152 @@
+"""cache/merge.py and cache/reconcile.py pinned by exact values and messages: what a merge keeps,
+records and counts; what a source view changes and reports (TESTING.md, `make mutants`, group
+cache_merge). Small shards, no model: about a second."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from woundscore.cache import CacheWriter, merge_caches
+from woundscore.cache.layout import Rows, strs
+from woundscore.cache.read import load, read_runs
+from woundscore.cache.reconcile import SourceView, apply_source, reconcile_counts, source_differences
+from woundscore.cache.types import CacheError, CacheValueError
+from tests.test_cache_helpers import PROV, rows_for
+from tests.test_cache_merge import shard
+
+
+def test_merge_keeps_one_row_per_id_sorted_by_source_order_and_records_the_runs(tmp_path) -> None:
+    a = shard(tmp_path / "a.h5", [4, 0, 2])
+    b = shard(tmp_path / "b.h5", [3, 2, 1])
+    out = tmp_path / "m.h5"
+    assert merge_caches([b, a], out) == {"shards": 2, "rows": 5, "duplicates": 1}
+    ld = load(out, with_x=True)
+    assert ld.rows.image_id.tolist() == [f"img {i:03d}.jpg" for i in range(5)]
+    assert ld.rows.order.tolist() == [0, 1, 2, 3, 4] and ld.attrs["order_kind"] == "source"
+    ref = rows_for([0, 1, 2, 3, 4])
+    np.testing.assert_array_equal(ld.rows.X, ref["embeddings"])
+    np.testing.assert_array_equal(ld.rows.labels, ref["labels"])
+    assert ld.rows.extras["location"].tolist() == ref["extras"]["location"]
+    runs = read_runs(out)
+    merged = runs[-1]
+    assert merged["status"] == "merged" and merged["shards"] == [str(a), str(b)] and merged["rows_added"] == 5
+    assert merged["started"] == merged["finished"] and len(merged["run_id"]) == 12
+    assert sorted(r["shard"] for r in runs[:-1]) == sorted([str(a), str(b)])
+    assert ld.provenance["updated"] == merged["finished"]
+    assert ld.provenance["created"] <= ld.provenance["updated"]
+
+
+def test_merge_of_append_ordered_shards_sorts_by_id_and_renumbers(tmp_path) -> None:
+    def appended(path, idx):
+        r = rows_for(idx)
+        r["order"] = np.array([7, 3][: len(idx)], dtype=np.int64)
+        with CacheWriter(path, PROV) as w:
+            w.append(**r)
+        return path
+
+    a, b = appended(tmp_path / "a.h5", [5, 1]), shard(tmp_path / "b.h5", [3])
+    import h5py
+
+    with h5py.File(a, "a") as f:
+        f.attrs["order_kind"] = "append"
+    merge_caches([a, b], tmp_path / "m.h5")
+    ld = load(tmp_path / "m.h5", with_x=False)
+    assert ld.rows.image_id.tolist() == ["img 001.jpg", "img 003.jpg", "img 005.jpg"]
+    assert ld.rows.order.tolist() == [0, 1, 2] and ld.attrs["order_kind"] == "append"
+
+
+def test_merge_guards_exact_messages_and_existing_output_overwritten_when_asked(tmp_path) -> None:
+    with pytest.raises(CacheError) as e:
+        merge_caches([], tmp_path / "m.h5")
+    assert str(e.value) == "merge needs at least one shard"
+    a = shard(tmp_path / "a.h5", [0, 1])
+    out = tmp_path / "m.h5"
+    out.write_bytes(b"old")
+    with pytest.raises(CacheError) as e:
+        merge_caches([a], out)
+    assert str(e.value) == f"{out}: already exists; pass overwrite=True (--overwrite) to replace it"
+    assert merge_caches([a, a], out, overwrite=True) == {"shards": 1, "rows": 2, "duplicates": 0}
+    with pytest.raises(CacheError) as e:
+        merge_caches([a], a, overwrite=True)
+    assert str(e.value) == f"{a}: the output is also one of the shards"
+
+
+def test_disagreeing_shards_list_every_id_and_every_difference(tmp_path) -> None:
+    def change(r):
+        r["sha256"][0] = "0" * 64  # img 001: bytes
+        r["split"][1] = "test" if r["split"][1] != "test" else "val"  # img 002: split and annotation
+        r["extras"]["location"][1] = "elsewhere"
+
+    a = shard(tmp_path / "a.h5", [1, 2, 3])
+    b = shard(tmp_path / "b.h5", [1, 2, 3], change)
+    with pytest.raises(CacheValueError) as e:
+        merge_caches([a, b], tmp_path / "m.h5")
+    assert str(e.value) == ("shards disagree about 2 image id(s); re-embed them from one source:\n"
+                            f"  img 001.jpg: sha256 differ ({a}, {b})\n"
+                            f"  img 002.jpg: split and annotations differ ({a}, {b})")
+
+
+def _rows(ids, split, labels, extras=None, order=None) -> Rows:
+    n = len(ids)
+    return Rows(strs(ids), strs([f"h{i}" for i in ids]), strs(split), np.asarray(labels, np.int8).reshape(n, 6),
+                np.arange(n, dtype=np.int64) if order is None else np.asarray(order, np.int64),
+                np.arange(n * 2, dtype=np.float32).reshape(n, 2), extras or {"location": strs(["x"] * n)})
+
+
+L0, L1 = [0] * 6, [1] * 6
+
+
+def test_apply_source_and_counts_by_hand() -> None:
+    rows = _rows(["a", "b", "c", "d"], ["train", "val", "test", "train"], [L0, L0, L1, L0],
+                 {"location": strs(["x", "y", "z", "w"])})
+    view = SourceView(ids=["d", "c", "b", "e"], split=["train", "train", "val", "test"],
+                      labels=np.array([L0, L1, L1, L0]), extras={"location": ["w", "z", "Y", "q"], "new": ["1", "2", "3", "4"]},
+                      order=np.array([30, 20, 10, 0]))
+    assert reconcile_counts(rows, view) == {"relabelled": 1, "moved": 1, "annotations": 1, "removed": 1}
+    new = apply_source(rows, view)
+    assert new.image_id.tolist() == ["b", "c", "d"] and new.order.tolist() == [10, 20, 30]
+    assert new.split.tolist() == ["val", "train", "train"] and new.labels.tolist() == [L1, L1, L0]
+    assert new.extras["location"].tolist() == ["Y", "z", "w"] and new.extras["new"].tolist() == ["3", "2", "1"]
+    np.testing.assert_array_equal(new.X, rows.X[[1, 2, 3]])
+    assert new.labels.dtype == np.int8 and new.sha256.tolist() == ["hb", "hc", "hd"]
+    dropped = apply_source(rows, view, drop={"c"})
+    assert dropped.image_id.tolist() == ["b", "d"]
+    # without an order: source positions; a column only the cache has becomes ""
+    plain = apply_source(rows, SourceView(ids=["c", "a"], split=["test", "train"], labels=np.array([L1, L0])))
+    assert plain.image_id.tolist() == ["c", "a"] and plain.order.tolist() == [0, 1]
+    assert plain.extras["location"].tolist() == ["", ""]
+    assert reconcile_counts(rows, SourceView(ids=["a"], split=["train"], labels=np.array([L0]))) == {
+        "relabelled": 0, "moved": 0, "annotations": 1, "removed": 3}
+
+
+def test_source_view_refusals() -> None:
+    with pytest.raises(CacheValueError) as e:
+        SourceView(ids=["a", "b", "a"], split=["", "", ""], labels=np.zeros((3, 6)))
+    assert str(e.value) == "source lists image id 'a' more than once"
+    with pytest.raises(CacheValueError) as e:
+        SourceView(ids=["a"], split=[""], labels=np.zeros((2, 6)))
+    assert str(e.value) == "source labels must be (1, 6), got (2, 6)"
+    assert SourceView(ids=[3, "b"], split=["", ""], labels=np.zeros((2, 6))).index() == {"3": 0, "b": 1}
+
+
+def test_source_differences_every_line() -> None:
+    rows = _rows(["a", "b", "c"], ["train", "val", "test"], [L0, L0, L1])
+    view = SourceView(ids=["a", "b", "d", "e"], split=["train", "test", "val", "val"],
+                      labels=np.array([[0, 0, 1, 0, 0, -1], L0, L0, L0]), sha256=["ha", "XX", "hd", "he"])
+    assert source_differences(rows, view, where="C", failed={"d": "unreadable"}) == [
+        "C: a: label edema differs (cache 0, source 1)",
+        "C: a: label exudate differs (cache 0, source -1)",
+        "C: b: bytes differ (cache sha256 hb, source XX)",
+        "C: b: split differs (cache 'val', source 'test')",
+        "C: c: not in the source (removed from it since it was embedded)",
+        "C: d: in the source but has no row in the cache (recorded as failed: unreadable)",
+        "C: e: in the source but has no row in the cache",
+    ]
+    same = SourceView(ids=["a", "b", "c"], split=["train", "val", "test"], labels=np.array([L0, L0, L1]),
+                      sha256=["ha", "hb", "hc"])
+    assert source_differences(rows, same) == []
+    assert source_differences(rows.take(np.array([0])), same)[0] == "cache: b: in the source but has no row in the cache"
+    with pytest.raises(CacheValueError) as e:
+        source_differences(rows, SourceView(ids=["a"], split=[""], labels=np.zeros((1, 6))))
+    assert str(e.value) == "source_differences needs the source's sha256 of every image"
