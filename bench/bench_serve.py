@@ -60,8 +60,28 @@ def start_server(model_dir: Path, ckpt: Path, port: int, *args: str) -> tuple[su
     cmd = [sys.executable, "-c", "from woundscore.classify.serve_cli import main; main(prog_name='wound-serve')",
            str(model_dir), "--encoder", str(ckpt), "--device", "cpu", "--port", str(port), *args]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    log = open(model_dir.parent / f"server-{port}.log", "wb")  # read back if the server exits early
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc.log_path = log.name  # type: ignore[attr-defined]
     return proc, t0
+
+
+def serve(model_dir: Path, ckpt: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """A ready server; started again once on another port if the first start fails (on a shared
+    machine another process may take the free port between the check and the bind)."""
+    for attempt in (1, 2):
+        port = free_port()
+        proc, _ = start_server(model_dir, ckpt, port, *args)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, proc, 900)
+            return proc, url
+        except RuntimeError:
+            tail = Path(proc.log_path).read_text(errors="replace")[-2000:]  # type: ignore[attr-defined]
+            print(f"server start {attempt} failed:\n{tail}", file=sys.stderr)
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> dict:
@@ -108,17 +128,22 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
-def offline_rate(ckpt: Path, folder: Path, out: Path, batch: int) -> float:
-    """`wound-embed run` (run_embedding) images/s, encoder load excluded."""
+def offline_rate(ckpt: Path, folder: Path, out: Path, batch: int) -> dict[int, float]:
+    """`wound-embed run` (run_embedding) images/s, encoder load excluded, with 0 decode workers
+    (decode in the main process) and with its default workers (decode overlapping the forward);
+    -> {workers: images/s}. The folder's images are all distinct (identical bytes share a forward)."""
     from woundscore.embed.encoder import load_encoder
-    from woundscore.embed.run import run_embedding
+    from woundscore.embed.run import default_workers, run_embedding
 
     enc = load_encoder(ckpt, device="cpu")
-    run_embedding(folder, out / "warm.h5", encoder=enc, batch_size=batch, workers=0, quiet=True, overwrite=True)
     n = len(list(folder.glob("*.jpg")))
-    t = time.perf_counter()
-    run_embedding(folder, out / "off.h5", encoder=enc, batch_size=batch, workers=0, quiet=True, overwrite=True)
-    return n / (time.perf_counter() - t)
+    rates = {}
+    run_embedding(folder, out / "warm.h5", encoder=enc, batch_size=batch, workers=0, quiet=True, overwrite=True)
+    for workers in (0, default_workers()):
+        t = time.perf_counter()
+        run_embedding(folder, out / "off.h5", encoder=enc, batch_size=batch, workers=workers, quiet=True, overwrite=True)
+        rates[workers] = n / (time.perf_counter() - t)
+    return rates
 
 
 def cold_start(model_dir: Path, ckpt: Path) -> dict:
@@ -149,6 +174,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=27, help="blocks of the 27 to keep (27: the full tower)")
     ap.add_argument("--requests", type=int, default=16, help="requests per concurrency level (>= the level)")
+    ap.add_argument("--offline-images", type=int, default=64,
+                    help="distinct images of the offline run (enough to amortise its per-run costs)")
     ap.add_argument("--cold-full", action="store_true", help="cold start also with the full 27-block checkpoint")
     args = ap.parse_args()
     info = C.print_header("bench_serve: the scoring service", extra={"layers": f"{args.layers} of 27"})
@@ -159,16 +186,13 @@ def main() -> None:
     model_dir = make_model_dir(ckpt, tmp / "model")
     folder = tmp / "imgs"
     folder.mkdir()
-    images = [C.phone_jpeg(1600, 1200, seed=i) for i in range(8)]
-    for i, b in enumerate(images):
-        (folder / f"img{i}.jpg").write_bytes(b)
+    for i in range(args.offline_images):
+        (folder / f"img{i}.jpg").write_bytes(C.phone_jpeg(1600, 1200, seed=i))
+    images = [(folder / f"img{i}.jpg").read_bytes() for i in range(min(16, args.offline_images))]
     rows, summary = [], {}
     for mode, extra in (("on", ["--max-batch", "16", "--max-wait-ms", "10"]), ("off", ["--max-batch", "1"])):
-        port = free_port()
-        proc, _ = start_server(model_dir, ckpt, port, *extra)
+        proc, url = serve(model_dir, ckpt, *extra)
         try:
-            url = f"http://127.0.0.1:{port}"
-            wait_ready(url, proc, 900)
             for c in (1, 4, 16):
                 rate, lat = asyncio.run(load(url, images, c, max(c, args.requests)))
                 rows.append([f"micro-batching {mode}", c, len(lat), rate, pct(lat, 0.5), pct(lat, 0.99)])
@@ -178,12 +202,14 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(60)
-    summary["offline"] = offline_rate(ckpt, folder, tmp, 8)
+    offline = offline_rate(ckpt, folder, tmp, 8)
+    summary["offline"] = max(offline.values())  # the ratio is taken against the faster offline run
     print(C.table(["mode", "concurrency", "requests", "images/s", "p50 s", "p99 s"], rows))
     ratio = summary["service_c8"] / summary["offline"]
     print("\n" + C.table(["path", "images/s"], [["service, concurrency 8 (max-batch 16)", summary["service_c8"]],
-                                               ["offline wound-embed run, batch 8", summary["offline"]],
-                                               ["ratio (target >= 0.9)", ratio]]))
+                                               *[[f"offline wound-embed run, batch 8, {w} decode workers", r]
+                                                 for w, r in offline.items()],
+                                               ["ratio to the faster offline run (target >= 0.9)", ratio]]))
     cold = [["truncated" if args.layers < 27 else "full", *cold_start(model_dir, ckpt).values()]]
     if args.cold_full and args.layers < 27:
         full = make_checkpoint(tmp / "ckpt_full", None)

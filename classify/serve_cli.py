@@ -49,7 +49,9 @@ def _graceful_server_class():
 @click.option("--max-batch", type=click.IntRange(min=1), default=DEFAULT_MAX_BATCH, show_default=True,
               help="Most images per encoder forward (1: no micro-batching).")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=DEFAULT_MAX_WAIT_MS, show_default=True,
-              help="Longest wait after the first queued image for others to join its batch.")
+              help="Longest wait, once the forward is free, for requests already received and still being "
+                   "decoded to join the batch (never for requests not yet sent: an idle server scores a "
+                   "lone image at once).")
 @click.option("--max-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_BYTES, show_default=True,
               help="Largest request body accepted (413 beyond, checked while reading).")
 @click.option("--token-file", type=click.Path(dir_okay=False, path_type=str), default=None,
