@@ -42,7 +42,7 @@ BENCHES = [
     ("report", "bench_report.py", [], ["--bootstrap", "200"], 180),
     ("finetune_step", "bench_finetune_step.py", ["--batch", "1", "--steps", "1", "--warmup", "1", "--repeat", "2"],
      ["--smoke", "--steps", "1", "--warmup", "1"], 300),
-    ("serve", "bench_serve.py", ["--layers", "2"], ["--layers", "1", "--requests", "4"], 420),
+    ("serve", "bench_serve.py", ["--layers", "2"], ["--layers", "1", "--requests", "4", "--offline-images", "8"], 420),
     ("curve", "bench_curve.py", ["--part", "curve"], ["--part", "curve", "--repeats", "1"], 300),
 ]
 
