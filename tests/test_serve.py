@@ -241,13 +241,42 @@ def test_an_idle_batcher_runs_a_lone_request_at_once_and_waits_only_for_announce
         await asyncio.sleep(0.01)
         assert await b.submit(2) == {"x": 2} and await late == {"x": 3}
         paired = time.perf_counter() - t
+
+        async def refused() -> None:  # announced, then refused (not an image): never submitted
+            with b.expect():
+                await asyncio.sleep(0.2)
+
+        t = time.perf_counter()
+        gone = asyncio.create_task(refused())
+        await asyncio.sleep(0.01)
+        assert await b.submit(4) == {"x": 4}
+        await gone
+        abandoned = time.perf_counter() - t
         task.cancel()
         b.executor.shutdown()
-        return idle, paired, b.batches
+        return idle, paired, abandoned, b.batches
 
-    idle, paired, batches = asyncio.run(main())
+    idle, paired, abandoned, batches = asyncio.run(main())
     assert idle < 1.0, f"a lone request on an idle server waited {idle:.2f} s"
-    assert batches == [1, 2] and paired < 2.0
+    assert batches == [1, 2, 1] and paired < 2.0 and abandoned < 2.0
+
+
+def test_a_non_finite_row_is_an_error_and_the_others_are_scored(trained, offline, monkeypatch) -> None:
+    scorer, single = offline
+    _, _, images = trained
+    enc = scorer.encoder
+    real = enc.embed_pixels_checked
+
+    def one_bad(pixels):
+        X, finite = real(pixels)
+        X[1], finite[1] = np.nan, False
+        return X, finite
+
+    monkeypatch.setattr(enc, "embed_pixels_checked", one_bad)
+    out = scorer.score_prepared([scorer.prepare(f) for f in images[:3]], ["a", "b", "c"])
+    assert list(out[1]) == ["image", "error"] and out[1]["image"] == "b" and "non-finite" in out[1]["error"]
+    assert_same_scores(out[0], single[images[0].name])
+    assert_same_scores(out[2], single[images[2].name])
 
 
 def test_preprocessing_runs_outside_the_forward_thread(trained, tiny_siglip_dir: Path, offline, monkeypatch) -> None:
