@@ -271,7 +271,9 @@ def _load_estimator(p: Path, kind: Any, prov: dict[str, Any]) -> Any:
 
         try:
             return LogisticProbe.from_dict(_read_json(p / PROBE_FILE), origin=str(p / PROBE_FILE))
-        except (ClassifierInputError, KeyError, TypeError, ValueError) as exc:
+        except ClassifierInputError as exc:  # already names the file
+            raise ArtifactError(str(exc)) from None
+        except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"{p / PROBE_FILE}: {exc}") from None
     if kind == "finetune":
         from woundscore.classify.finetuned import FineTunedHead  # written by the fine-tune work

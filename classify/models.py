@@ -387,4 +387,8 @@ class LogisticProbe(BaseEstimator):
                                 ("coef", self.coef_, (L, nf)), ("intercept", self.intercept_, (L,))):
             if arr.shape != shape:
                 raise ClassifierInputError(f"{origin}: field {key!r} has shape {arr.shape}, expected {shape}")
+            if not np.isfinite(arr).all():  # a NaN here would score NaN for every image
+                raise ClassifierInputError(f"{origin}: field {key!r} holds non-finite values")
+        if (self.scale_ == 0).any():
+            raise ClassifierInputError(f"{origin}: field 'scale' holds zeros (it divides the embeddings)")
         return self

@@ -99,7 +99,8 @@ def run_command(source: str, out: str, model: str, revision: str | None, batch_s
     ids already in the cache with the same bytes (sha256), re-embeds ids whose bytes changed,
     updates labels and splits from SOURCE and removes ids SOURCE no longer lists. Images that
     cannot be read or decoded are recorded in the cache's failure list and the run goes on. The
-    summary lists duplicate images across splits (leakage). Ctrl-C stops after the current batch.
+    summary lists duplicate images across splits (leakage). Ctrl-C stops at once (a batch being
+    written to the cache is finished first).
 
     \b
     Example:
@@ -116,7 +117,7 @@ def run_command(source: str, out: str, model: str, revision: str | None, batch_s
     Exit codes: 0 every image embedded (or already cached); 3 some images failed (listed, and
     kept in the cache's failure list), with --strict: stopped at the first; 1 error (source,
     labels, model, cache: nothing written is lost); 2 usage error; 130 interrupted (Ctrl-C or
-    SIGTERM, after the current batch): rerun the same command to resume.
+    SIGTERM; every batch written is kept): rerun the same command to resume.
     """
     from woundscore.embed.run import run_embedding
 
