@@ -26,18 +26,24 @@ def groups() -> list[tuple[str, click.Group]]:
 
 
 def commands() -> list[tuple[str, click.Command]]:
-    """(full name, command) for every subcommand, in the order the groups list them."""
+    """(full name, command) for every subcommand, in the order the groups list them, then the
+    stand-alone commands (wound-serve)."""
+    from woundscore.classify.serve_cli import main as serve_main
+
     out = []
     for prog, group in groups():
         ctx = click.Context(group, info_name=prog)
         for name in group.list_commands(ctx):
             out.append((f"{prog} {name}", group.get_command(ctx, name)))
-    return out
+    return out + [("wound-serve", serve_main)]
 
 
 def help_text(prog: str, cmd: click.Command) -> str:
-    parent = click.Context(click.Group(), info_name=prog.split()[0], terminal_width=WIDTH, max_content_width=WIDTH)
-    ctx = click.Context(cmd, info_name=prog.split()[1], parent=parent, terminal_width=WIDTH, max_content_width=WIDTH)
+    words = prog.split()
+    parent = None
+    if len(words) == 2:  # a group's subcommand: "wound-embed run"
+        parent = click.Context(click.Group(), info_name=words[0], terminal_width=WIDTH, max_content_width=WIDTH)
+    ctx = click.Context(cmd, info_name=words[-1], parent=parent, terminal_width=WIDTH, max_content_width=WIDTH)
     return cmd.get_help(ctx)
 
 
