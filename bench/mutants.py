@@ -262,6 +262,25 @@ def run_group(name: str, group: dict, *, max_children: int, budget_s: int, stall
             "workdir": str(dest.relative_to(ROOT))}
 
 
+def recheck(name: str, group: dict, survivors: list[str]) -> dict[str, str]:
+    """Each recorded survivor against the CURRENT tests, without a new mutmut run (which would reset
+    every verdict when the test list changed): the group's tests are copied into mutmut's work
+    folder and pytest runs once per survivor with ``MUTANT_UNDER_TEST`` selecting it (mutmut's own
+    switch). Tests were only added since the run, so a kill there stays a kill."""
+    dest = WORK / name / "mutants"
+    shutil.rmtree(dest / "tests")
+    shutil.copytree(ROOT / "tests", dest / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    tests = [t for t in group["tests"] if (ROOT / t.split("::")[0]).is_file()]
+    out = {}
+    for m in survivors:
+        env = {**os.environ, "MUTANT_UNDER_TEST": m, "PYTHONDONTWRITEBYTECODE": "1", "WOUNDSCORE_CPU_BF16": "0"}
+        r = subprocess.run([PY, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                            "--rootdir=.", *tests], cwd=dest, env=env, capture_output=True, text=True, timeout=300)
+        out[m] = "survived" if r.returncode == 0 else "killed" if r.returncode == 1 else f"exit {r.returncode}"
+        print(f"   {out[m]}: {m}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("groups", nargs="*", help="group names (default: all of GROUPS)")
@@ -271,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="reuse mutmut's state of a previous run")
     ap.add_argument("--survivors", action="store_true",
                     help="re-run only the previous run's survivors (implies --keep): after adding tests")
+    ap.add_argument("--recheck", action="store_true",
+                    help="run the current tests against the recorded survivors only (no mutmut run)")
     ap.add_argument("--list", action="store_true")
     a = ap.parse_args(argv)
     if a.list:
@@ -288,6 +309,12 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     for g in chosen:
         print(f"== {g}", flush=True)
+        if a.recheck:  # its own file: a mutation run going on at the same time rewrites summary.json
+            path = WORK / "recheck.json"
+            done = json.loads(path.read_text()) if path.is_file() else {}
+            done[g] = recheck(g, GROUPS[g], summary.get(g, {}).get("survived", []))
+            path.write_text(json.dumps(done, indent=2) + "\n")
+            continue
         only = summary.get(g, {}).get("survived") if a.survivors else None
         if a.survivors and not only:
             print("   no survivors recorded; skipped", flush=True)

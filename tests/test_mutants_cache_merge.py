@@ -40,7 +40,7 @@ def test_merge_keeps_one_row_per_id_sorted_by_source_order_and_records_the_runs(
 def test_merge_of_append_ordered_shards_sorts_by_id_and_renumbers(tmp_path) -> None:
     def appended(path, idx):
         r = rows_for(idx)
-        r["order"] = np.array([7, 3][: len(idx)], dtype=np.int64)
+        r["order"] = np.array([1, 9][: len(idx)], dtype=np.int64)  # not the id order: the sort must be by id
         with CacheWriter(path, PROV) as w:
             w.append(**r)
         return path
@@ -54,6 +54,43 @@ def test_merge_of_append_ordered_shards_sorts_by_id_and_renumbers(tmp_path) -> N
     ld = load(tmp_path / "m.h5", with_x=False)
     assert ld.rows.image_id.tolist() == ["img 001.jpg", "img 003.jpg", "img 005.jpg"]
     assert ld.rows.order.tolist() == [0, 1, 2] and ld.attrs["order_kind"] == "append"
+
+
+def test_shards_without_an_order_kind_count_as_source_ordered_and_paths_sort_as_text(tmp_path) -> None:
+    import h5py
+
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s-1").mkdir()
+    a = shard(tmp_path / "s" / "x.h5", [3, 0])
+    b = shard(tmp_path / "s-1" / "x.h5", [1])
+    r = rows_for([2])
+    r["order"] = np.array([0], dtype=np.int64)  # image 2 at source position 0: first when sorted by order
+    with CacheWriter(tmp_path / "c.h5", PROV) as w:
+        w.append(**r)
+    for path in (a, b, tmp_path / "c.h5"):
+        with h5py.File(path, "a") as f:
+            del f.attrs["order_kind"]  # written before the attribute existed
+    merge_caches([a, b, tmp_path / "c.h5"], tmp_path / "m.h5")
+    ld = load(tmp_path / "m.h5", with_x=False)
+    assert ld.rows.image_id.tolist() == ["img 000.jpg", "img 002.jpg", "img 001.jpg", "img 003.jpg"]
+    assert ld.attrs["order_kind"] == "source"
+    # "s-1/x.h5" < "s/x.h5" as text ("-" before "/"), though Path ordering puts "s" first
+    assert read_runs(tmp_path / "m.h5")[-1]["shards"] == [str(tmp_path / "c.h5"), str(b), str(a)]
+
+
+def test_agreeing_copies_keep_the_smaller_vector_whatever_shard_it_is_in(tmp_path) -> None:
+    base = rows_for([2])["embeddings"][0]
+    bumped = base.copy()
+    bumped[0] = np.nextafter(bumped[0], np.float32(np.inf))
+    small, large = sorted([base, bumped], key=lambda v: v.tobytes())
+
+    def with_x(v):
+        return lambda r: r["embeddings"].__setitem__(0, v)
+
+    a = shard(tmp_path / "a.h5", [2], with_x(large))  # the first shard (by path) has the larger bytes
+    b = shard(tmp_path / "b.h5", [2], with_x(small))
+    assert merge_caches([a, b], tmp_path / "m.h5")["duplicates"] == 1
+    np.testing.assert_array_equal(load(tmp_path / "m.h5").rows.X[0], small)
 
 
 def test_merge_guards_exact_messages_and_existing_output_overwritten_when_asked(tmp_path) -> None:

@@ -98,6 +98,12 @@ def test_external_method_names_the_missing_test_ids(tmp_path, small) -> None:
         external_method("ext", p, es, "d")
     assert str(e.value) == (f"{p}: predictions for method 'ext' lack 12 of the cache's 24 test image id(s): "
                             f"{shown}, ...")
+    for k, tail in ((10, ""), (11, ", ...")):  # "..." only past ten
+        ids = test_ids[k:]
+        p = write_predictions(tmp_path / f"m{k}.csv", ids, np.stack([by_id[i] for i in ids]))
+        with pytest.raises(ReportError) as e:
+            external_method("ext", p, es, "d")
+        assert str(e.value).endswith(f"{shown}{tail}")
     ids = test_ids[1:]
     p = write_predictions(tmp_path / "m1.csv", ids, np.stack([by_id[i] for i in ids]))
     with pytest.raises(ReportError, match=re.escape(f"lack 1 of the cache's 24 test image id(s): {test_ids[0]!r}") + "$"):

@@ -37,6 +37,6 @@ def test_shapes_must_agree_even_when_the_labels_have_six_columns() -> None:
 
 
 def test_applied_thresholds_are_float64_even_from_integer_json() -> None:
-    th = {"labels": {n: {"value": 1 if k % 2 else 0.25} for k, n in enumerate(LABEL_NAMES)}}
+    th = {"labels": {n: {"value": k % 2} for k, n in enumerate(LABEL_NAMES)}}  # ints, as JSON may hold
     got = applied_thresholds(th)
-    assert got.dtype == np.float64 and got.tolist() == [0.25, 1.0, 0.25, 1.0, 0.25, 1.0]
+    assert got.dtype == np.float64 and got.tolist() == [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]

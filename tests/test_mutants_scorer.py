@@ -1,0 +1,115 @@
+"""The predict contract's builders (classify/scorer.py: origin, finite_or_none, model_info,
+_calibration_info, WoundScorer.result / results_for_embeddings) pinned field by field on a stand-in
+model, no encoder or Keras (TESTING.md, `make mutants`, group classify_scorer). The end-to-end
+contract on a real model folder is tests/test_classify_predict.py."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from woundscore.cache.schema import LABEL_NAMES
+from woundscore.classify.scorer import WoundScorer, finite_or_none, model_info, origin
+
+TH = {"labels": {n: {"value": 0.25 + 0.1 * k, "applied": "youden" if k % 2 else "sensitivity>=0.90"}
+                 for k, n in enumerate(LABEL_NAMES)}}
+
+
+class _Cal:
+    rule = "per label: smallest AIC"
+    methods = {n: "platt" for n in LABEL_NAMES}
+    fitted_on = "val split (9 rows)"
+
+
+class _OOD:
+    cutoff = 2.0
+    method = "mahalanobis"
+
+    def distance(self, X):
+        return np.asarray(X, dtype=np.float64)[:, 0] * 2
+
+
+class _Model(SimpleNamespace):
+    def predict_proba(self, X, provenance=None):
+        self.seen = provenance
+        return np.clip(np.asarray(X, dtype=np.float64)[:, :6], 0, 1)
+
+    def predict_raw(self, X, provenance=None):
+        return np.clip(np.asarray(X, dtype=np.float64)[:, :6] / 2, 0, 1)
+
+
+def _model(**kw) -> _Model:
+    base = dict(kind="mlp", path=Path("/models/m1"), thresholds=TH, calibration=_Cal(), ood=_OOD(),
+                provenance={"created": "2026-01-02T03:04:05Z", "notice": "research only",
+                            "encoder": {"encoder_id": "google/medsiglip-448", "encoder_revision": "rev9"},
+                            "validation": {"macro_auc": 0.8125}})
+    return _Model(**{**base, **kw})
+
+
+def test_origin_and_finite_or_none() -> None:
+    assert origin("a/b.jpg") == "a/b.jpg" and origin(Path("a/b.jpg")) == "a/b.jpg"
+    assert origin(b"x") == origin(bytearray(b"x")) == origin(memoryview(b"x")) == "<bytes>"
+    assert origin(object()) == "<image>"
+    assert [finite_or_none(v) for v in (None, "x", [1], math.nan, math.inf, -math.inf, "0.5", 2, np.float32(0.25))] == \
+        [None, None, None, None, None, None, 0.5, 2.0, 0.25]
+
+
+def test_model_info_every_field() -> None:
+    assert model_info(_model()) == {
+        "type": "mlp", "path": "/models/m1", "created": "2026-01-02T03:04:05Z",
+        "encoder_id": "google/medsiglip-448", "encoder_revision": "rev9", "validation_macro_auc": 0.8125,
+        "calibration": {"methods": {n: "platt" for n in LABEL_NAMES}, "fitted_on": "val split (9 rows)"},
+        "notice": "research only"}
+    bare = model_info(_model(calibration=SimpleNamespace(rule="none", methods={}, fitted_on=""),
+                             provenance={"validation": {"macro_auc": None}, "notice": ""}))
+    assert bare == {"type": "mlp", "path": "/models/m1", "created": None, "encoder_id": None,
+                    "encoder_revision": None, "validation_macro_auc": None, "calibration": None, "notice": None}
+    assert model_info(_model(calibration=None, provenance={"encoder": None}))["calibration"] is None
+    cal = SimpleNamespace(rule="r", methods={"a": "identity"}, fitted_on=None)
+    assert model_info(_model(calibration=cal))["calibration"] == {"methods": {"a": "identity"}, "fitted_on": ""}
+
+
+def test_result_every_field_flags_at_the_threshold_and_ood() -> None:
+    s = WoundScorer(_model())
+    probs = [0.25, 0.2, math.nan, 0.9, 0.65, 0.8]  # label 0 exactly at its threshold 0.25: flagged
+    r = s.result(probs, "<image>", raw=[0.1, 0.2, 0.3, 0.4, math.inf, 0.6], distance=1.5)
+    assert list(r) == ["image", "scores", "raw_scores", "flags", "thresholds", "in_distribution", "ood", "model"]
+    assert r["image"] == "<image>"
+    assert r["scores"] == dict(zip(LABEL_NAMES, [0.25, 0.2, None, 0.9, 0.65, 0.8]))
+    assert r["raw_scores"] == dict(zip(LABEL_NAMES, [0.1, 0.2, 0.3, 0.4, None, 0.6]))
+    assert r["flags"] == dict(zip(LABEL_NAMES, [True, False, False, True, True, True]))
+    assert r["thresholds"]["healing_status"] == {"value": 0.25, "rule": "sensitivity>=0.90"}
+    assert r["thresholds"]["erythema"] == {"value": 0.35, "rule": "youden"}
+    assert r["in_distribution"] is True and r["ood"] == {"distance": 1.5, "cutoff": 2.0, "method": "mahalanobis"}
+    assert r["model"] == model_info(_model()) and r["model"] is not s.result(probs, "x")["model"]
+    json.dumps(r, allow_nan=False)
+    assert s.result(probs, "x")["raw_scores"] == r["scores"]  # no raw given: the scores
+    assert s.result(probs, "x", distance=2.0)["in_distribution"] is True  # at the cutoff: inside
+    out = s.result(probs, "x", distance=2.5)
+    assert out["in_distribution"] is False and out["ood"]["distance"] == 2.5
+    nan = s.result(probs, "x", distance=math.nan)
+    assert nan["in_distribution"] is False and nan["ood"] == {"distance": None, "cutoff": 2.0, "method": "mahalanobis"}
+    for no in (s.result(probs, "x", distance=None), WoundScorer(_model(ood=None)).result(probs, "x", distance=1.0)):
+        assert no["in_distribution"] is None and no["ood"] is None
+
+
+def test_results_for_embeddings_row_by_row() -> None:
+    m = _model()
+    s = WoundScorer(m)
+    X = np.array([[0.5, 0.1, 0.2, 0.3, 0.4, 0.6, 9], [1.5, 0.9, 0.8, 0.7, 0.6, 0.5, 9]], dtype=np.float64)
+    res = s.results_for_embeddings(X, ["a.jpg", "b.jpg"], {"p": 1})
+    assert m.seen == {"p": 1} and [r["image"] for r in res] == ["a.jpg", "b.jpg"]
+    assert res[0]["scores"]["healing_status"] == 0.5 and res[1]["scores"]["healing_status"] == 1.0
+    assert res[0]["raw_scores"]["healing_status"] == 0.25 and res[1]["raw_scores"]["erythema"] == pytest.approx(0.45)
+    assert res[0]["ood"]["distance"] == 1.0 and res[0]["in_distribution"] is True
+    assert res[1]["ood"]["distance"] == 3.0 and res[1]["in_distribution"] is False
+    assert s.results_for_embeddings(np.zeros((0, 7)), []) == []
+    no_raw = _model(ood=None)
+    no_raw.predict_raw = None
+    r = WoundScorer(no_raw).results_for_embeddings(X[:1], ["a"])[0]
+    assert r["raw_scores"] == r["scores"] and r["ood"] is None and r["in_distribution"] is None
