@@ -170,3 +170,42 @@ def test_brier_ece_and_bins_by_hand() -> None:
     # bins follow the sorted p, not the row order
     perm = np.random.default_rng(1).permutation(30)
     assert ece(y[perm], p[perm]) == pytest.approx(ece(y, p))
+
+
+def test_platt_equals_a_direct_two_parameter_minimisation_and_bounds_hold() -> None:
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(5)
+    z_true = rng.normal(0, 2, 400)
+    y = (rng.random(400) < expit(z_true)).astype(float)
+    p = expit(0.4 * z_true + 1.5)  # shrunk and shifted: only platt (b free) undoes both
+    c = fit_label(y, p, None)
+    z = logit(p)
+
+    def nll(v) -> float:
+        s = v[0] * z + v[1]
+        return float(np.sum(np.logaddexp(0, s) - y * s))
+
+    best = min((minimize(nll, x0=np.array(x0), method="Nelder-Mead", options={"xatol": 1e-8, "fatol": 1e-10})
+                for x0 in ([1.0, 0.0], [2.5, -3.0])), key=lambda r: r.fun)
+    assert c.method == "platt"
+    assert (c.a, c.b) == pytest.approx(tuple(best.x), abs=2e-3)
+    assert c.aic["platt"] == pytest.approx(2 * best.fun + 4, abs=1e-3)
+
+
+def test_fallback_edges_and_defaults() -> None:
+    c = fit_label(np.array([1, 1, 1, 1, 1, 0, 0]), np.full(7, 0.6), None)  # 2 negatives: too few
+    assert c.method == "identity" and c.note.startswith("5 positive and 2 negative rows")
+    half = fit_label(np.array([1, 0, 0]), np.full(3, 0.4), 0.5)  # a weight below 1 still shifts
+    assert half.method == "prior_shift" and half.b == pytest.approx(math.log(2.0))
+    Y = np.zeros((4, 6), dtype=np.int8)
+    assert fit_calibration(Y, np.full((4, 6), 0.5)).fitted_on == "validation split"
+    d = Calibration.identity().to_json() | {"format": "woundscore.calibration", "rule": "my rule"}
+    d["labels"]["edema"] = {"method": "identity", "a": 2.0, "b": 1.0}  # identity means unchanged
+    cal = Calibration.from_json(d)
+    assert cal.rule == "my rule"
+    P = np.full((2, 6), 0.3)
+    assert cal.apply(P)[:, 2].tolist() == [0.3, 0.3]
+    bad = dict(d, labels={})
+    with pytest.raises(CalibrationError, match=r"^calibration\.json: labels\.healing_status is missing$"):
+        Calibration.from_json(bad)
