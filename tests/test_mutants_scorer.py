@@ -113,3 +113,119 @@ def test_results_for_embeddings_row_by_row() -> None:
     no_raw.predict_raw = None
     r = WoundScorer(no_raw).results_for_embeddings(X[:1], ["a"])[0]
     assert r["raw_scores"] == r["scores"] and r["ood"] is None and r["in_distribution"] is None
+
+
+# --- score_batch / _one_by_one / _error_text with a stand-in encoder (the ImageEncoder face) ---
+
+def _png(rgb: tuple[int, int, int]) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (3, 2), rgb).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class _Enc:
+    """embed_images: feature k = channel value / 100 (7 columns); a red value of 255 gives NaN and the
+    whole call raises NonFiniteEmbeddingError, as the real encoder does."""
+    model_id = "stand-in"
+    dim = 7
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, object]] = []
+
+    def provenance(self) -> dict:
+        return {"p": 2}
+
+    def embed_images(self, images, batch_size=None):
+        from woundscore.embed.encoder import NonFiniteEmbeddingError
+        from woundscore.embed.preprocess import load_image
+
+        self.calls.append((len(images), batch_size))
+        rows = []
+        for im in images:
+            r, g, b = load_image(im).getpixel((0, 0))  # raises ImageDecodeError like the real one
+            rows.append([math.nan if r == 255 else r / 100, g / 100, b / 100, 0.1, 0.2, 0.3, 0.0])
+        X = np.asarray(rows, dtype=np.float64)
+        if not np.isfinite(X).all():
+            raise NonFiniteEmbeddingError("stand-in: non-finite embedding even in float32")
+        return X
+
+
+def _scorer() -> tuple[WoundScorer, _Model, _Enc]:
+    m = _model(check_compatible=lambda prov, offered: None)
+    enc = _Enc()
+    return WoundScorer(m, enc), m, enc
+
+
+def test_score_batch_one_forward_in_order_with_per_image_errors(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from woundscore.embed.preprocess import load_image
+
+    s, m, enc = _scorer()
+    p = tmp_path / "c.png"
+    p.write_bytes(_png((30, 40, 50)))
+    images = [_png((10, 20, 30)), b"not an image", Image.new("RGB", (3, 2), (60, 70, 80)), str(p)]
+    res = s.score_batch(images)
+    assert enc.calls == [(3, 3)]  # ONE forward over the three readable images, batch_size = their count
+    assert m.seen == {"p": 2}  # the encoder's provenance reaches the model
+    assert [r["image"] for r in res] == ["<bytes>", "<bytes>", "<image>", str(p)]
+    with pytest.raises(Exception) as e:
+        load_image(b"not an image")
+    assert res[1] == {"image": "<bytes>", "error": str(e.value)}
+    assert [r["scores"]["healing_status"] for r in (res[0], res[2], res[3])] == pytest.approx([0.1, 0.6, 0.3], abs=1e-6)
+    assert res[2]["scores"]["erythema"] == pytest.approx(0.7, abs=1e-6) and res[3]["ood"]["distance"] == pytest.approx(0.6)
+    named = s.score_batch(images[:2], names=["one", "two"])
+    assert [r["image"] for r in named] == ["one", "two"] and named[1]["error"] == str(e.value)
+    enc.calls.clear()
+    bad = s.score_batch([b"", b"xx"], names=["a", "b"])  # nothing readable: no forward at all
+    assert enc.calls == [] and [set(r) for r in bad] == [{"image", "error"}] * 2
+    assert s.score_batch([]) == [] and enc.calls == []
+    assert s.score_many(images[:1]) == s.score_batch(images[:1])
+
+
+def test_score_batch_non_finite_redone_one_by_one() -> None:
+    s, m, enc = _scorer()
+    images = [_png((10, 20, 30)), _png((255, 0, 0)), b"junk", _png((50, 60, 70))]
+    res = s.score_batch(images, names=["a", "nan", "junk", "d"])
+    assert enc.calls[0] == (3, 3) and [c[0] for c in enc.calls[1:]] == [1, 1, 1, 1]  # then one image at a time
+    assert [r["image"] for r in res] == ["a", "nan", "junk", "d"]
+    assert res[0]["scores"]["healing_status"] == pytest.approx(0.1, abs=1e-6) and res[3]["scores"]["healing_status"] == pytest.approx(0.5, abs=1e-6)
+    assert res[0]["model"] == model_info(m) and m.seen == {"p": 2}
+    assert res[1] == {"image": "nan", "error": "stand-in: non-finite embedding even in float32"}
+    assert set(res[2]) == {"image", "error"} and res[2]["image"] == "junk"
+    assert s._one_by_one([], []) == []
+
+
+def test_memory_errors_become_per_image_errors(monkeypatch) -> None:
+    import woundscore.embed.preprocess as pre
+    from woundscore.classify.scorer import _error_text
+    from woundscore.cache.errors import WoundscoreError
+
+    s, m, enc = _scorer()
+    enc.spec = "SPEC"
+    real, seen = pre.load_image, []
+
+    def load_image(x, *, spec=None):
+        seen.append(spec)
+        if x == b"huge":
+            raise MemoryError
+        return real(x)
+
+    monkeypatch.setattr(pre, "load_image", load_image)
+    res = s.score_batch([b"huge", _png((10, 20, 30))], names=["big", "ok"])
+    assert seen[:2] == ["SPEC", "SPEC"]  # the encoder's preprocessing spec reaches the decoder
+    assert res[0] == {"image": "big", "error": "big: image too large to preprocess in memory"}
+    assert res[1]["scores"]["healing_status"] == pytest.approx(0.1, abs=1e-6)
+
+    def embed(images, batch_size=None):
+        raise MemoryError
+
+    enc.embed_images = embed
+    assert s._one_by_one([b"x"], ["q"]) == [{"image": "q", "error": "q: image too large to preprocess in memory"}]
+    assert _error_text(WoundscoreError("a: b"), "n") == "a: b"
+    assert _error_text(MemoryError(), "n") == "n: image too large to preprocess in memory"
+    assert _error_text(ValueError("v"), "n") == "v"

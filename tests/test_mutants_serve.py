@@ -108,7 +108,6 @@ def test_decode_or_refuse_codes() -> None:
             S.decode_or_refuse(data)
         assert (e.value.status, e.value.code) == (status, code), data[:10]
         assert "hello" not in e.value.message and "first bytes" not in e.value.message
-    assert S.decode_or_refuse.__defaults__ == (None,)
 
     def oom(_):
         raise MemoryError
@@ -146,3 +145,7 @@ def test_model_description_every_field() -> None:
         "limits": {"max_bytes": 10, "max_batch": 3, "max_wait_ms": 5.0}}
     st.scorer.model = _model(ood=None)
     assert S.model_description(st, max_bytes=1, max_batch=1, max_wait_ms=1.0)["ood"] is None
+
+
+def test_error_body_shape() -> None:
+    assert S.error_body("too_large", "the body is too big") == {"error": "too_large", "detail": "the body is too big"}
