@@ -74,6 +74,10 @@ def test_shards_without_an_order_kind_count_as_source_ordered_and_paths_sort_as_
     ld = load(tmp_path / "m.h5", with_x=False)
     assert ld.rows.image_id.tolist() == ["img 000.jpg", "img 002.jpg", "img 001.jpg", "img 003.jpg"]
     assert ld.attrs["order_kind"] == "source"
+    with h5py.File(tmp_path / "m.h5", "r") as f:  # the FILE is in source order (load alone may re-sort)
+        assert [v.decode() if isinstance(v, bytes) else v for v in f["image_id"][:]] == \
+            ["img 000.jpg", "img 002.jpg", "img 001.jpg", "img 003.jpg"]
+        assert f["order"][:].tolist() == [0, 0, 1, 3]
     # "s-1/x.h5" < "s/x.h5" as text ("-" before "/"), though Path ordering puts "s" first
     assert read_runs(tmp_path / "m.h5")[-1]["shards"] == [str(tmp_path / "c.h5"), str(b), str(a)]
 

@@ -209,3 +209,32 @@ def test_fallback_edges_and_defaults() -> None:
     bad = dict(d, labels={})
     with pytest.raises(CalibrationError, match=r"^calibration\.json: labels\.healing_status is missing$"):
         Calibration.from_json(bad)
+
+
+def test_fit_bounds_hold_at_both_ends() -> None:
+    """a in [1e-3, 100] and |b| <= 30 (module docstring): data whose unbounded optimum lies outside
+    (anti-ranked scores want a < 0; perfectly separated ones want a -> inf; a boundary at logit -0.4
+    wants b ~ 40). Mutants: bounds dropped, b's lower bound +30."""
+    from woundscore.classify.calibration import _fit_ab
+
+    y = np.array([1, 1, 1, 0, 0, 0], dtype=np.float64)
+    anti = logit(np.array([.2, .3, .4, .6, .7, .8]))
+    assert _fit_ab(y, anti, shift=0.0, free_b=False) == pytest.approx((1e-3, 0.0), abs=1e-9)
+    assert _fit_ab(y, anti, shift=0.0, free_b=True) == pytest.approx((1e-3, 0.0), abs=1e-6)
+    a, b = _fit_ab(y, anti, shift=math.log(3), free_b=False)  # temperature keeps b = -a * shift
+    assert a == pytest.approx(1e-3) and b == pytest.approx(-1e-3 * math.log(3))
+    sep = logit(np.array([.501, .502, .503, .497, .498, .499]))
+    assert _fit_ab(y, sep, shift=0.0, free_b=False)[0] == pytest.approx(100.0)
+    assert _fit_ab(y, sep, shift=0.0, free_b=True)[0] == pytest.approx(100.0)
+    a, b = _fit_ab(y, logit(np.array([.402, .403, .404, .398, .399, .400])), shift=0.0, free_b=True)
+    assert b == pytest.approx(30.0) and 1e-3 <= a <= 100.0
+
+
+def test_float32_input_gives_float64_output_on_every_path() -> None:
+    """Calibration.apply's docstring: float64 out, also for an empty batch and for identity labels
+    (mutants: dtype=np.float64 dropped in Calibration.apply / LabelCalibration.apply)."""
+    p32 = np.array([0.2, 0.7], dtype=np.float32)
+    assert LabelCalibration("identity").apply(p32).dtype == np.float64
+    assert LabelCalibration("platt", 1.0, 0.0).apply(p32).dtype == np.float64
+    assert Calibration.identity().apply(np.zeros((0, 6), dtype=np.float32)).dtype == np.float64
+    assert Calibration.from_json(_good()).apply(np.full((1, 6), 0.5, dtype=np.float32)).dtype == np.float64
