@@ -149,3 +149,39 @@ def test_model_description_every_field() -> None:
 
 def test_error_body_shape() -> None:
     assert S.error_body("too_large", "the body is too big") == {"error": "too_large", "detail": "the body is too big"}
+
+
+def test_decode_refusal_codes_from_the_decoder_reason() -> None:
+    """Each reason word the service maps to a code (mutants: the words, the codes, the "first
+    bytes" scrub's replacement)."""
+    from woundscore.embed.preprocess import ImageDecodeError
+
+    with pytest.raises(S.RequestError) as e:
+        S.decode_or_refuse(b"hello there, not an image")
+    assert (e.value.code, e.value.message) == ("not_an_image", "not an image (text/HTML, not an image)")
+    cases = {"decompression bomb: 1,000,000,000 pixels (limit 178,956,970)": "decompression_bomb",
+             "image file is truncated (3 bytes not processed)": "truncated_image",
+             "Premature end of JPEG file": "truncated_image",
+             "HEIC photo; install pillow-heif": "not_an_image",
+             "not an image (unknown format; first bytes b'abc')": "not_an_image",
+             "broken data stream when reading image file": "undecodable_image"}
+    for reason, code in cases.items():
+        def prepare(_data, reason=reason):
+            raise ImageDecodeError("<bytes>", reason)
+
+        with pytest.raises(S.RequestError) as e:
+            S.decode_or_refuse(b"x", prepare)
+        assert (e.value.status, e.value.code) == (422, code), reason
+        assert e.value.message == reason.replace("; first bytes b'abc')", ")")
+
+
+def test_multipart_content_type_with_several_parameters() -> None:
+    body, _ = _multipart([("file", "a.png", b"IMG1")])
+    assert S._image_from_request("multipart/form-data; boundary=XyZ; charset=utf-8", body) == b"IMG1"
+
+
+def test_model_description_of_a_model_without_an_ood_attribute() -> None:
+    m = _model()
+    del m.ood
+    d = S.model_description(SimpleNamespace(scorer=SimpleNamespace(model=m)), max_bytes=1, max_batch=1, max_wait_ms=1.0)
+    assert d["ood"] is None
