@@ -266,23 +266,41 @@ def run_group(name: str, group: dict, *, max_children: int, budget_s: int, stall
             "workdir": str(dest.relative_to(ROOT))}
 
 
-def recheck(name: str, group: dict, survivors: list[str]) -> dict[str, str]:
+_RECHECK_RUNNER = """
+import os, sys, json, pytest
+tests, names = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+out = {}
+for m in names:  # one process: the trampoline reads MUTANT_UNDER_TEST at every call
+    os.environ["MUTANT_UNDER_TEST"] = m
+    rc = pytest.main(["-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", "--rootdir=.", *tests])
+    out[m] = "survived" if rc == 0 else "killed" if rc == 1 else f"exit {int(rc)}"
+    print("RECHECK", out[m], m, flush=True)
+"""
+
+
+def recheck(name: str, group: dict, survivors: list[str], match: list[str] | None = None) -> dict[str, str]:
     """Each recorded survivor against the CURRENT tests, without a new mutmut run (which would reset
     every verdict when the test list changed): the group's tests are copied into mutmut's work
     folder and pytest runs once per survivor with ``MUTANT_UNDER_TEST`` selecting it (mutmut's own
-    switch). Tests were only added since the run, so a kill there stays a kill."""
+    switch), all in ONE process (imports paid once). Tests were only added since the run, so a kill
+    there stays a kill. ``match``: only survivors matching one of these globs."""
     dest = WORK / name / "mutants"
     shutil.rmtree(dest / "tests")
     shutil.copytree(ROOT / "tests", dest / "tests", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     # the survivors passed every other test of the group already: only the added ones can kill them
     tests = [t for t in group["tests"] if "test_mutants_" in t and (ROOT / t).is_file()]
+    names = [m for m in survivors if not match or any(fnmatch.fnmatchcase(m, p) for p in match)]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "WOUNDSCORE_CPU_BF16": "0"}
+    r = subprocess.run([PY, "-c", _RECHECK_RUNNER, json.dumps(tests), json.dumps(names)], cwd=dest, env=env,
+                       capture_output=True, text=True, timeout=60 * 30)
     out = {}
-    for m in survivors:
-        env = {**os.environ, "MUTANT_UNDER_TEST": m, "PYTHONDONTWRITEBYTECODE": "1", "WOUNDSCORE_CPU_BF16": "0"}
-        r = subprocess.run([PY, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
-                            "--rootdir=.", *tests], cwd=dest, env=env, capture_output=True, text=True, timeout=300)
-        out[m] = "survived" if r.returncode == 0 else "killed" if r.returncode == 1 else f"exit {r.returncode}"
-        print(f"   {out[m]}: {m}", flush=True)
+    for line in r.stdout.splitlines():
+        if line.startswith("RECHECK "):
+            _, verdict, m = line.split(" ", 2)
+            out[m] = verdict
+            print(f"   {verdict}: {m}", flush=True)
+    for m in names:
+        out.setdefault(m, f"not rechecked (runner exit {r.returncode})")
     return out
 
 
@@ -297,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="re-run only the previous run's survivors (implies --keep): after adding tests")
     ap.add_argument("--recheck", action="store_true",
                     help="run the current tests against the recorded survivors only (no mutmut run)")
+    ap.add_argument("--match", action="append", default=None,
+                    help="with --recheck: only survivors matching this glob (repeatable)")
     ap.add_argument("--list", action="store_true")
     a = ap.parse_args(argv)
     if a.list:
@@ -317,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.recheck:  # its own file: a mutation run going on at the same time rewrites summary.json
             path = WORK / "recheck.json"
             done = json.loads(path.read_text()) if path.is_file() else {}
-            done[g] = recheck(g, GROUPS[g], summary.get(g, {}).get("survived", []))
+            # merged per mutant: a partial recheck (--match) keeps the earlier verdicts of the others
+            done[g] = {**done.get(g, {}), **recheck(g, GROUPS[g], summary.get(g, {}).get("survived", []), a.match)}
             path.write_text(json.dumps(done, indent=2) + "\n")
             continue
         only = summary.get(g, {}).get("survived") if a.survivors else None

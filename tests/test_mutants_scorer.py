@@ -229,3 +229,35 @@ def test_memory_errors_become_per_image_errors(monkeypatch) -> None:
     assert _error_text(WoundscoreError("a: b"), "n") == "a: b"
     assert _error_text(MemoryError(), "n") == "n: image too large to preprocess in memory"
     assert _error_text(ValueError("v"), "n") == "v"
+
+
+def test_bare_model_and_what_the_heads_are_given() -> None:
+    """A model object without calibration / ood / predict_raw attributes, a calibration without
+    rule / fitted_on (the getattr defaults); the heads get float32 rows and the provenance
+    (mutants: defaults dropped, provenance not passed to predict_raw, float32 cast dropped)."""
+    seen: dict = {}
+
+    class Bare:
+        kind, path, thresholds = "logreg", Path("/m"), TH
+        provenance: dict = {}
+
+        def predict_proba(self, X, provenance=None):
+            seen["proba"] = (X.dtype, provenance)
+            return np.full((len(X), 6), 0.5)
+
+    s = WoundScorer(Bare())
+    r = s.results_for_embeddings(np.ones((1, 3), dtype=np.float64), ["a"], {"p": 3})[0]
+    assert seen["proba"] == (np.float32, {"p": 3})
+    assert r["raw_scores"] == r["scores"] and r["ood"] is None and r["in_distribution"] is None
+    assert r["model"]["calibration"] is None and s.result([0.5] * 6, "x", distance=1.0)["ood"] is None
+
+    class Cal:
+        methods = {"a": "platt"}
+
+    b = Bare()
+    b.calibration = Cal()
+    assert model_info(b)["calibration"] == {"methods": {"a": "platt"}, "fitted_on": ""}
+    m = _model()
+    m.predict_raw = lambda X, provenance=None: (seen.__setitem__("raw", (X.dtype, provenance)), np.zeros((len(X), 6)))[1]
+    WoundScorer(m).results_for_embeddings(np.ones((1, 7)), ["a"], {"p": 4})
+    assert seen["raw"] == (np.float32, {"p": 4})
