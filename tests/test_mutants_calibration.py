@@ -238,3 +238,18 @@ def test_float32_input_gives_float64_output_on_every_path() -> None:
     assert LabelCalibration("platt", 1.0, 0.0).apply(p32).dtype == np.float64
     assert Calibration.identity().apply(np.zeros((0, 6), dtype=np.float32)).dtype == np.float64
     assert Calibration.from_json(_good()).apply(np.full((1, 6), 0.5, dtype=np.float32)).dtype == np.float64
+
+
+def test_float32_saturated_scores_stay_finite_and_temperature_has_no_shift_without_pos_weight() -> None:
+    """A float32 head saturates at 1.0: logit must clip in float64 (1 - 1e-7 is 1.0 in float32).
+    Without pos_weight the temperature candidate is a pure scale (b = 0); AIC values are rounded to
+    6 decimals (mutants: logit's dtype dropped, shift 1.0 instead of 0.0, round(..., 7))."""
+    z32 = logit(np.array([0.0, 1.0], dtype=np.float32))
+    np.testing.assert_array_equal(z32, logit(np.array([0.0, 1.0])))
+    assert np.isfinite(z32).all()
+    rng = np.random.default_rng(11)
+    z_true = rng.normal(0, 1.5, 400)
+    y = (rng.random(400) < expit(z_true)).astype(float)
+    c = fit_label(y, expit(2.5 * z_true), None)  # over-confident, centred: a scale fixes it
+    assert c.method == "temperature" and c.b == 0.0 and c.a == pytest.approx(0.4, abs=0.2)
+    assert all(v == round(v, 6) for v in c.aic.values())
