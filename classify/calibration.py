@@ -232,13 +232,25 @@ def n_bins_for(n: int) -> int:
     return int(min(10, max(2, n // 15)))
 
 
+def bin_by_rank(p: np.ndarray, n_bins: int | None = None) -> np.ndarray:
+    """(n,) bin index of each of the (n,) probabilities ``p``: rows ordered by p (ties by position)
+    and cut into k = ``n_bins`` or ``n_bins_for(n)`` runs whose sizes differ by at most one. The one
+    binning of every ECE and reliability diagram in woundscore (model folder, report, calibrate)."""
+    p = np.asarray(p, dtype=np.float64).ravel()
+    idx = np.zeros(p.size, dtype=np.int64)
+    for b, rows in enumerate(np.array_split(np.argsort(p, kind="stable"), min(p.size, n_bins or n_bins_for(p.size)) or 1)):
+        idx[rows] = b
+    return idx
+
+
 def ece(y: np.ndarray, p: np.ndarray, n_bins: int | None = None) -> float | None:
-    """Expected calibration error with equal-count bins (``n_bins_for(n)`` by default):
-    sum over bins of (bin size / n) * |mean(p) - mean(y)|. None if n = 0."""
+    """Expected calibration error over :func:`bin_by_rank` bins: sum over bins of
+    (bin size / n) * |mean(p) - mean(y)|. None if n = 0."""
     y = np.asarray(y, dtype=np.float64).ravel()
     p = np.asarray(p, dtype=np.float64).ravel()
     if y.size == 0:
         return None
-    order = np.argsort(p, kind="stable")
-    bins = np.array_split(order, n_bins or n_bins_for(y.size))
-    return float(sum(b.size * abs(p[b].mean() - y[b].mean()) for b in bins if b.size) / y.size)
+    b = bin_by_rank(p, n_bins)
+    size = np.bincount(b)
+    gap = np.abs(np.bincount(b, weights=p) - np.bincount(b, weights=y))  # size * |mean p - mean y|
+    return float(gap[size > 0].sum() / y.size)

@@ -3,9 +3,9 @@ calibration (fitted on its val scores only, ``classify.calibration``), each with
 and n, and the equal-count bins of the reliability diagram.
 
 Before and after are scored on the *same* stratified resamples (per label), so the two intervals
-are comparable; the ECE uses the report's equal-width bins (``metrics.DEFAULT_N_BINS``). The
-reliability diagram uses equal-count bins, fewer when n is small (:func:`n_bins_for`), so 20
-images draw two honest points instead of a zig-zag through ten half-empty bins.
+are comparable. ECE and the reliability diagram use the same equal-count bins as the model folder
+(``classify.calibration.bin_by_rank``: about 15 images a bin, 2 to 10), so 20 images draw two
+honest points instead of a zig-zag through ten half-empty bins.
 """
 
 from __future__ import annotations
@@ -14,23 +14,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from woundscore.classify.calibration import bin_by_rank
 from woundscore.compare import metrics as M
-
-#: Images per reliability bin the diagram aims for (at most 10 bins, at least 1).
-IMAGES_PER_BIN = 10
-MAX_BINS = 10
-
-
-def n_bins_for(n: int) -> int:
-    """Equal-count bins for ``n`` observed images: about ``IMAGES_PER_BIN`` each, 1..MAX_BINS."""
-    return int(min(MAX_BINS, max(1, round(n / IMAGES_PER_BIN))))
-
 
 def equal_count_bins(y: np.ndarray, p: np.ndarray, n_bins: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reliability points over equal-count bins of the observed entries (y != -1) of (n,) y, p.
 
     Returns (mean probability, fraction positive, images) per bin, each (k,); k = ``n_bins`` or
-    :func:`n_bins_for` (n). Rows are ordered by p (ties by position), then cut into k runs whose
+    ``classify.calibration.n_bins_for`` (n). Rows are ordered by p (ties by position), then cut into k runs whose
     sizes differ by at most one.
     """
     y = np.asarray(y)
@@ -39,11 +30,9 @@ def equal_count_bins(y: np.ndarray, p: np.ndarray, n_bins: int | None = None) ->
     y, p = y[m].astype(np.float64), p[m]
     if not len(y):
         return np.zeros(0), np.zeros(0), np.zeros(0, np.int64)
-    k = min(len(y), n_bins or n_bins_for(len(y)))
-    order = np.argsort(p, kind="stable")
-    chunks = np.array_split(order, k)
-    return (np.array([p[c].mean() for c in chunks]), np.array([y[c].mean() for c in chunks]),
-            np.array([len(c) for c in chunks], dtype=np.int64))
+    b = bin_by_rank(p, n_bins)
+    count = np.bincount(b)
+    return np.bincount(b, weights=p) / count, np.bincount(b, weights=y) / count, count.astype(np.int64)
 
 
 def _pair(yo: np.ndarray, raw: np.ndarray, cal: np.ndarray, W: np.ndarray) -> dict[str, Any]:
@@ -93,7 +82,7 @@ def calibration_blocks(d: Mapping[str, Any], fmt_est: Any) -> list[tuple]:
         ("p", "Each method's scores are calibrated per label on its own validation scores only "
               f"({cal['rule']}); the thresholds and every metric above use the calibrated scores. "
               "Below: Brier score (lower is better) and expected calibration error "
-              f"({cal['ece_bins']} equal-width bins) on the test split, before and after calibration, "
+              f"({cal['ece_bins']}) on the test split, before and after calibration, "
               "on the same stratified bootstrap resamples."),
         ("list", methods),
         ("table", ["label", "method", "n", "positives", "Brier before (95% CI)", "Brier after (95% CI)",

@@ -26,11 +26,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from woundscore.classify.calibration import bin_by_rank
 from woundscore.classify.metrics import macro_auc, roc_auc, sens_spec
 
 DEFAULT_N_BOOT = 2000
-DEFAULT_N_BINS = 10
 CI_LEVEL = 0.95
+#: How ECE bins its images everywhere (classify.calibration.bin_by_rank / n_bins_for).
+ECE_BINS = "equal-count bins of about 15 images, 2 to 10"
 _Z95 = 1.959963984540054  # two-sided 95% normal quantile (Wilson interval)
 _NOTHING_OBSERVED = "not estimable: no observed labels in the test split"
 
@@ -169,44 +171,28 @@ def weighted_brier(y: np.ndarray, p: np.ndarray, W: np.ndarray | None = None) ->
     return _ratio(W @ (p - y) ** 2, W.sum(axis=1))
 
 
-def _bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
-    # equal-width bins on [0, 1]; p == 1 falls into the last bin
-    return np.minimum((np.asarray(p, dtype=np.float64) * n_bins).astype(np.int64), n_bins - 1)
-
-
 def weighted_ece(
-    y: np.ndarray, p: np.ndarray, W: np.ndarray | None = None, n_bins: int = DEFAULT_N_BINS
+    y: np.ndarray, p: np.ndarray, W: np.ndarray | None = None, n_bins: int | None = None
 ) -> np.ndarray:
-    """Expected calibration error (equal-width bins on [0, 1]) of each weight row: (B,).
+    """Expected calibration error of each weight row: (B,). The bins are the sample's own
+    equal-count bins (``classify.calibration.bin_by_rank``), fixed before resampling.
 
     ECE = sum over bins of (bin weight / total weight) * |fraction positive - mean probability|.
     """
     y = np.asarray(y, dtype=np.float64)
     p = np.asarray(p, dtype=np.float64)
     W = _as_rows(W, len(y))
-    M = np.zeros((len(y), n_bins))
-    M[np.arange(len(y)), _bin_index(p, n_bins)] = 1.0
+    bins = bin_by_rank(p, n_bins)
+    M = np.zeros((len(y), int(bins.max()) + 1 if len(y) else 1))
+    M[np.arange(len(y)), bins] = 1.0
     gap = np.abs(W @ (M * (y - p)[:, None]))  # (B, bins): |sum y - sum p| per bin
     return _ratio(gap.sum(axis=1), W.sum(axis=1))
 
 
-def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = DEFAULT_N_BINS) -> float:
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int | None = None) -> float:
     """ECE of observed entries (y != -1); NaN when nothing is observed."""
     y, p = _observed(y, p)
     return float(weighted_ece(y, p, None, n_bins)[0]) if len(y) else math.nan
-
-
-def reliability_curve(
-    y: np.ndarray, p: np.ndarray, n_bins: int = DEFAULT_N_BINS
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per non-empty bin: mean probability, fraction positive, count (observed entries only)."""
-    y, p = _observed(y, p)
-    b = _bin_index(p, n_bins)
-    count = np.bincount(b, minlength=n_bins)
-    keep = count > 0
-    mean_p = np.bincount(b, weights=p, minlength=n_bins)[keep] / count[keep]
-    frac = np.bincount(b, weights=y.astype(np.float64), minlength=n_bins)[keep] / count[keep]
-    return mean_p, frac, count[keep]
 
 
 # --- Point metrics with intervals, one label ---
@@ -268,7 +254,7 @@ def _estimate(point: float, boot: np.ndarray, n: int) -> Estimate:
 
 def _method_metrics(
     yo: np.ndarray, p: np.ndarray, W: np.ndarray | None, reason: str | None,
-    points: Mapping[str, float], n_bins: int,
+    points: Mapping[str, float], n_bins: int | None,
 ) -> tuple[dict, np.ndarray | None]:
     """One method on one label's observed rows yo, p (n,) with resamples W (B, n): (metrics, boot AUCs)."""
     n, npos = len(yo), int((yo == 1).sum())
@@ -295,7 +281,7 @@ def _method_metrics(
 
 def _label_metrics(
     y: np.ndarray, probs: Mapping[str, np.ndarray], thresholds: Mapping[str, Mapping[str, float]], n_boot: int,
-    rng: np.random.Generator, n_bins: int,
+    rng: np.random.Generator, n_bins: int | None,
 ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """One label, every method on the same stratified resamples: y (n,) 1 / 0 / -1, probs: method
     -> (n,), thresholds: method -> {operating point name: threshold} ("0.5" is always added).
@@ -400,7 +386,7 @@ def evaluate(
     comparisons: Sequence[tuple[str, str]] = (),
     n_boot: int = DEFAULT_N_BOOT,
     seed: int = 0,
-    n_bins: int = DEFAULT_N_BINS,
+    n_bins: int | None = None,
 ) -> dict:
     """Per-label and macro metrics of every method plus paired differences, JSON-ready.
 
@@ -430,6 +416,7 @@ def evaluate(
             n_bins)
     macro, macro_boot = _macro(Y, probs, label_names, n_boot, seed)
     comps = [_comparison(a, b, per_label, boot, macro, macro_boot, Y.shape[0]) for a, b in comparisons]
-    settings = {"n_resamples": int(n_boot), "seed": int(seed), **BOOTSTRAP_NOTES, "ece_bins": int(n_bins)}
+    settings = {"n_resamples": int(n_boot), "seed": int(seed), **BOOTSTRAP_NOTES,
+                "ece_bins": ECE_BINS if n_bins is None else f"{int(n_bins)} equal-count bins"}
     return {"per_label": per_label, "macro_auc": macro, "comparisons": comps, "bootstrap": settings}
 

@@ -14,7 +14,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from woundscore.compare.document import fmt_est
-from woundscore.compare.calibration_report import equal_count_bins, n_bins_for
+from woundscore.classify.calibration import n_bins_for
+from woundscore.compare.calibration_report import equal_count_bins
 
 DPI = 150  # figures are written at this resolution (README: >= 150 dpi)
 _NOTICE_FONT = 8
@@ -145,7 +146,7 @@ def plot_reliability(
             ax.tick_params(labelsize=7)
             ax.set_xlabel("mean predicted probability (bin)", fontsize=8)
             ax.set_ylabel("fraction positive (bin)", fontsize=8)
-    _suptitle(fig, "Reliability on the test split, equal-count bins (ECE: 10 equal-width bins, 95% CI)", 10)
+    _suptitle(fig, "Reliability on the test split, equal-count bins (ECE on the same bins, 95% CI)", 10)
     _margins(fig, bottom_in=0.45, top_in=0.7, left=0.09, right=0.98, wspace=0.28, hspace=0.55)
     return _save(fig, path)
 

@@ -198,7 +198,7 @@ def _evaluate(data: EmbeddingSet, runs: Mapping[str, MethodRun], n_boot: int, se
     result["comparisons"] = [c for c in result["comparisons"] if c["a"] == first]
     from woundscore.classify.calibration import RULE
 
-    calibration = {"rule": RULE, "ece_bins": M.DEFAULT_N_BINS, "metrics": calibration_metrics(
+    calibration = {"rule": RULE, "ece_bins": M.ECE_BINS, "metrics": calibration_metrics(
         test.Y, {n: r.P_test_raw for n, r in runs.items()}, probs, label_names=data.label_names,
         n_boot=n_boot, seed=seed)}
     excluded = None

@@ -64,12 +64,15 @@ def test_auc_weight_rows_without_a_class_are_nan_not_zero():
 
 
 def test_ece_by_hand():
-    # bin [0.0,0.1): p=0.05,0.05 y=0,1 -> |0.5-0.05|*2/4 ; bin [0.9,1.0]: p=0.95,1.0 y=1,1 -> |1-0.975|*2/4
-    y = np.array([0, 1, 1, 1])
-    p = np.array([0.05, 0.05, 0.95, 1.0])
+    # two equal-count bins by rank: p=0.05,0.05 y=0,1 -> |1-0.10|/4 ; p=0.95,1.0 y=1,1 -> |2-1.95|/4
+    from woundscore.compare.calibration_report import equal_count_bins
+
+    y = np.array([1, 0, 1, 1])
+    p = np.array([0.95, 0.05, 0.05, 1.0])
     expected = (abs(1 - 0.10) + abs(2 - 1.95)) / 4
-    assert M.expected_calibration_error(y, p, n_bins=10) == pytest.approx(expected)
-    mean_p, frac, count = M.reliability_curve(y, p, n_bins=10)
+    assert M.expected_calibration_error(y, p, n_bins=2) == pytest.approx(expected)
+    assert M.expected_calibration_error(y, p) == pytest.approx(expected)  # n_bins_for(4) = 2
+    mean_p, frac, count = equal_count_bins(y, p, 2)
     assert count.tolist() == [2, 2] and frac.tolist() == [0.5, 1.0]
     assert mean_p == pytest.approx([0.05, 0.975])
 

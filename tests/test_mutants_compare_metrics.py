@@ -31,8 +31,10 @@ def _wilson(k: int, n: int) -> tuple[float, float]:
 
 
 def _ece(y: np.ndarray, p: np.ndarray) -> float:
-    b = np.minimum((p * 10).astype(int), 9)
-    return sum(abs(float(np.sum(y[b == k] - p[b == k]))) for k in range(10)) / len(y)
+    # by hand: rows ordered by p, cut into max(2, min(10, n // 15)) runs of near-equal size
+    k = max(2, min(10, len(y) // 15))
+    runs = np.array_split(np.argsort(p, kind="stable"), k)
+    return sum(abs(float(np.sum(y[r] - p[r]))) for r in runs) / len(y)
 
 
 def _q(v) -> tuple[float, float]:
@@ -135,7 +137,7 @@ def test_macro_and_comparison_every_field(result: dict) -> None:
     assert mac["labels"] == ["a"] and mac["n"] == 8 and mac["n_resamples"] == dm.size
     assert mac["p_a_better"] == pytest.approx(np.mean(dm > 0))
     s = result["bootstrap"]
-    assert (s["n_resamples"], s["seed"], s["ece_bins"], s["level"]) == (NB, SEED, 10, 0.95)
+    assert (s["n_resamples"], s["seed"], s["ece_bins"], s["level"]) == (NB, SEED, M.ECE_BINS, 0.95)
 
 
 def test_no_estimable_label_macro_and_comparison_say_why() -> None:
@@ -188,15 +190,16 @@ def test_every_method_is_reported_when_no_label_is_estimable() -> None:
 
 
 def test_ece_uses_the_bins_asked_for_in_the_point_and_the_interval() -> None:
-    # 2 bins: (.3+.1+.2 vs 0) + |3 - 2.95| = .65 / 7; 10 bins give 1.15 / 7 (3 bins would too)
-    r = M.evaluate(Y, {"m": PM}, label_names=NAMES, n_boot=NB, seed=SEED, n_bins=2)
+    # 3 rank bins (the default for these 7 rows would be 2), fixed on the sample, reweighted per resample
+    r = M.evaluate(Y, {"m": PM}, label_names=NAMES, n_boot=NB, seed=SEED, n_bins=3)
     y, W = _label_a_resamples()
     p = PM[Y[:, 0] != -1, 0]
+    runs = np.array_split(np.argsort(p, kind="stable"), 3)
 
     def ece3(w):
-        b = np.minimum((p * 2).astype(int), 1)
-        return sum(abs(float(np.sum(w[b == k] * (y[b == k] - p[b == k])))) for k in range(2)) / w.sum()
+        return sum(abs(float(np.sum(w[b] * (y[b] - p[b])))) for b in runs) / w.sum()
 
     e = r["per_label"]["a"]["m"]["ece"]
     assert (e["value"], e["low"], e["high"]) == pytest.approx((ece3(np.ones(len(y))), *_q([ece3(w) for w in W])))
-    assert r["bootstrap"]["ece_bins"] == 2
+    assert e["value"] != pytest.approx(_ece(y, p))  # 3 bins really differ from the default 2 here
+    assert r["bootstrap"]["ece_bins"] == "3 equal-count bins"

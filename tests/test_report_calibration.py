@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from woundscore.cache.types import EmbeddingSet
-from woundscore.compare.calibration_report import equal_count_bins, n_bins_for
+from woundscore.classify.calibration import n_bins_for
+from woundscore.compare.calibration_report import equal_count_bins
 from woundscore.compare.predictions import write_predictions
 from woundscore.compare.report import run_comparison
 from tests.test_report import assert_every_number_has_n_and_ci, md_tables
@@ -107,7 +108,7 @@ def test_report_shows_before_and_after_with_ci_and_n(calibrated):
 
 
 def test_equal_count_bins_are_fewer_when_n_is_small():
-    assert [n_bins_for(n) for n in (0, 5, 17, 20, 69, 137, 1000)] == [1, 1, 2, 2, 7, 10, 10]
+    assert [n_bins_for(n) for n in (0, 5, 17, 20, 69, 137, 1000)] == [2, 2, 2, 2, 4, 9, 10]
     rng = np.random.default_rng(0)
     y, p = rng.integers(0, 2, 20), rng.random(20)
     y[:3] = -1
