@@ -29,6 +29,8 @@ Usage:
 Options: --max-children N (default 2), --budget-s S per group (default 300), --stall-s S (default 90),
 --keep (resume: reuse a group's previous mutmut state and run only the mutants never judged),
 --survivors (re-run only the previous run's survivors, e.g. after adding tests).
+--recheck [--match GLOB] (the current tests/test_mutants_* files against the recorded survivors, one
+process per group, no mutmut run; verdicts merged into build/mutants/recheck.json).
 """
 
 from __future__ import annotations
