@@ -191,3 +191,63 @@ def test_source_differences_every_line() -> None:
     with pytest.raises(CacheValueError) as e:
         source_differences(rows, SourceView(ids=["a"], split=[""], labels=np.zeros((1, 6))))
     assert str(e.value) == "source_differences needs the source's sha256 of every image"
+
+
+def _rewritten(path, *, created, updated, runs, failures):
+    """The shard at ``path`` rewritten with chosen provenance times, run history and failures."""
+    from woundscore.cache.writer import write_new_cache
+
+    ld = load(path, with_x=True)
+    write_new_cache(path, {**ld.provenance, "created": created, "updated": updated}, ld.rows,
+                    order_kind="source", failures=failures, runs=runs)
+    return path
+
+
+def test_merge_joins_failures_sorts_runs_and_keeps_the_earliest_created(tmp_path) -> None:
+    a = _rewritten(shard(tmp_path / "a.h5", [0, 1]), created="2021-05-01T00:00:00+00:00",
+                   updated="2021-05-02T00:00:00+00:00",
+                   runs=[{"run_id": "a1", "started": "2021-03-01T00:00:00+00:00"},
+                         {"run_id": "y", "started": "2021-01-01T00:00:00+00:00"},
+                         {"run_id": "A", "started": "2021-02-01T00:00:00+00:00"}],
+                   failures=[{"image_id": "img 009.jpg", "reason": "b"}, {"image_id": "img 000.jpg", "reason": "x"}])
+    b = _rewritten(shard(tmp_path / "b.h5", [2]), created="2020-01-01T00:00:00+00:00",
+                   updated="2020-01-02T00:00:00+00:00",
+                   runs=[{"run_id": "z0", "started": "2020-12-01T00:00:00+00:00"},
+                         {"run_id": "x", "started": "2021-01-01T00:00:00+00:00"},
+                         {"started": "2021-02-01T00:00:00+00:00"},
+                         {"run_id": "nostart"}],
+                   failures=[{"image_id": "img 008.jpg", "reason": "a"}, {"image_id": "img 009.jpg", "reason": "a"}])
+    out = tmp_path / "m.h5"
+    merge_caches([b, a], out)
+    ld = load(out, with_x=False)
+    # every shard's failures, sorted by (id, reason), the last reason per id, none for an embedded id
+    assert ld.failures == [{"image_id": "img 008.jpg", "reason": "a"}, {"image_id": "img 009.jpg", "reason": "b"}]
+    runs = ld.runs
+    assert [(r.get("started"), r.get("run_id"), r["shard"]) for r in runs[:-1]] == [
+        (None, "nostart", str(b)),
+        ("2020-12-01T00:00:00+00:00", "z0", str(b)),
+        ("2021-01-01T00:00:00+00:00", "x", str(b)),
+        ("2021-01-01T00:00:00+00:00", "y", str(a)),
+        ("2021-02-01T00:00:00+00:00", None, str(b)),
+        ("2021-02-01T00:00:00+00:00", "A", str(a)),
+        ("2021-03-01T00:00:00+00:00", "a1", str(a)),
+    ]
+    merged = runs[-1]
+    assert merged["status"] == "merged" and merged["rows_added"] == 3
+    assert ld.provenance["created"] == "2020-01-01T00:00:00+00:00"  # the earliest shard's, not the first's
+    assert ld.provenance["updated"] == merged["started"] > "2021-05-02"
+    assert "CREATED" not in ld.provenance and "XXcreatedXX" not in ld.provenance and "UPDATED" not in ld.provenance
+
+
+def test_merge_of_shards_without_created_uses_the_merge_time(tmp_path) -> None:
+    import h5py
+
+    a = shard(tmp_path / "a.h5", [0])
+    b = _rewritten(shard(tmp_path / "b.h5", [1]), created="2030-01-01T00:00:00+00:00",
+                   updated="2030-01-01T00:00:00+00:00", runs=[], failures=[])
+    with h5py.File(a, "a") as f:
+        f.attrs["created"] = ""  # no creation time recorded: the merge time stands in
+    merge_caches([a, b], tmp_path / "m.h5")
+    ld = load(tmp_path / "m.h5", with_x=False)
+    assert ld.provenance["created"] == ld.runs[-1]["started"] == ld.provenance["updated"]
+    assert ld.failures == []
