@@ -107,18 +107,12 @@ def noise_png(size: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def trained(mini_release: Path, tiny_siglip_dir: Path, tmp_path_factory):
-    """(work folder, an MLP folder trained on the tiny SigLIP's cache work/emb.h5, 8 image files)."""
-    from woundscore.cache import read_cache
-    from woundscore.classify.train import train_on_set
-    from woundscore.embed.run import run_embedding
+def trained(mini_release: Path, mini_mlp, tmp_path_factory):
+    """(work folder, the shared mini MLP folder (fixtures_model.mini_mlp), 8 image files in work)."""
     from woundscore.embed.sources import open_source
 
     work = tmp_path_factory.mktemp("serve")
-    cache = work / "emb.h5"
-    run_embedding(mini_release, cache, model=tiny_siglip_dir, batch_size=8, workers=0, device="cpu", quiet=True)
-    model_dir = work / "mlp"
-    train_on_set(read_cache(cache), model_dir, model="mlp", max_epochs=3, source=str(cache))
+    model_dir = mini_mlp[1]
     images = []
     for s in open_source(mini_release).samples()[:8]:
         f = work / Path(s.image_id).name

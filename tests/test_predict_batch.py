@@ -17,19 +17,14 @@ from woundscore.classify.cli import cli
 
 
 @pytest.fixture(scope="module")
-def setup(mini_release: Path, tiny_siglip_dir: Path, tmp_path_factory):
+def setup(mini_release: Path, tiny_siglip_dir: Path, mini_mlp, tmp_path_factory):
     from woundscore.cache import read_cache
     from woundscore.classify.scorer import WoundScorer
-    from woundscore.classify.train import train_on_set
-    from woundscore.embed.run import run_embedding
     from woundscore.embed.sources import open_source
 
-    work = tmp_path_factory.mktemp("predict_batch")
-    cache = work / "emb.h5"
-    run_embedding(mini_release, cache, model=tiny_siglip_dir, batch_size=8, workers=0, device="cpu", quiet=True)
+    cache, model_dir = mini_mlp
     es = read_cache(cache)
-    model_dir = work / "mlp"
-    train_on_set(es, model_dir, model="mlp", max_epochs=3, source=str(cache))
+    work = tmp_path_factory.mktemp("predict_batch")
     folder = work / "photos"
     (folder / "ward" / "b").mkdir(parents=True)
     good = []

@@ -307,7 +307,7 @@ def test_preprocessing_runs_outside_the_forward_thread(trained, tiny_siglip_dir:
         assert_same_scores(r.json(), offline[1][f.name])
 
 
-def test_probe_folder_in_process(trained, tiny_siglip_dir: Path, tmp_path: Path) -> None:
+def test_probe_folder_in_process(trained, mini_mlp, tiny_siglip_dir: Path, tmp_path: Path) -> None:
     """create_app is a plain ASGI app: a probe folder served in-process answers the same contract."""
     from fastapi.testclient import TestClient
 
@@ -316,9 +316,9 @@ def test_probe_folder_in_process(trained, tiny_siglip_dir: Path, tmp_path: Path)
     from woundscore.classify.serve import create_app
     from woundscore.classify.train import train_on_set
 
-    work, _, images = trained
+    images = trained[2]
     probe = tmp_path / "probe"
-    train_on_set(read_cache(work / "emb.h5"), probe, model="logreg", source="emb.h5")
+    train_on_set(read_cache(mini_mlp[0]), probe, model="logreg", source="emb.h5")
     with TestClient(create_app(str(probe), encoder=str(tiny_siglip_dir), device="cpu")) as c:
         t_end = time.monotonic() + 60
         while c.get("/readyz").status_code != 200 and time.monotonic() < t_end:

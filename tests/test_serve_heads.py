@@ -38,13 +38,13 @@ def _served_equals_offline(model_dir: Path, images: list[Path], kind: str, **loa
         assert obj["model"]["type"] == kind
 
 
-def test_probe_folder_is_served_like_offline(trained, tiny_siglip_dir: Path, tmp_path: Path) -> None:
+def test_probe_folder_is_served_like_offline(trained, mini_mlp, tiny_siglip_dir: Path, tmp_path: Path) -> None:
     from woundscore.cache import read_cache
     from woundscore.classify.train import train_on_set
 
-    work, _, images = trained
+    images = trained[2]
     probe = tmp_path / "probe"
-    train_on_set(read_cache(work / "emb.h5"), probe, model="logreg", source="emb.h5")
+    train_on_set(read_cache(mini_mlp[0]), probe, model="logreg", source="emb.h5")
     _served_equals_offline(probe, images[:3], "logreg", encoder=str(tiny_siglip_dir))
 
 
